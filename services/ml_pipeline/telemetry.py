@@ -1,0 +1,245 @@
+"""The one telemetry setup: tracing (OpenTelemetry), structured logs, per-request stage timings.
+
+* Each service gets its own ``TracerProvider`` (so three apps can share one test process) with
+  ``service.name`` and ``service.instance.id`` (the hostname: one value per container/replica).
+  Spans are exported in a background thread (``BatchSpanProcessor``) with a short timeout, so a
+  missing or slow collector never blocks or fails a request; the queue drops spans when full.
+* W3C ``traceparent`` is read by the FastAPI instrumentation and injected by the httpx one.
+* Every log line is one JSON object with the trace id, span id, service and instance of the span
+  that was current when it was logged, so ``grep <trace_id>`` follows a request through all logs.
+* ``StageTimer`` wraps each pipeline stage in a span and records its duration for the
+  ``Server-Timing`` response header, which the services merge hop by hop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import NoOpTracerProvider, Tracer
+from starlette.datastructures import MutableHeaders
+
+from ml_pipeline import __version__
+
+if TYPE_CHECKING:
+    import httpx
+    from fastapi import FastAPI
+
+    from ml_pipeline.settings import Settings
+
+TRACE_ID_HEADER = "X-Trace-Id"
+SERVER_TIMING_HEADER = "Server-Timing"
+# Probes and scrapes: no spans, no request log lines.
+QUIET_PATHS = ("/health", "/ready", "/metrics")
+
+log = logging.getLogger("ml_pipeline.request")
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def create_tracer_provider(
+    service: str, settings: Settings, exporter: SpanExporter | None = None
+) -> trace.TracerProvider:
+    """A provider for ``service``; ``exporter`` (tests) replaces the OTLP exporter and exports synchronously."""
+    if not settings.tracing_enabled:
+        return NoOpTracerProvider()
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.namespace": "ml-pipeline",
+            "service.instance.id": settings.service_instance_id,
+            "service.version": __version__,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        otlp = OTLPSpanExporter(
+            endpoint=settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces",
+            timeout=settings.otel_export_timeout_s,
+        )
+        provider.add_span_processor(BatchSpanProcessor(otlp, export_timeout_millis=settings.otel_export_timeout_s * 1000))
+    return provider
+
+
+def instrument_app(app: FastAPI, provider: trace.TracerProvider) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        excluded_urls=",".join(f"{p}$" for p in QUIET_PATHS),
+        exclude_spans=["receive", "send"],  # per-ASGI-message spans are noise at this scale
+    )
+
+
+def instrument_client(client: httpx.AsyncClient, provider: trace.TracerProvider) -> None:
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+
+
+def shutdown_tracer_provider(provider: trace.TracerProvider) -> None:
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+# --------------------------------------------------------------------------- stage timings
+
+
+class StageTimer:
+    """Times the stages of one request: a span per stage plus ``Server-Timing`` entries.
+
+    Timing names are ``<service>.<stage>`` so the hops' headers merge without collisions.
+    """
+
+    def __init__(self, tracer: Tracer, service: str):
+        self._tracer = tracer
+        self._service = service
+        self.timings_ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
+        start = time.perf_counter()
+        with self._tracer.start_as_current_span(name, attributes=attributes) as span:
+            try:
+                yield span
+            finally:
+                self.timings_ms[f"{self._service}.{name}"] = (time.perf_counter() - start) * 1000
+
+    def merge_header(self, value: str | None) -> None:
+        """Adopt the timings a downstream service reported in its ``Server-Timing`` header."""
+        self.timings_ms.update(parse_server_timing(value))
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.3f}" for name, ms in self.timings_ms.items())
+
+
+def parse_server_timing(value: str | None) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    for entry in (value or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, raw = param.partition("=")
+            if name and key == "dur":
+                try:
+                    timings[name] = float(raw)
+                except ValueError:
+                    pass
+    return timings
+
+
+# --------------------------------------------------------------------------- logging
+
+
+_STANDARD_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the current span's trace id, span id, service and instance."""
+
+    def __init__(self, service: str, instance: str):
+        super().__init__()
+        self._service = service
+        self._instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        span = trace.get_current_span()
+        ctx = span.get_span_context()
+        resource = getattr(span, "resource", None)  # SDK spans know which service made them
+        attrs = resource.attributes if resource is not None else {}
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": attrs.get("service.name", self._service),
+            "instance": attrs.get("service.instance.id", self._instance),
+            "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid else None,
+            "span_id": format(ctx.span_id, "016x") if ctx.is_valid else None,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(service: str, settings: Settings) -> None:
+    """Send every logger (uvicorn's included) through one JSON handler on stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service, settings.service_instance_id))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # httpx logs every request at INFO; our request lines already cover each hop.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+# --------------------------------------------------------------------------- request middleware
+
+
+class RequestTelemetryMiddleware:
+    """Adds ``X-Trace-Id`` to every traced response and logs one line per request.
+
+    Runs inside the OpenTelemetry middleware, so the server span is current here.
+    """
+
+    def __init__(self, app, service: str):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_trace_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                trace_id = current_trace_id()
+                headers = MutableHeaders(scope=message)
+                if trace_id and TRACE_ID_HEADER.lower() not in headers:
+                    headers.append(TRACE_ID_HEADER, trace_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace_id)
+        finally:
+            if scope["path"] not in QUIET_PATHS:
+                log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={"status": status, "duration_ms": round((time.perf_counter() - start) * 1000, 3)},
+                )

@@ -1,0 +1,100 @@
+"""model service: POST /predict takes an ``application/x-npy`` float32 ``[N,3,224,224]`` tensor and
+answers ``[N,1000]`` raw class scores (logits) in the same format.
+
+Run: ``ml-pipeline run model`` (or ``uvicorn --factory model.app:create_app``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from ml_pipeline import codec
+from ml_pipeline.errors import BadRequest, UnsupportedMediaType
+from ml_pipeline.service import build_app
+from ml_pipeline.settings import Settings
+from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
+from model.backends import INPUT_SHAPE, load_backend
+
+SERVICE = "model"
+MODEL_NAME_HEADER = "X-Model-Name"
+MODEL_BACKEND_HEADER = "X-Model-Backend"
+_BINARY_BODY = {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def validate_batch(x: np.ndarray, max_batch: int) -> None:
+    if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
+        raise BadRequest(f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]", code="invalid_tensor")
+    if x.dtype != np.float32:
+        raise BadRequest(f"tensor dtype {x.dtype} is not float32", code="invalid_tensor")
+    if not 1 <= x.shape[0] <= max_batch:
+        raise BadRequest(f"batch size {x.shape[0]} is outside 1..{max_batch}", code="invalid_tensor")
+    if not np.isfinite(x).all():
+        raise BadRequest("tensor contains NaN or infinite values", code="invalid_tensor")
+
+
+def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    settings = settings or Settings()
+    provider = create_tracer_provider(SERVICE, settings, span_exporter)
+
+    @contextlib.asynccontextmanager
+    async def resources(app: FastAPI):
+        app.state.backend = None
+        # Loading (and on a first local run, converting) takes seconds: keep the loop free.
+        app.state.backend = await anyio.to_thread.run_sync(load_backend, settings)
+        yield
+
+    async def ready(app: FastAPI) -> tuple[bool, str]:
+        backend = app.state.backend
+        return (backend is not None, f"{backend.name} ({backend.kind}) loaded and warmed up" if backend else "loading")
+
+    max_body = settings.max_batch * int(np.prod(INPUT_SHAPE)) * 4 + 4096  # tensor + .npy header
+    app = build_app(
+        SERVICE,
+        settings,
+        description=__doc__,
+        tracer_provider=provider,
+        resources=resources,
+        ready=ready,
+        max_body_bytes=max_body,
+    )
+
+    @app.post(
+        "/predict",
+        tags=["model"],
+        summary="Raw class scores for a batch of normalized images",
+        response_class=Response,
+        responses={200: _BINARY_BODY},
+        openapi_extra={"requestBody": {**_BINARY_BODY, "required": True}},
+    )
+    async def predict(request: Request) -> Response:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if media_type != codec.NPY_MEDIA_TYPE:
+            raise UnsupportedMediaType(f"send the tensor as {codec.NPY_MEDIA_TYPE}, not {media_type or 'no content type'}")
+        body = await request.body()
+        backend = app.state.backend
+        timer = StageTimer(app.state.tracer, SERVICE)
+        with timer.stage("tensor_decode", **{"tensor.bytes": len(body)}) as span:
+            batch = codec.decode(body)
+            span.set_attribute("tensor.shape", list(batch.shape))
+            span.set_attribute("tensor.dtype", str(batch.dtype))
+            validate_batch(batch, settings.max_batch)
+        with timer.stage(
+            "inference", **{"model.name": backend.name, "model.backend": backend.kind, "batch.size": batch.shape[0]}
+        ):
+            logits = await anyio.to_thread.run_sync(backend.predict, batch)
+        return Response(
+            codec.encode(logits),
+            media_type=codec.NPY_MEDIA_TYPE,
+            headers={
+                MODEL_NAME_HEADER: backend.name,
+                MODEL_BACKEND_HEADER: backend.kind,
+                SERVER_TIMING_HEADER: timer.header(),
+            },
+        )
+
+    return app

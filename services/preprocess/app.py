@@ -1,0 +1,119 @@
+"""preprocess service: POST /process takes an image upload (multipart field ``file``), turns it
+into the model's ``[1,3,224,224]`` float32 tensor and sends that to the model's ``/predict``.
+
+``?output=scores`` (default) answers the model's raw scores; ``?output=tensor`` answers the
+normalized tensor itself without calling the model (standalone use). Both as ``application/x-npy``.
+
+Run: ``ml-pipeline run preprocess`` (or ``uvicorn --factory preprocess.app:create_app``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+
+import anyio
+import httpx
+import numpy as np
+from fastapi import FastAPI, File, Query, Response, UploadFile
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from ml_pipeline import codec
+from ml_pipeline.client import Downstream
+from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.settings import Settings
+from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
+from preprocess import imaging
+
+SERVICE = "preprocess"
+FORWARDED_MODEL_HEADERS = ("X-Model-Name", "X-Model-Backend")
+_NPY_RESPONSE = {200: {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+class Output(str, Enum):
+    scores = "scores"
+    tensor = "tensor"
+
+
+def image_to_tensor(data: bytes, max_pixels: int, timer: StageTimer) -> np.ndarray:
+    """The CPU-bound part, run in a worker thread: decode → resize/crop → normalize."""
+    with timer.stage("decode", **{"image.bytes": len(data)}) as span:
+        img = imaging.decode(data, max_pixels)
+        span.set_attribute("image.width", img.width)
+        span.set_attribute("image.height", img.height)
+    with timer.stage("resize", **{"resize.short_side": imaging.RESIZE_SHORT_SIDE, "crop.size": imaging.CROP_SIZE}):
+        img = imaging.resize_crop(img)
+    with timer.stage("normalize") as span:
+        tensor = imaging.normalize(img)
+        span.set_attribute("tensor.shape", list(tensor.shape))
+    return tensor
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+    model_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """``model_transport`` lets tests wire the model app in-process (``httpx.ASGITransport``)."""
+    settings = settings or Settings()
+    provider = create_tracer_provider(SERVICE, settings, span_exporter)
+
+    @contextlib.asynccontextmanager
+    async def resources(app: FastAPI):
+        app.state.model = Downstream(
+            "model",
+            settings.model_url,
+            timeout_s=settings.model_timeout_s,
+            connect_timeout_s=settings.downstream_connect_timeout_s,
+            tracer_provider=provider,
+            pass_client_errors=False,  # we built the tensor: a 4xx from the model is our bug
+            transport=model_transport,
+        )
+        try:
+            yield
+        finally:
+            await app.state.model.aclose()
+
+    async def ready(app: FastAPI) -> tuple[bool, str]:
+        return await app.state.model.is_ready(settings.readiness_timeout_s)
+
+    app = build_app(
+        SERVICE,
+        settings,
+        description=__doc__,
+        tracer_provider=provider,
+        resources=resources,
+        ready=ready,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
+
+    @app.post(
+        "/process",
+        tags=["preprocess"],
+        summary="Image upload → model scores (or the normalized tensor)",
+        response_class=Response,
+        responses=_NPY_RESPONSE,
+    )
+    async def process(
+        file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
+        output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
+    ) -> Response:
+        data = await read_upload(file, settings)
+        timer = StageTimer(app.state.tracer, SERVICE)
+        tensor = await anyio.to_thread.run_sync(image_to_tensor, data, settings.max_image_pixels, timer)
+        if output is Output.tensor:
+            return Response(codec.encode(tensor), media_type=codec.NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()})
+
+        with timer.stage("handoff", **{"handoff.transport": "http", "tensor.shape": list(tensor.shape)}) as span:
+            body = codec.encode(tensor)
+            span.set_attribute("tensor.bytes", len(body))
+            response = await app.state.model.post(
+                "/predict", content=body, headers={"Content-Type": codec.NPY_MEDIA_TYPE}
+            )
+        timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
+        headers = {h: response.headers[h] for h in FORWARDED_MODEL_HEADERS if h in response.headers}
+        headers[SERVER_TIMING_HEADER] = timer.header()
+        return Response(response.content, media_type=codec.NPY_MEDIA_TYPE, headers=headers)
+
+    return app

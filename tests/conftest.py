@@ -1,0 +1,73 @@
+"""Shared fixtures: settings, photos, and the three apps wired together in one process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from PIL import Image
+
+from ml_pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COFFEE_JPG = ROOT / "test.jpg"  # scikit-image's "coffee" (CC0)
+CHELSEA_JPG = ROOT / "tests" / "data" / "chelsea.jpg"  # scikit-image's "chelsea" (CC0)
+ESPRESSO = 967
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def coffee_bytes() -> bytes:
+    return COFFEE_JPG.read_bytes()
+
+
+def image_bytes(img: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_args)
+    return buf.getvalue()
+
+
+def make_settings(**overrides) -> Settings:
+    """Settings for in-process tests: never the environment's URLs, never an OTLP export."""
+    values = {
+        "model_backend": "random",
+        "otel_exporter_otlp_endpoint": None,
+        "model_url": "http://model.test",
+        "preprocess_url": "http://preprocess.test",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_chain(
+    settings: Settings, exporter: InMemorySpanExporter | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """postprocess → preprocess → model as three apps in this process (each with its lifespan),
+    joined by ``httpx.ASGITransport``; yields a client for postprocess."""
+    from model.app import create_app as create_model
+    from postprocess.app import create_app as create_postprocess
+    from preprocess.app import create_app as create_preprocess
+
+    model = create_model(settings, span_exporter=exporter)
+    pre = create_preprocess(settings, span_exporter=exporter, model_transport=httpx.ASGITransport(app=model))
+    post = create_postprocess(settings, span_exporter=exporter, preprocess_transport=httpx.ASGITransport(app=pre))
+    async with model.router.lifespan_context(model), pre.router.lifespan_context(pre), post.router.lifespan_context(post):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=post), base_url="http://postprocess.test") as client:
+            client.apps = {"model": model, "preprocess": pre, "postprocess": post}
+            yield client
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
