@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,21 +51,31 @@ def make_settings(**overrides) -> Settings:
     return Settings(**values)
 
 
+class NetworkASGITransport(httpx.ASGITransport):
+    """``ASGITransport`` that runs the app in a fresh ``contextvars.Context``, as a real network
+    hop would: the downstream app then sees only what the request headers carry (traceparent),
+    not the caller's active span."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = super().handle_async_request(request)
+        return await asyncio.get_running_loop().create_task(call, context=contextvars.Context())
+
+
 @contextlib.asynccontextmanager
 async def running_chain(
     settings: Settings, exporter: InMemorySpanExporter | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """postprocess → preprocess → model as three apps in this process (each with its lifespan),
-    joined by ``httpx.ASGITransport``; yields a client for postprocess."""
+    joined by ``NetworkASGITransport``; yields a client for postprocess."""
     from model.app import create_app as create_model
     from postprocess.app import create_app as create_postprocess
     from preprocess.app import create_app as create_preprocess
 
     model = create_model(settings, span_exporter=exporter)
-    pre = create_preprocess(settings, span_exporter=exporter, model_transport=httpx.ASGITransport(app=model))
-    post = create_postprocess(settings, span_exporter=exporter, preprocess_transport=httpx.ASGITransport(app=pre))
+    pre = create_preprocess(settings, span_exporter=exporter, model_transport=NetworkASGITransport(app=model))
+    post = create_postprocess(settings, span_exporter=exporter, preprocess_transport=NetworkASGITransport(app=pre))
     async with model.router.lifespan_context(model), pre.router.lifespan_context(pre), post.router.lifespan_context(post):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=post), base_url="http://postprocess.test") as client:
+        async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://postprocess.test") as client:
             client.apps = {"model": model, "preprocess": pre, "postprocess": post}
             yield client
 

@@ -129,3 +129,4 @@ def test_convert_cli_writes_a_checked_model(tmp_path):
     assert convert.main([str(out)]) == 0
     onnx.checker.check_model(str(out))
     assert not list(out.parent.glob("*.tmp"))  # atomic: no temp file left behind
+    assert out.stat().st_mode & 0o044 == 0o044  # readable by the service user, not only its owner

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from ml_pipeline.errors import BadGateway, DownstreamTimeout, DownstreamUnavailable, PipelineError
 from ml_pipeline.telemetry import instrument_client
@@ -54,7 +55,8 @@ class Downstream:
     async def is_ready(self, timeout_s: float) -> tuple[bool, str]:
         """Whether the downstream's ``/ready`` answers 200, and why not."""
         try:
-            response = await self._client.get("/ready", timeout=timeout_s)
+            with suppress_instrumentation():  # probes are not traced (like the /ready routes themselves)
+                response = await self._client.get("/ready", timeout=timeout_s)
         except httpx.HTTPError as exc:
             return False, f"{self.name} unreachable at {self.base_url}: {type(exc).__name__}"
         if response.status_code != 200:

@@ -290,6 +290,7 @@ def convert(out_path: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the (non-root) service must be able to read it
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

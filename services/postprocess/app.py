@@ -11,7 +11,7 @@ import time
 
 import httpx
 import numpy as np
-from fastapi import FastAPI, File, UploadFile
+from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import BaseModel, Field
 
@@ -101,29 +101,32 @@ def create_app(
     )
 
     @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
-    async def finalize(file: UploadFile = File(..., description="JPEG, PNG or WebP image")) -> FinalizeResponse:
+    async def finalize(
+        response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")
+    ) -> FinalizeResponse:
         start = time.perf_counter()
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         with timer.stage("forward", **{"image.bytes": len(data)}):
             upload = (file.filename or "image", data, file.content_type or "application/octet-stream")
-            response = await app.state.preprocess.post("/process", files={"file": upload})
-        timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
+            scored = await app.state.preprocess.post("/process", files={"file": upload})
+        timer.merge_header(scored.headers.get(SERVER_TIMING_HEADER))
         with timer.stage("postprocess") as span:
-            logits = codec.decode(response.content)
+            logits = codec.decode(scored.content)
             if logits.shape != (1, len(app.state.labels)):
                 raise BadGateway(f"model answered scores of shape {list(logits.shape)}, expected [1,{len(app.state.labels)}]")
             top = top_k(logits[0], app.state.labels)
             span.set_attribute("prediction.class_id", top[0].class_id)
             span.set_attribute("prediction.score", top[0].score)
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
+        response.headers[SERVER_TIMING_HEADER] = timer.header()
         return FinalizeResponse(
             class_id=top[0].class_id,
             label=top[0].label,
             score=top[0].score,
             top5=top,
-            model=response.headers.get("X-Model-Name", "unknown"),
-            backend=response.headers.get("X-Model-Backend", "unknown"),
+            model=scored.headers.get("X-Model-Name", "unknown"),
+            backend=scored.headers.get("X-Model-Backend", "unknown"),
             trace_id=current_trace_id(),
             timings_ms=timer.timings_ms,
         )

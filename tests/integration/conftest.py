@@ -1,0 +1,33 @@
+"""Integration tests run against a deployed stack (the compose `tests` service sets the URLs).
+
+Without ``STACK_POSTPROCESS_URL`` they skip — unless ``REQUIRE_STACK=1`` (set in the compose test
+run and so in CI), where a missing stack is a failure, never a skip.
+"""
+
+import os
+
+import httpx
+import pytest
+
+URLS = {
+    "postprocess": os.environ.get("STACK_POSTPROCESS_URL"),
+    "preprocess": os.environ.get("STACK_PREPROCESS_URL"),
+    "model": os.environ.get("STACK_MODEL_URL"),
+}
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict[str, str]:
+    missing = [name for name, url in URLS.items() if not url]
+    if missing:
+        reason = f"no deployed stack: set STACK_{missing[0].upper()}_URL (run: bash tests/run.sh)"
+        if os.environ.get("REQUIRE_STACK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return URLS
+
+
+@pytest.fixture
+def client(stack):
+    with httpx.Client(base_url=stack["postprocess"], timeout=30) as c:
+        yield c

@@ -1,0 +1,59 @@
+"""`ml-pipeline serve`: the three services as local processes, stopped cleanly by Ctrl-C."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from conftest import COFFEE_JPG
+from ml_pipeline.settings import DEFAULT_PORTS
+
+pytestmark = pytest.mark.slow
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
+    busy = [p for p in DEFAULT_PORTS.values() if port_in_use(p)]
+    assert not busy, f"ports {busy} are taken: stop what listens there (a running stack?) first"
+    env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    env.pop("MODEL_URL", None)
+    env.pop("PREPROCESS_URL", None)
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "ml_pipeline", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.3)
+        r = httpx.post(
+            f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/finalize",
+            files={"file": ("test.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["backend"] == "random"
+        trace_id = r.json()["trace_id"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=40)
+    log.seek(0)
+    output = log.read()
+    assert code == 0, output
+    assert not [p for p in DEFAULT_PORTS.values() if port_in_use(p)], "a service outlived Ctrl-C"
+    # One grep follows the request through all three services' logs.
+    lines = [line for line in output.splitlines() if trace_id in line]
+    assert {svc for svc in DEFAULT_PORTS if any(f'"service": "{svc}"' in line for line in lines)} == set(DEFAULT_PORTS)
+    assert output.count("Application shutdown complete") == 3

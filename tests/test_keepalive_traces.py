@@ -1,0 +1,93 @@
+"""Real uvicorn servers, real sockets: several large requests over ONE keep-alive connection must
+give one separate, complete trace each.
+
+Guards against CPython gh-140947 / uvicorn #2167: on the plain asyncio loop, contextvars leak
+between keep-alive requests whose bodies exceed 64 KiB, so later requests joined the first
+request's trace downstream. ``uvicorn_config`` sets ``reset_contextvars=True``; with it off, this
+test fails (later requests' preprocess/model spans land in the first trace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import COFFEE_JPG, make_settings
+from ml_pipeline.cli import uvicorn_config
+from traces import assert_complete_chain, by_trace
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(apps: dict[str, object], ports: dict[str, int], **config_overrides):
+    import uvicorn
+
+    servers, threads = [], []
+    for name, app in apps.items():
+        config = uvicorn_config(app, "127.0.0.1", ports[name])
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
+        thread.start()
+        servers.append(server)
+        threads.append(thread)
+    deadline = time.monotonic() + 30
+    while not all(s.started for s in servers):
+        assert time.monotonic() < deadline, "servers did not start"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.should_exit = True
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def run_keepalive_requests(exporter, count: int, **config_overrides) -> list[str]:
+    from model.app import create_app as create_model
+    from postprocess.app import create_app as create_post
+    from preprocess.app import create_app as create_pre
+
+    ports = {name: free_port() for name in ("model", "preprocess", "postprocess")}
+    settings = make_settings(
+        model_url=f"http://127.0.0.1:{ports['model']}", preprocess_url=f"http://127.0.0.1:{ports['preprocess']}"
+    )
+    apps = {
+        "model": create_model(settings, span_exporter=exporter),
+        "preprocess": create_pre(settings, span_exporter=exporter),
+        "postprocess": create_post(settings, span_exporter=exporter),
+    }
+    photo = COFFEE_JPG.read_bytes()
+    assert len(photo) > 64 * 1024  # the leak needs bodies over 64 KiB (every hop here carries one)
+    with serving(apps, ports, **config_overrides):  # leaving it joins the servers: every span has ended
+        # One connection for all requests: keep-alive on every hop.
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['postprocess']}", limits=httpx.Limits(max_connections=1)) as client:
+            trace_ids = []
+            for _ in range(count):
+                r = client.post("/finalize", files={"file": ("coffee.jpg", photo, "image/jpeg")})
+                assert r.status_code == 200, r.text
+                trace_ids.append(r.json()["trace_id"])
+    return trace_ids
+
+
+def test_each_keepalive_request_is_its_own_complete_trace(exporter):
+    trace_ids = run_keepalive_requests(exporter, 5)
+    assert len(set(trace_ids)) == 5
+    traces = by_trace(exporter.get_finished_spans())
+    assert sorted(traces) == sorted(trace_ids)
+    for trace_id in trace_ids:
+        assert_complete_chain(traces[trace_id])
