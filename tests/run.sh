@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test — unit, in-process and the compose integration test — inside Docker:
 #   bash tests/run.sh [extra pytest args…]
-# Builds the stack and the test runner, starts the stack as project "ml-pipeline-test" (no host
+# Validates the collector, Jaeger and Prometheus configs with their own binaries, builds the
+# stack and the test runner, starts the stack as project "ml-pipeline-test" (no host
 # ports), waits until it is healthy, runs pytest in the `tests` container, then removes
 # everything it created (containers, network, volume) and checks that nothing is left.
 set -euo pipefail
@@ -18,7 +19,11 @@ if [ $# -gt 0 ]; then
   export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} $*"
 fi
 status=0
-"${compose[@]}" up --build --abort-on-container-exit --exit-code-from tests || status=$?
+if bash tests/validate-configs.sh; then
+  "${compose[@]}" up --build --abort-on-container-exit --exit-code-from tests || status=$?
+else
+  status=1
+fi
 cleanup
 trap - EXIT
 

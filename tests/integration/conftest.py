@@ -27,6 +27,16 @@ def stack() -> dict[str, str]:
     return URLS
 
 
+@pytest.fixture(scope="session")
+def jaeger(stack) -> str:
+    url = os.environ.get("STACK_JAEGER_URL")
+    if not url:
+        if os.environ.get("REQUIRE_STACK") == "1":
+            pytest.fail("STACK_JAEGER_URL is not set")
+        pytest.skip("no Jaeger: set STACK_JAEGER_URL")
+    return url
+
+
 @pytest.fixture
 def client(stack):
     with httpx.Client(base_url=stack["postprocess"], timeout=30) as c:

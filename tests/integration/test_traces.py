@@ -1,0 +1,64 @@
+"""Traces in the deployed Jaeger: one complete trace per request, across real containers."""
+
+import time
+
+import httpx
+import pytest
+
+from conftest import COFFEE_JPG
+
+pytestmark = pytest.mark.integration
+
+SERVER_ROUTES = {"postprocess": "POST /finalize", "preprocess": "POST /process", "model": "POST /predict"}
+
+
+def fetch_trace(jaeger: str, trace_id: str, timeout_s: float = 45) -> dict:
+    """Poll Jaeger until the trace holds the server spans of all three services (export is batched)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{jaeger}/api/traces/{trace_id}", timeout=5)
+        if r.status_code == 200 and r.json().get("data"):
+            last = r.json()["data"][0]
+            services = {last["processes"][s["processID"]]["serviceName"] for s in last["spans"]}
+            if {"postprocess", "preprocess", "model"} <= services and len(last["spans"]) >= 13:
+                return last
+        time.sleep(1)
+    raise AssertionError(f"trace {trace_id} incomplete in Jaeger after {timeout_s}s: {last}")
+
+
+def tags(obj) -> dict:
+    return {t["key"]: t["value"] for t in obj.get("tags", [])}
+
+
+def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
+    photo = COFFEE_JPG.read_bytes()
+    # One keep-alive connection, large bodies on every hop: each request must still be its own trace.
+    trace_ids = [client.post("/finalize", files={"file": ("t.jpg", photo, "image/jpeg")}).json()["trace_id"] for _ in range(4)]
+    assert len(set(trace_ids)) == 4
+    model_instance = httpx.get(f"{stack['model']}/health", timeout=5).json()["instance"]
+    for trace_id in trace_ids:
+        trace = fetch_trace(jaeger, trace_id)
+        spans = {s["spanID"]: s for s in trace["spans"]}
+        service = {sid: trace["processes"][s["processID"]]["serviceName"] for sid, s in spans.items()}
+
+        def parent(span):
+            refs = [r for r in span["references"] if r["refType"] == "CHILD_OF"]
+            return spans.get(refs[0]["spanID"]) if refs else None
+
+        servers = {}
+        for sid, span in spans.items():
+            if tags(span).get("span.kind") == "server":
+                assert service[sid] not in servers, f"{service[sid]} has two server spans in {trace_id}"
+                servers[service[sid]] = span
+        assert {svc: s["operationName"] for svc, s in servers.items()} == SERVER_ROUTES
+        assert parent(servers["postprocess"]) is None
+        for downstream, upstream in (("preprocess", "postprocess"), ("model", "preprocess")):
+            client_span = parent(servers[downstream])
+            assert tags(client_span)["span.kind"] == "client"
+            assert service[client_span["spanID"]] == upstream
+        assert parent(parent(servers["model"]))["operationName"] == "handoff"
+        names = {s["operationName"] for s in spans.values()}
+        assert {"forward", "decode", "resize", "normalize", "handoff", "tensor_decode", "inference", "postprocess"} <= names
+        model_process = trace["processes"][servers["model"]["processID"]]
+        assert tags(model_process)["service.instance.id"] == model_instance  # the replica that served it

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Validate the observability configs with the real binaries (the images compose uses):
+# the collector and Jaeger configs with `validate`, Prometheus's with `promtool check config`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+otelcol_image=${OTELCOL_IMAGE:-otel/opentelemetry-collector-contrib:0.140.0}
+jaeger_image=${JAEGER_IMAGE:-jaegertracing/jaeger:2.13.0}
+prometheus_image=${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}
+
+docker run --rm -v "$PWD/otel:/etc/otelcol:ro" "$otelcol_image" \
+  validate --config=/etc/otelcol/otelcol-config.yml --config=/etc/otelcol/otelcol-config-extras.yml
+echo "otel/otelcol-config.yml (+ extras): valid ($otelcol_image)"
+docker run --rm -v "$PWD/jaeger:/etc/jaeger:ro" "$jaeger_image" validate --config=/etc/jaeger/config.yml
+echo "jaeger/config.yml: valid ($jaeger_image)"
+docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" --entrypoint promtool "$prometheus_image" \
+  check config /etc/prometheus/prometheus.yml
