@@ -28,7 +28,15 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     env.pop("MODEL_URL", None)
     env.pop("PREPROCESS_URL", None)
     log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ml_pipeline", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Started with SIGINT ignored, as a shell starts a background job (`ml-pipeline serve &`):
+    # Ctrl-C/SIGINT must still stop it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml_pipeline", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -65,6 +65,9 @@ def serve(host: str, wait_ready_s: float) -> int:
     def stop(*_):
         raise KeyboardInterrupt
 
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     status = 0
     try:
