@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def anyio_backend() -> str:
 @pytest.fixture
 def coffee_bytes() -> bytes:
     return COFFEE_JPG.read_bytes()
+
+
+def free_port() -> int:
+    """A localhost port nobody listens on (right now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def image_bytes(img: Image.Image, fmt: str = "PNG", **save_args) -> bytes:

@@ -13,6 +13,7 @@ from conftest import (
     COFFEE_JPG,
     ESPRESSO,
     NetworkASGITransport,
+    free_port,
     image_bytes,
     make_settings,
     running_chain,
@@ -119,9 +120,7 @@ async def test_bad_uploads_get_a_clear_4xx_through_the_chain(kwargs, status, cod
 
 
 async def test_model_down_is_503(coffee_bytes):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     from preprocess.app import create_app
 
     app = create_app(make_settings(model_url=closed))
@@ -168,9 +167,7 @@ async def test_errors_are_traced_with_the_trace_id_returned(exporter):
 
 
 async def test_collector_down_never_fails_a_request(coffee_bytes):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        collector = f"http://127.0.0.1:{s.getsockname()[1]}"  # nobody listens: every export fails
+    collector = f"http://127.0.0.1:{free_port()}"  # nobody listens: every export fails
     async with running_chain(make_settings(otel_exporter_otlp_endpoint=collector)) as client:
         responses = [await client.post("/finalize", files=upload(coffee_bytes)) for _ in range(5)]
     assert [r.status_code for r in responses] == [200] * 5

@@ -10,24 +10,17 @@ test fails (later requests' preprocess/model spans land in the first trace).
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG, make_settings
+from conftest import COFFEE_JPG, free_port, make_settings
 from ml_pipeline.cli import uvicorn_config
 from traces import assert_complete_chain, by_trace
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

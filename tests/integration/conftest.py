@@ -16,14 +16,18 @@ URLS = {
 }
 
 
+def _missing(variable: str) -> None:
+    reason = f"no deployed stack: set {variable} (run: bash tests/run.sh)"
+    if os.environ.get("REQUIRE_STACK") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def stack() -> dict[str, str]:
-    missing = [name for name, url in URLS.items() if not url]
-    if missing:
-        reason = f"no deployed stack: set STACK_{missing[0].upper()}_URL (run: bash tests/run.sh)"
-        if os.environ.get("REQUIRE_STACK") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    for name, url in URLS.items():
+        if not url:
+            _missing(f"STACK_{name.upper()}_URL")
     return URLS
 
 
@@ -31,9 +35,7 @@ def stack() -> dict[str, str]:
 def jaeger(stack) -> str:
     url = os.environ.get("STACK_JAEGER_URL")
     if not url:
-        if os.environ.get("REQUIRE_STACK") == "1":
-            pytest.fail("STACK_JAEGER_URL is not set")
-        pytest.skip("no Jaeger: set STACK_JAEGER_URL")
+        _missing("STACK_JAEGER_URL")
     return url
 
 
