@@ -2,12 +2,14 @@
 # Every test — unit, in-process and the compose integration test — inside Docker:
 #   bash tests/run.sh [extra pytest args…]
 # Validates the collector, Jaeger and Prometheus configs with their own binaries, builds the
-# stack and the test runner, starts the stack as project "ml-pipeline-test" (no host
-# ports), waits until it is healthy, runs pytest in the `tests` container, then removes
+# stack and the test runner, starts the stack as its own compose project (no host ports;
+# "ml-pipeline-test", or $ML_PIPELINE_TEST_PROJECT so two checkouts can test at once), waits
+# until it is healthy, runs pytest in a one-off `tests` container, then removes
 # everything it created (containers, network, volume) and checks that nothing is left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-project=ml-pipeline-test
+export ML_PIPELINE_TEST_PROJECT=${ML_PIPELINE_TEST_PROJECT:-ml-pipeline-test}
+project=$ML_PIPELINE_TEST_PROJECT
 compose=(docker compose -p "$project" -f docker-compose.yml -f tests/docker-compose.test.yml)
 
 cleanup() {
@@ -18,11 +20,20 @@ trap cleanup EXIT
 if [ $# -gt 0 ]; then
   export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} $*"
 fi
+# Not `up --abort-on-container-exit`: the failover and backpressure tests stop and kill stack
+# containers on purpose, which would abort the run. The stack comes up detached and healthy,
+# then pytest runs in a one-off `tests` container whose exit status is the run's.
 status=0
-if bash tests/validate-configs.sh; then
-  "${compose[@]}" up --build --abort-on-container-exit --exit-code-from tests || status=$?
+if bash tests/validate-configs.sh \
+   && "${compose[@]}" build \
+   && "${compose[@]}" up --detach --wait --wait-timeout 300; then
+  "${compose[@]}" run --rm --no-TTY tests || status=$?
 else
   status=1
+fi
+if [ "$status" -ne 0 ]; then
+  "${compose[@]}" ps --all || true
+  "${compose[@]}" logs --no-color --tail 80 || true
 fi
 cleanup
 trap - EXIT

@@ -39,6 +39,19 @@ def jaeger(stack) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def stack_control(stack):
+    """Docker control of the stack's containers (failover and backpressure tests)."""
+    project = os.environ.get("STACK_COMPOSE_PROJECT")
+    if not project:
+        _missing("STACK_COMPOSE_PROJECT")
+    from integration.stack_control import StackControl  # needs the `docker` package, only installed for tests
+
+    control = StackControl(project)
+    control.docker.ping()
+    return control
+
+
 @pytest.fixture
 def client(stack):
     with httpx.Client(base_url=stack["postprocess"], timeout=30) as c:
