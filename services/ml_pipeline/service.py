@@ -1,5 +1,5 @@
 """What every service app shares: the FastAPI app with error envelope, telemetry, body-size
-limit, ``/health`` and ``/ready``, and the multipart upload reader."""
+limit, ``/health``, ``/ready`` and ``/metrics``, and the multipart upload reader."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, UploadFile
+from fastapi import FastAPI, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 
-from ml_pipeline import __version__
+from ml_pipeline import __version__, metrics
 from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge, error_response, install_error_handlers
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import (
@@ -108,6 +108,12 @@ def build_app(
             raise NotReady(reason)
         return JSONResponse({"status": "ready", "service": service, "detail": reason})
 
+    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics (OpenMetrics with exemplars when asked for)")
+    def prometheus_metrics(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    metrics.register_service(service, settings.service_instance_id)
     instrument_app(app, tracer_provider)
     return app
 

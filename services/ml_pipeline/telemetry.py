@@ -8,7 +8,10 @@
 * Every log line is one JSON object with the trace id, span id, service and instance of the span
   that was current when it was logged, so ``grep <trace_id>`` follows a request through all logs.
 * ``StageTimer`` wraps each pipeline stage in a span and records its duration for the
-  ``Server-Timing`` response header, which the services merge hop by hop.
+  ``Server-Timing`` response header, which the services merge hop by hop, and for the stage
+  histogram in ``ml_pipeline.metrics``.
+* ``RequestTelemetryMiddleware`` counts and times every request for Prometheus, with the trace id
+  as exemplar, so a slow latency bucket leads to its trace.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 from starlette.datastructures import MutableHeaders
 
-from ml_pipeline import __version__
+from ml_pipeline import __version__, metrics
 
 if TYPE_CHECKING:
     import httpx
@@ -124,7 +127,11 @@ class StageTimer:
             try:
                 yield span
             finally:
-                self.timings_ms[f"{self._service}.{name}"] = (time.perf_counter() - start) * 1000
+                seconds = time.perf_counter() - start
+                self.timings_ms[f"{self._service}.{name}"] = seconds * 1000
+                metrics.STAGE_DURATION.labels(self._service, name).observe(
+                    seconds, exemplar=metrics.exemplar(current_trace_id())
+                )
 
     def merge_header(self, value: str | None) -> None:
         """Adopt the timings a downstream service reported in its ``Server-Timing`` header."""
@@ -206,7 +213,8 @@ def setup_logging(service: str, settings: Settings) -> None:
 
 
 class RequestTelemetryMiddleware:
-    """Adds ``X-Trace-Id`` to every traced response and logs one line per request.
+    """Adds ``X-Trace-Id`` to every traced response, logs one line per request and records the
+    request metrics (count, duration with the trace id as exemplar, in-flight).
 
     Runs inside the OpenTelemetry middleware, so the server span is current here.
     """
@@ -219,6 +227,7 @@ class RequestTelemetryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        quiet = scope["path"] in QUIET_PATHS
         start = time.perf_counter()
         status = 500
 
@@ -232,14 +241,26 @@ class RequestTelemetryMiddleware:
                     headers.append(TRACE_ID_HEADER, trace_id)
             await send(message)
 
+        in_flight = metrics.IN_FLIGHT.labels(self.service)
+        if not quiet:
+            in_flight.inc()
         try:
             await self.app(scope, receive, send_with_trace_id)
         finally:
-            if scope["path"] not in QUIET_PATHS:
+            if not quiet:
+                in_flight.dec()
+                duration_s = time.perf_counter() - start
+                # The route template, never the raw path: unknown paths must not mint new series.
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                labels = (self.service, route, scope["method"], str(status))
+                metrics.REQUESTS.labels(*labels).inc()
+                metrics.REQUEST_DURATION.labels(*labels).observe(
+                    duration_s, exemplar=metrics.exemplar(current_trace_id())
+                )
                 log.info(
                     "%s %s %d",
                     scope["method"],
                     scope["path"],
                     status,
-                    extra={"status": status, "duration_ms": round((time.perf_counter() - start) * 1000, 3)},
+                    extra={"status": status, "duration_ms": round(duration_s * 1000, 3)},
                 )

@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec
+from ml_pipeline import codec, metrics
 from ml_pipeline.errors import BadRequest, UnsupportedMediaType
 from ml_pipeline.service import build_app
 from ml_pipeline.settings import Settings
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         app.state.backend = None
         # Loading (and on a first local run, converting) takes seconds: keep the loop free.
         app.state.backend = await anyio.to_thread.run_sync(load_backend, settings)
+        metrics.MODEL_INFO.info({"name": app.state.backend.name, "backend": app.state.backend.kind})
         yield
 
     async def ready(app: FastAPI) -> tuple[bool, str]:

@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec
+from ml_pipeline import codec, metrics
 from ml_pipeline.client import Downstream
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
@@ -108,6 +108,7 @@ def create_app(
         with timer.stage("handoff", **{"handoff.transport": "http", "tensor.shape": list(tensor.shape)}) as span:
             body = codec.encode(tensor)
             span.set_attribute("tensor.bytes", len(body))
+            metrics.HANDOFF_BYTES.labels("http").observe(len(body))
             response = await app.state.model.post(
                 "/predict", content=body, headers={"Content-Type": codec.NPY_MEDIA_TYPE}
             )
