@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validate the observability configs with the real binaries (the images compose uses):
-# the collector and Jaeger configs with `validate`, Prometheus's with `promtool check config`.
+# the collector and Jaeger configs with `validate`, Prometheus's config and rules with
+# `promtool check config` and its alerting/recording rules' unit tests with `promtool test rules`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 otelcol_image=${OTELCOL_IMAGE:-otel/opentelemetry-collector-contrib:0.140.0}
@@ -14,3 +15,5 @@ docker run --rm -v "$PWD/jaeger:/etc/jaeger:ro" "$jaeger_image" validate --confi
 echo "jaeger/config.yml: valid ($jaeger_image)"
 docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" --entrypoint promtool "$prometheus_image" \
   check config /etc/prometheus/prometheus.yml
+docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" -w /etc/prometheus --entrypoint promtool "$prometheus_image" \
+  test rules tests/rules_test.yml

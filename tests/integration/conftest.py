@@ -40,6 +40,14 @@ def jaeger(stack) -> str:
 
 
 @pytest.fixture(scope="session")
+def prometheus(stack) -> str:
+    url = os.environ.get("STACK_PROMETHEUS_URL")
+    if not url:
+        _missing("STACK_PROMETHEUS_URL")
+    return url
+
+
+@pytest.fixture(scope="session")
 def stack_control(stack):
     """Docker control of the stack's containers (failover and backpressure tests)."""
     project = os.environ.get("STACK_COMPOSE_PROJECT")

@@ -1,0 +1,48 @@
+"""Structure of the provisioned Grafana files (their queries run against live Prometheus in
+tests/integration/test_observability.py)."""
+
+import json
+
+from dashboards import DASHBOARDS, GRAFANA_VARIABLES, panel_queries, panels, provisioned_datasources, unresolved_variables
+
+
+def test_datasources_have_fixed_uids_and_exemplars_link_to_jaeger():
+    datasources = provisioned_datasources()
+    assert set(datasources) == {"prometheus", "jaeger"}
+    links = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert links == [{"name": "trace_id", "datasourceUid": "jaeger", "urlDisplayLabel": "Open trace in Jaeger"}]
+    assert datasources["jaeger"]["type"] == "jaeger"
+
+
+def test_dashboards_reference_only_provisioned_datasources():
+    assert DASHBOARDS, "no dashboard JSON in grafana/dashboards"
+    uids = set(provisioned_datasources())
+    for path in DASHBOARDS:
+        text = path.read_text()
+        assert "${DS_" not in text and "__inputs" not in text, f"{path.name} was exported 'for sharing'"
+        for panel in panels(json.loads(text)):
+            if "datasource" in panel:
+                assert panel["datasource"]["uid"] in uids, (path.name, panel["title"])
+    for query in panel_queries():
+        assert query.datasource_uid in uids, query
+
+
+def test_every_panel_query_is_concrete_promql():
+    queries = panel_queries()
+    assert len(queries) >= 12
+    for query in queries:
+        leftover = unresolved_variables(query.promql())
+        assert not leftover, f"{query.panel}: variables without a test value {leftover} (known: {list(GRAFANA_VARIABLES)})"
+
+
+def test_dashboard_answers_what_the_issue_asks():
+    titles = {p["title"] for path in DASHBOARDS for p in panels(json.loads(path.read_text()))}
+    for needed in ("Request rate per hop", "Server error ratio per hop (5xx)", "p50 latency per hop", "p95 latency per hop",
+                   "p99 latency per hop", "Share of model requests per replica", "CPU per replica",
+                   "Resident memory per replica", "In-flight requests per replica", "Tensor bytes handed off per request"):
+        assert needed in titles
+    latency = [q for q in panel_queries() if "latency" in q.panel]
+    assert latency and all(q.exemplar for q in latency), "latency panels show exemplars"
+    for path in DASHBOARDS:
+        for panel in panels(json.loads(path.read_text())):
+            assert panel["type"] == "row" or panel.get("description"), f"{panel['title']} has no description"
