@@ -1,5 +1,7 @@
-"""`ml-pipeline serve`: the three services as local processes, stopped cleanly by Ctrl-C."""
+"""`ml-pipeline serve`: the three services as local processes, stopped cleanly by Ctrl-C, and
+`ml-pipeline bench` driving them."""
 
+import json
 import os
 import signal
 import socket
@@ -54,6 +56,17 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
         )
         assert r.status_code == 200 and r.json()["backend"] == "random"
         trace_id = r.json()["trace_id"]
+        # The load generator against the real servers: two runs, every request answered.
+        results = tmp_path / "bench.json"
+        bench = subprocess.run(
+            [sys.executable, "-m", "ml_pipeline", "bench", "-c", "1,2", "-n", "6", "--warmup", "1",
+             "--image", str(COFFEE_JPG), "--out", str(results), "--no-progress"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert bench.returncode == 0, bench.stderr
+        runs = json.loads(results.read_text())["runs"]
+        assert [(run["concurrency"], run["requests"], run["errors"]) for run in runs] == [(1, 6, 0), (2, 6, 0)]
+        assert "model.inference" in runs[0]["stages_mean_ms"] and "| 2 | 6 | 0 |" in bench.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=40)

@@ -2,6 +2,7 @@
 
     ml-pipeline run model --port 5002        # one service (what each container runs)
     ml-pipeline serve                        # all three on 5001/5002/5003; Ctrl-C stops them
+    ml-pipeline bench -c 1,4,8 -n 200        # closed-loop load on /finalize: latency, throughput, stages
 """
 
 from __future__ import annotations
@@ -108,6 +109,45 @@ def _wait_ready(timeout_s: float) -> None:
     print(f"ml-pipeline: not ready after {timeout_s:.0f} s (see the logs above)", file=sys.stderr, flush=True)
 
 
+def bench(args: argparse.Namespace) -> int:
+    import asyncio
+    import platform
+    from pathlib import Path
+
+    from ml_pipeline import __version__
+    from ml_pipeline.bench import format_table, run_http, write_results
+
+    image = Path(args.image)
+    if not image.is_file():
+        print(f"ml-pipeline bench: no image at {image} (give one with --image)", file=sys.stderr)
+        return 2
+    try:
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
+        if min(concurrencies) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"ml-pipeline bench: --concurrency wants positive integers like 1,4,8, not {args.concurrency!r}", file=sys.stderr)
+        return 2
+    requests = None if args.duration else args.requests
+    results = asyncio.run(
+        run_http(args.url, image, concurrencies, requests=requests, duration_s=args.duration,
+                 warmup=args.warmup, progress=not args.no_progress)
+    )
+    summaries = [r.summary() for r in results]
+    print(format_table(summaries))
+    for s in summaries:
+        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in s["stages_mean_ms"].items())
+        print(f"c={s['concurrency']} mean stage ms: {stages or '(no Server-Timing)'}")
+        if s["errors"]:
+            print(f"c={s['concurrency']} errors by status: {s['statuses']}", file=sys.stderr)
+    if args.out:
+        meta = {"url": args.url, "image": str(image), "version": __version__, "python": platform.python_version(),
+                "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_results(Path(args.out), results, meta)
+        print(f"ml-pipeline bench: wrote {args.out}")
+    return 1 if any(s["errors"] for s in summaries) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-pipeline", description="Image-classification pipeline services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,9 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run all three services as local processes")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--wait-ready", type=float, default=120, help="seconds to wait for readiness")
+    p_bench = sub.add_parser("bench", help="closed-loop load on a route: latency, throughput, per-stage breakdown")
+    p_bench.add_argument("url", nargs="?", default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
+                         help="route taking a multipart `file` upload (default: /finalize on localhost)")
+    p_bench.add_argument("--image", default="test.jpg", help="the image every request uploads")
+    p_bench.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")
+    amount = p_bench.add_mutually_exclusive_group()
+    amount.add_argument("-n", "--requests", type=int, default=200, help="recorded requests per run")
+    amount.add_argument("-d", "--duration", type=float, help="seconds per run instead of a request count")
+    p_bench.add_argument("--warmup", type=int, default=20, help="unrecorded requests before each run")
+    p_bench.add_argument("--out", help="write the results (summaries and raw latencies) to this JSON file")
+    p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.service, args.host, args.port or DEFAULT_PORTS[args.service])
+    if args.command == "bench":
+        return bench(args)
     return serve(args.host, args.wait_ready)
 
 

@@ -1,0 +1,197 @@
+"""``ml-pipeline bench``: a closed-loop load generator for the pipeline's HTTP routes.
+
+Closed loop: ``concurrency`` workers each send a request, wait for its answer and send the next,
+so the offered load adapts to the service (throughput at saturation is what it measures). The
+multipart body is encoded once and replayed, so the client spends its CPU on sockets, not on
+encoding uploads (it shares the machine with the services it measures). Every response's
+``Server-Timing`` header is kept, giving the per-stage breakdown next to the end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ml_pipeline.telemetry import SERVER_TIMING_HEADER, parse_server_timing
+
+# One request: returns (HTTP status, stage timings in ms).
+Send = Callable[[], Awaitable[tuple[int, dict[str, float]]]]
+
+
+@dataclass
+class RunResult:
+    """One closed-loop run at one concurrency."""
+
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    duration_s: float
+    latencies_ms: list[float] = field(repr=False)
+    stages_ms: dict[str, list[float]] = field(repr=False)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
+        return {
+            "target": self.target,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "throughput_rps": self.requests / self.duration_s if self.duration_s > 0 else 0.0,
+            "mean_ms": float(np.mean(lat)),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "stages_mean_ms": {name: float(np.mean(v)) for name, v in sorted(self.stages_ms.items())},
+            "statuses": dict(self.statuses),
+        }
+
+
+def multipart_body(image: Path) -> tuple[bytes, str]:
+    """The upload encoded once: body bytes and its Content-Type (with the boundary)."""
+    content_type = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
+    request = httpx.Request("POST", "http://bench/", files={"file": (image.name, image.read_bytes(), content_type)})
+    return request.read(), request.headers["content-type"]
+
+
+def http_sender(client: httpx.AsyncClient, url: str, body: bytes, content_type: str) -> Send:
+    headers = {"Content-Type": content_type}
+
+    async def send() -> tuple[int, dict[str, float]]:
+        response = await client.post(url, content=body, headers=headers)
+        await response.aread()
+        return response.status_code, parse_server_timing(response.headers.get(SERVER_TIMING_HEADER))
+
+    return send
+
+
+async def closed_loop(
+    send: Send,
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    target: str = "",
+    progress: bool = True,
+) -> RunResult:
+    """Run ``concurrency`` workers until ``requests`` answers (or ``duration_s`` seconds), after
+    ``warmup`` unrecorded requests at the same concurrency. Transport errors count as errors
+    (status ``"transport"``); they never stop the run."""
+    if concurrency < 1 or (requests is None) == (duration_s is None):
+        raise ValueError("give concurrency >= 1 and exactly one of requests or duration_s")
+
+    async def one() -> tuple[str, dict[str, float]]:
+        try:
+            status, stages = await send()
+            return str(status), stages
+        except httpx.HTTPError as exc:
+            return f"transport:{type(exc).__name__}", {}
+
+    if warmup:
+        remaining = warmup
+
+        async def warm_worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await one()
+
+        await asyncio.gather(*(warm_worker() for _ in range(min(concurrency, warmup))))
+
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    statuses: dict[str, int] = {}
+    errors = 0
+    issued = 0
+    bar = _progress_bar(requests, duration_s, f"{target} c={concurrency}", progress)
+    start = time.perf_counter()
+    deadline = start + duration_s if duration_s is not None else None
+
+    async def worker() -> None:
+        nonlocal errors, issued
+        while True:
+            if requests is not None:
+                if issued >= requests:
+                    return
+                issued += 1
+            elif time.perf_counter() >= deadline:
+                return
+            t0 = time.perf_counter()
+            status, timings = await one()
+            latencies.append((time.perf_counter() - t0) * 1000)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != "200":
+                errors += 1
+            for name, ms in timings.items():
+                stages.setdefault(name, []).append(ms)
+            bar.update(1)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    bar.close()
+    return RunResult(target, concurrency, len(latencies), errors, elapsed, latencies, stages, statuses)
+
+
+def _progress_bar(requests: int | None, duration_s: float | None, label: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=requests, desc=label, unit="req", disable=not enabled, leave=False, mininterval=0.5)
+
+
+async def run_http(
+    url: str,
+    image: Path,
+    concurrencies: list[int],
+    *,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    timeout_s: float = 60,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Closed-loop runs against ``url`` at each concurrency, one connection per worker."""
+    body, content_type = multipart_body(image)
+    results = []
+    for concurrency in concurrencies:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
+            send = http_sender(client, url, body, content_type)
+            results.append(
+                await closed_loop(
+                    send, concurrency=concurrency, requests=requests, duration_s=duration_s,
+                    warmup=warmup, target=url, progress=progress,
+                )
+            )
+    return results
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """A Markdown table of the summaries (also readable in a terminal)."""
+    header = "| target | c | requests | errors | req/s | mean ms | p50 ms | p95 ms | p99 ms |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        lines.append(
+            f"| {s['target']} | {s['concurrency']} | {s['requests']} | {s['errors']} | {s['throughput_rps']:.1f} "
+            f"| {s['mean_ms']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(path: Path, results: list[RunResult], meta: dict[str, Any]) -> None:
+    """JSON with the summaries and the raw latencies (to recompute any percentile later)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "runs": [{**r.summary(), "latencies_ms": r.latencies_ms} for r in results]}
+    path.write_text(json.dumps(payload, indent=1))
+

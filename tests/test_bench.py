@@ -1,0 +1,64 @@
+"""The closed-loop load generator, against the in-process chain (no timing assertions: counts,
+statuses, stage breakdown and the statistics' consistency)."""
+
+import httpx
+import pytest
+
+from conftest import COFFEE_JPG, NetworkASGITransport, make_settings, running_chain
+from ml_pipeline.bench import closed_loop, format_table, multipart_body, run_http, write_results
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_runs_at_each_concurrency_with_the_stage_breakdown(tmp_path):
+    async with running_chain(make_settings()) as client:
+        transport = NetworkASGITransport(app=client.apps["postprocess"])
+        results = await run_http("http://postprocess.test/finalize", COFFEE_JPG, [1, 3], requests=9, warmup=2,
+                                 duration_s=None, transport=transport, progress=False)
+    summaries = [r.summary() for r in results]
+    assert [(s["concurrency"], s["requests"], s["errors"], s["statuses"]) for s in summaries] == [
+        (1, 9, 0, {"200": 9}), (3, 9, 0, {"200": 9})]
+    for s in summaries:
+        assert 0 < s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] and s["throughput_rps"] > 0
+        assert {"preprocess.decode", "model.inference", "postprocess.total"} <= set(s["stages_mean_ms"])
+    out = tmp_path / "r.json"
+    write_results(out, results, {"note": "test"})
+    assert '"latencies_ms"' in out.read_text()
+    assert format_table(summaries).count("\n") == 3
+
+
+async def test_error_answers_and_transport_failures_are_counted_not_fatal():
+    async with running_chain(make_settings()) as client:
+        transport = NetworkASGITransport(app=client.apps["postprocess"])
+        [missing] = await run_http("http://postprocess.test/nope", COFFEE_JPG, [2], requests=4, warmup=0,
+                                   duration_s=None, transport=transport, progress=False)
+    assert (missing.errors, missing.statuses) == (4, {"404": 4})
+
+    def refuse(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    [down] = await run_http("http://nowhere.test/finalize", COFFEE_JPG, [2], requests=5, warmup=1, duration_s=None,
+                            transport=httpx.MockTransport(refuse), progress=False)
+    assert (down.requests, down.errors, down.statuses) == (5, 5, {"transport:ConnectError": 5})
+
+
+async def test_duration_mode_and_argument_checks():
+    calls = 0
+
+    async def send():
+        nonlocal calls
+        calls += 1
+        return 200, {"x.stage": 1.0}
+
+    result = await closed_loop(send, concurrency=2, duration_s=0.05, progress=False)
+    assert result.requests == calls > 0 and result.errors == 0
+    with pytest.raises(ValueError):
+        await closed_loop(send, concurrency=0, requests=1)
+    with pytest.raises(ValueError):
+        await closed_loop(send, concurrency=1, requests=1, duration_s=1)
+
+
+def test_the_upload_is_encoded_once_as_multipart():
+    body, content_type = multipart_body(COFFEE_JPG)
+    assert content_type.startswith("multipart/form-data; boundary=")
+    assert COFFEE_JPG.read_bytes() in body and b'name="file"; filename="test.jpg"' in body
