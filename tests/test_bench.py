@@ -62,3 +62,45 @@ def test_the_upload_is_encoded_once_as_multipart():
     body, content_type = multipart_body(COFFEE_JPG)
     assert content_type.startswith("multipart/form-data; boundary=")
     assert COFFEE_JPG.read_bytes() in body and b'name="file"; filename="test.jpg"' in body
+
+
+# --------------------------------------------------------------------------- the baselines
+
+
+async def test_monolith_answers_like_the_chain(coffee_bytes):
+    from monolith.app import create_app
+
+    settings = make_settings()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://monolith.test"
+    ) as mono:
+        one_hop = (await mono.post("/classify", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")})).json()
+        bad = await mono.post("/classify", files={"file": ("n.txt", b"nope", "text/plain")})
+    async with running_chain(settings) as chain:
+        chained = (await chain.post("/finalize", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")})).json()
+    same = ("class_id", "label", "score", "top5", "model", "backend")
+    assert {k: one_hop[k] for k in same} == {k: chained[k] for k in same}
+    assert {"monolith.decode", "monolith.inference", "monolith.postprocess", "monolith.total"} <= set(one_hop["timings_ms"])
+    assert bad.status_code == 415 and bad.json()["error"]["service"] == "monolith"
+
+
+def test_in_process_pipeline_is_the_same_computation(coffee_bytes):
+    from monolith.app import InProcessPipeline
+
+    top, timings = InProcessPipeline(make_settings())(coffee_bytes)
+    assert len(top) == 5 and top[0].score >= top[1].score
+    assert {"inprocess.decode", "inprocess.inference", "inprocess.postprocess"} <= set(timings)
+
+
+async def test_in_process_runs_and_failures_count():
+    from ml_pipeline.bench import closed_loop, inprocess_sender
+    from monolith.app import InProcessPipeline
+
+    send = inprocess_sender(InProcessPipeline(make_settings()), COFFEE_JPG.read_bytes())
+    ok = await closed_loop(send, concurrency=2, requests=4, warmup=1, progress=False)
+    assert (ok.requests, ok.errors) == (4, 0)
+    assert "inprocess.inference" in ok.summary()["stages_mean_ms"]
+    broken = inprocess_sender(InProcessPipeline(make_settings()), b"not an image")
+    failed = await closed_loop(broken, concurrency=1, requests=2, progress=False)
+    assert failed.errors == 2 and list(failed.statuses) == ["exception:UnsupportedMediaType"]

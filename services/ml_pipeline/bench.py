@@ -86,8 +86,8 @@ async def closed_loop(
     progress: bool = True,
 ) -> RunResult:
     """Run ``concurrency`` workers until ``requests`` answers (or ``duration_s`` seconds), after
-    ``warmup`` unrecorded requests at the same concurrency. Transport errors count as errors
-    (status ``"transport"``); they never stop the run."""
+    ``warmup`` unrecorded requests at the same concurrency. Failures count as errors (status
+    ``transport:<error>`` or ``exception:<error>``); they never stop the run."""
     if concurrency < 1 or (requests is None) == (duration_s is None):
         raise ValueError("give concurrency >= 1 and exactly one of requests or duration_s")
 
@@ -97,6 +97,8 @@ async def closed_loop(
             return str(status), stages
         except httpx.HTTPError as exc:
             return f"transport:{type(exc).__name__}", {}
+        except Exception as exc:  # an in-process pipeline's failure is one failed request too
+            return f"exception:{type(exc).__name__}", {}
 
     if warmup:
         remaining = warmup
@@ -147,6 +149,39 @@ def _progress_bar(requests: int | None, duration_s: float | None, label: str, en
     from tqdm import tqdm
 
     return tqdm(total=requests, desc=label, unit="req", disable=not enabled, leave=False, mininterval=0.5)
+
+
+def inprocess_sender(pipeline: Callable[[bytes], tuple[Any, dict[str, float]]], data: bytes) -> Send:
+    """The pipeline called directly in a worker thread (as the services run their CPU-bound
+    stages): the no-HTTP limit the chain is compared with."""
+    import anyio
+
+    async def send() -> tuple[int, dict[str, float]]:
+        _, timings = await anyio.to_thread.run_sync(pipeline, data)
+        return 200, timings
+
+    return send
+
+
+async def run_inprocess(
+    image: Path,
+    concurrencies: list[int],
+    *,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Closed-loop runs of the in-process pipeline (same preprocessing and model, no HTTP)."""
+    from ml_pipeline.settings import Settings
+    from monolith.app import InProcessPipeline
+
+    send = inprocess_sender(InProcessPipeline(Settings()), image.read_bytes())
+    return [
+        await closed_loop(send, concurrency=c, requests=requests, duration_s=duration_s, warmup=warmup,
+                          target="inprocess", progress=progress)
+        for c in concurrencies
+    ]
 
 
 async def run_http(

@@ -15,7 +15,11 @@ import sys
 import time
 from typing import Any
 
-from ml_pipeline.settings import DEFAULT_PORTS, SERVICE_NAMES, Settings
+from ml_pipeline.settings import DEFAULT_PORTS, Settings
+
+
+# The benchmark's one-hop baseline runs like a service but is not part of the chain.
+RUNNABLE_PORTS = {**DEFAULT_PORTS, "monolith": 5004}
 
 
 def uvicorn_config(app: Any, host: str, port: int):
@@ -115,7 +119,7 @@ def bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ml_pipeline import __version__
-    from ml_pipeline.bench import format_table, run_http, write_results
+    from ml_pipeline.bench import format_table, run_http, run_inprocess, write_results
 
     image = Path(args.image)
     if not image.is_file():
@@ -129,10 +133,11 @@ def bench(args: argparse.Namespace) -> int:
         print(f"ml-pipeline bench: --concurrency wants positive integers like 1,4,8, not {args.concurrency!r}", file=sys.stderr)
         return 2
     requests = None if args.duration else args.requests
-    results = asyncio.run(
-        run_http(args.url, image, concurrencies, requests=requests, duration_s=args.duration,
-                 warmup=args.warmup, progress=not args.no_progress)
-    )
+    amount = {"requests": requests, "duration_s": args.duration, "warmup": args.warmup, "progress": not args.no_progress}
+    if args.url == "inprocess":
+        results = asyncio.run(run_inprocess(image, concurrencies, **amount))
+    else:
+        results = asyncio.run(run_http(args.url, image, concurrencies, **amount))
     summaries = [r.summary() for r in results]
     print(format_table(summaries))
     for s in summaries:
@@ -152,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-pipeline", description="Image-classification pipeline services.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run one service")
-    p_run.add_argument("service", choices=SERVICE_NAMES)
+    p_run.add_argument("service", choices=list(RUNNABLE_PORTS))
     p_run.add_argument("--host", default="127.0.0.1")
-    p_run.add_argument("--port", type=int, help="default: the service's host port (5001/5002/5003)")
+    p_run.add_argument("--port", type=int, help="default: the service's host port (5001/5002/5003; monolith 5004)")
     p_serve = sub.add_parser("serve", help="run all three services as local processes")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--wait-ready", type=float, default=120, help="seconds to wait for readiness")
     p_bench = sub.add_parser("bench", help="closed-loop load on a route: latency, throughput, per-stage breakdown")
     p_bench.add_argument("url", nargs="?", default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
-                         help="route taking a multipart `file` upload (default: /finalize on localhost)")
+                         help="route taking a multipart `file` upload (default: /finalize on localhost), "
+                         "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment)")
     p_bench.add_argument("--image", default="test.jpg", help="the image every request uploads")
     p_bench.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")
     amount = p_bench.add_mutually_exclusive_group()
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.service, args.host, args.port or DEFAULT_PORTS[args.service])
+        return run(args.service, args.host, args.port or RUNNABLE_PORTS[args.service])
     if args.command == "bench":
         return bench(args)
     return serve(args.host, args.wait_ready)
