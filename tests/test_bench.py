@@ -104,3 +104,50 @@ async def test_in_process_runs_and_failures_count():
     broken = inprocess_sender(InProcessPipeline(make_settings()), b"not an image")
     failed = await closed_loop(broken, concurrency=1, requests=2, progress=False)
     assert failed.errors == 2 and list(failed.statuses) == ["exception:UnsupportedMediaType"]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
+    from ml_pipeline.bench import RunResult, write_results
+
+    runs = []
+    for c, rps in rps_by_c.items():
+        n = 100
+        lat = [p50_by_c[c]] * n
+        r = RunResult(name, c, n, 0, n / rps, lat, {k: [v] * n for k, v in (stages or {}).items()}, {"200": n})
+        runs.append(r)
+    write_results(tmp_path / f"{name}.json", runs, {"label": name, "image": "test.jpg", "time": "now"})
+
+
+def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
+    from ml_pipeline.cli import main
+
+    handoff = lambda ms: {"preprocess.decode": 5, "preprocess.handoff": 10 + ms, "model.inference": 10, "postprocess.total": 40}  # noqa: E731
+    _scenario(tmp_path, "inprocess", {1: 30, 4: 40}, {1: 30, 4: 90})
+    _scenario(tmp_path, "chain-http", {1: 25, 4: 36}, {1: 34, 4: 110}, handoff(1.0))
+    _scenario(tmp_path, "chain-http-telemetry-off", {1: 26, 4: 37}, {1: 33, 4: 105}, handoff(1.0))
+    _scenario(tmp_path, "chain-json", {1: 10, 4: 12}, {1: 90, 4: 300}, handoff(30.0))
+    _scenario(tmp_path, "chain-volume", {1: 25, 4: 35}, {1: 35, 4: 112}, handoff(2.5))
+    out = tmp_path / "docs" / "performance.md"
+    out.parent.mkdir()
+    assert main(["bench-report", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["chain throughput at saturation (telemetry on) vs in-process"].endswith("| 0.90× (36.0 vs 40.0 req/s) | met |")
+    assert "+4.0 ms) | met |" in rows["p50 at concurrency 1: chain vs in-process"]
+    assert rows["telemetry on vs off (throughput at saturation)"].endswith("| met |")
+    assert "30.0× (1.00 ms vs 30.00 ms) | met |" in rows["binary hand-off vs JSON (hand-off time, c=1)"]
+    assert "+1.50 ms (2.50 vs 1.00 ms) | **missed** |" in rows["volume hand-off vs binary (hand-off time, c=1)"]
+    for png in ("latency.png", "throughput.png", "stages.png"):
+        assert (out.parent / "perf" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_says_what_was_not_run(tmp_path):
+    from ml_pipeline import bench_report
+
+    _scenario(tmp_path, "chain-http", {1: 25}, {1: 34})
+    text = bench_report.render(bench_report.load_runs(tmp_path), "perf", None)
+    assert "| telemetry on vs off (throughput at saturation) | ≥ 0.95× | not run | — |" in text
+    assert bench_report.main([str(tmp_path / "empty")]) == 2

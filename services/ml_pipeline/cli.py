@@ -138,6 +138,9 @@ def bench(args: argparse.Namespace) -> int:
         results = asyncio.run(run_inprocess(image, concurrencies, **amount))
     else:
         results = asyncio.run(run_http(args.url, image, concurrencies, **amount))
+    if args.label:
+        for result in results:
+            result.target = args.label
     summaries = [r.summary() for r in results]
     print(format_table(summaries))
     for s in summaries:
@@ -146,7 +149,7 @@ def bench(args: argparse.Namespace) -> int:
         if s["errors"]:
             print(f"c={s['concurrency']} errors by status: {s['statuses']}", file=sys.stderr)
     if args.out:
-        meta = {"url": args.url, "image": str(image), "version": __version__, "python": platform.python_version(),
+        meta = {"label": args.label or args.url, "url": args.url, "image": str(image), "version": __version__, "python": platform.python_version(),
                 "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_results(Path(args.out), results, meta)
         print(f"ml-pipeline bench: wrote {args.out}")
@@ -174,8 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     amount.add_argument("-d", "--duration", type=float, help="seconds per run instead of a request count")
     p_bench.add_argument("--warmup", type=int, default=20, help="unrecorded requests before each run")
     p_bench.add_argument("--out", help="write the results (summaries and raw latencies) to this JSON file")
+    p_bench.add_argument("--label", help="name of this scenario in the output (default: the URL)")
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_report = sub.add_parser("bench-report", help="the Markdown report (tables, targets, plots) of bench JSON results")
+    p_report.add_argument("results", help="directory of `ml-pipeline bench --out` JSON files")
+    p_report.add_argument("--out", default="docs/performance.md", help="the report; plots go to perf/ beside it")
+    p_report.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
     args = parser.parse_args(argv)
+    if args.command == "bench-report":
+        from ml_pipeline import bench_report
+
+        return bench_report.main([args.results, "--out", args.out] + (["--notes", args.notes] if args.notes else []))
     if args.command == "run":
         return run(args.service, args.host, args.port or RUNNABLE_PORTS[args.service])
     if args.command == "bench":

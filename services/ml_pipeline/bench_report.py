@@ -1,0 +1,232 @@
+"""``ml-pipeline bench-report DIR --out docs/performance.md``: the study's results as a report.
+
+Reads every ``ml-pipeline bench --out`` JSON in DIR (one per scenario), writes a Markdown report
+with the tables, the targets (met or missed, by how much) and PNG plots beside it: latency and
+throughput against concurrency per scenario, and the per-stage breakdown per hand-off transport.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
+INPROCESS, MONOLITH, CHAIN = "inprocess", "monolith", "chain-http"
+TELEMETRY_OFF, ONE_REPLICA, CACHE_ON = "chain-http-telemetry-off", "chain-http-1-replica", "chain-http-cache"
+TRANSPORTS = {"chain-json": "json", "chain-http": "http (binary)", "chain-volume": "volume", "chain-volume-ram": "volume (RAM)"}
+
+
+@dataclass
+class Target:
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None  # None: a scenario it needs was not run
+
+
+def load_runs(directory: Path) -> dict[str, dict[str, Any]]:
+    """{scenario: {"meta": …, "runs": [summary per concurrency, ascending]}}."""
+    scenarios = {}
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "runs" not in data:
+            continue
+        name = data["meta"].get("label") or path.stem
+        data["runs"].sort(key=lambda r: r["concurrency"])
+        scenarios[name] = data
+    return scenarios
+
+
+def saturation_rps(scenario: dict[str, Any]) -> float:
+    """Throughput at saturation: the best closed-loop throughput over the concurrencies run."""
+    return max(r["throughput_rps"] for r in scenario["runs"])
+
+
+def at_concurrency(scenario: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in scenario["runs"] if r["concurrency"] == concurrency), None)
+
+
+def handoff_ms(run: dict[str, Any]) -> float | None:
+    """The hand-off's own cost: preprocess's hand-off stage (encode, send, wait for the model's
+    answer) minus the model's inference inside it."""
+    stages = run["stages_mean_ms"]
+    if "preprocess.handoff" not in stages or "model.inference" not in stages:
+        return None
+    return stages["preprocess.handoff"] - stages["model.inference"]
+
+
+def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
+    out: list[Target] = []
+
+    def ratio_target(name, wanted_ratio, num, den):
+        if num not in s or den not in s:
+            return Target(name, f"≥ {wanted_ratio:.2f}×", "not run", None)
+        ratio = saturation_rps(s[num]) / saturation_rps(s[den])
+        return Target(
+            name, f"≥ {wanted_ratio:.2f}×",
+            f"{ratio:.2f}× ({saturation_rps(s[num]):.1f} vs {saturation_rps(s[den]):.1f} req/s)", ratio >= wanted_ratio,
+        )
+
+    out.append(ratio_target("chain throughput at saturation (telemetry on) vs in-process", 0.85, CHAIN, INPROCESS))
+    if CHAIN in s and INPROCESS in s and at_concurrency(s[CHAIN], 1) and at_concurrency(s[INPROCESS], 1):
+        chain_p50, limit_p50 = at_concurrency(s[CHAIN], 1)["p50_ms"], at_concurrency(s[INPROCESS], 1)["p50_ms"]
+        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms",
+                          f"{chain_p50:.1f} ms vs {limit_p50:.1f} ms (+{chain_p50 - limit_p50:.1f} ms)", chain_p50 <= limit_p50 + 5))
+    else:
+        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms", "not run", None))
+    out.append(ratio_target("telemetry on vs off (throughput at saturation)", 0.95, CHAIN, TELEMETRY_OFF))
+
+    def handoff_at_1(name):
+        run = at_concurrency(s[name], 1) if name in s else None
+        return handoff_ms(run) if run else None
+
+    binary, naive = handoff_at_1("chain-http"), handoff_at_1("chain-json")
+    if binary and naive:
+        out.append(Target("binary hand-off vs JSON (hand-off time, c=1)", "≥ 20× faster",
+                          f"{naive / binary:.1f}× ({binary:.2f} ms vs {naive:.2f} ms)", naive / binary >= 20))
+    else:
+        out.append(Target("binary hand-off vs JSON (hand-off time, c=1)", "≥ 20× faster", "not run", None))
+    volume = handoff_at_1("chain-volume")
+    if binary and volume is not None:
+        out.append(Target("volume hand-off vs binary (hand-off time, c=1)", "within 1 ms",
+                          f"{volume - binary:+.2f} ms ({volume:.2f} vs {binary:.2f} ms)", abs(volume - binary) <= 1))
+    else:
+        out.append(Target("volume hand-off vs binary (hand-off time, c=1)", "within 1 ms", "not run", None))
+    return out
+
+
+def machine() -> dict[str, str]:
+    """What the study ran on (read inside the bench container: the host's kernel and CPUs)."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": str(os.cpu_count())}
+    try:
+        cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        info["cpu"] = cpu.split(":", 1)[1].strip()
+        mem_kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        info["memory"] = f"{mem_kib / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    if os.environ.get("DOCKER_VERSION"):
+        info["docker"] = os.environ["DOCKER_VERSION"]
+    return info
+
+
+def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, scenario in s.items():
+        cs = [r["concurrency"] for r in scenario["runs"]]
+        axes[0].plot(cs, [r["p50_ms"] for r in scenario["runs"]], marker="o", label=name)
+        axes[1].plot(cs, [r["p95_ms"] for r in scenario["runs"]], marker="o", label=name)
+    for ax, title in zip(axes, ("p50 latency", "p95 latency")):
+        ax.set(title=title, xlabel="concurrency (closed-loop workers)", ylabel="ms", xscale="log", xticks=cs)
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency.png", dpi=110)
+    plt.close(fig)
+    files.append("latency.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, scenario in s.items():
+        ax.plot([r["concurrency"] for r in scenario["runs"]], [r["throughput_rps"] for r in scenario["runs"]], marker="o", label=name)
+    ax.set(title="throughput", xlabel="concurrency (closed-loop workers)", ylabel="requests / s", xscale="log")
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "throughput.png", dpi=110)
+    plt.close(fig)
+    files.append("throughput.png")
+
+    present = [(name, label) for name, label in TRANSPORTS.items() if name in s and at_concurrency(s[name], 1)]
+    if present:
+        stage_names = sorted({st for name, _ in present for st in at_concurrency(s[name], 1)["stages_mean_ms"] if not st.endswith(".total")})
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        bottoms = [0.0] * len(present)
+        for stage in stage_names:
+            values = []
+            for name, _ in present:
+                stages = at_concurrency(s[name], 1)["stages_mean_ms"]
+                value = stages.get(stage, 0.0)
+                if stage == "preprocess.handoff":  # its model part is shown as the model's stages
+                    value = handoff_ms(at_concurrency(s[name], 1)) or value
+                if stage in ("postprocess.forward",):  # contains everything downstream
+                    value = 0.0
+                values.append(max(value, 0.0))
+            ax.bar([label for _, label in present], values, bottom=bottoms, label=stage)
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+        ax.set(title="where the time goes, per hand-off (concurrency 1, mean ms)", ylabel="ms")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out_dir / "stages.png", dpi=110)
+        plt.close(fig)
+        files.append("stages.png")
+    return files
+
+
+def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> str:
+    lines = ["# Performance report", ""]
+    lines += ["Generated by `bash bench/study.sh` (the whole study) with `ml-pipeline bench-report`.", ""]
+    lines += ["## Machine", ""] + [f"- **{k}**: {v}" for k, v in machine().items()] + [""]
+    any_meta = next(iter(s.values()))["meta"] if s else {}
+    lines += [f"Load: closed loop, the same photo (`{any_meta.get('image', '?')}`) on every request, "
+              f"{any_meta.get('time', '')}.", ""]
+    lines += ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|"]
+    for t in targets(s):
+        mark = {True: "met", False: "**missed**", None: "—"}[t.met]
+        lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
+    lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, scenario in s.items():
+        for r in scenario["runs"]:
+            lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} "
+                         f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![latency]({image_dir}/latency.png)", "", f"![throughput]({image_dir}/throughput.png)", ""]
+    if any(name in s for name in TRANSPORTS):
+        lines += [f"![stages]({image_dir}/stages.png)", ""]
+        lines += ["## Stage breakdown per hand-off (concurrency 1, mean ms)", "",
+                  "| transport | hand-off ms | " + " | ".join(["decode", "resize", "normalize", "tensor_decode", "inference"]) + " |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, label in TRANSPORTS.items():
+            run = at_concurrency(s[name], 1) if name in s else None
+            if run:
+                st = run["stages_mean_ms"]
+                cells = [st.get(k, float("nan")) for k in ("preprocess.decode", "preprocess.resize", "preprocess.normalize", "model.tensor_decode", "model.inference")]
+                lines.append(f"| {label} | {handoff_ms(run) or float('nan'):.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+        lines.append("")
+    if notes:
+        lines += [notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ml-pipeline bench-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="directory of `ml-pipeline bench --out` JSON files")
+    parser.add_argument("--out", default="docs/performance.md", help="the Markdown report; plots go to perf/ beside it")
+    parser.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
+    args = parser.parse_args(argv)
+    scenarios = load_runs(Path(args.results))
+    if not scenarios:
+        print(f"ml-pipeline bench-report: no results in {args.results}")
+        return 2
+    out = Path(args.out)
+    plot(scenarios, out.parent / "perf")
+    notes = Path(args.notes).read_text() if args.notes else None
+    out.write_text(render(scenarios, "perf", notes))
+    print(f"ml-pipeline bench-report: wrote {out} and {out.parent / 'perf'}/*.png")
+    return 0
