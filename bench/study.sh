@@ -2,6 +2,7 @@
 # The whole performance study, every scenario side by side on this machine, then the report:
 #   bash bench/study.sh                 # writes reports/study/*.json, then docs/performance.md + docs/perf/*.png
 #   BENCH_REQUESTS=60 bash bench/study.sh   # a quicker, noisier run
+#   BENCH_SCENARIOS="inprocess chain-http" bash bench/study.sh   # only these scenarios
 # Each scenario gets a fresh stack (compose project "ml-pipeline-bench", no host ports); the load
 # generator runs in a container on the same network. Nothing is left running afterwards.
 set -euo pipefail
@@ -14,18 +15,20 @@ concurrency=${BENCH_CONCURRENCY:-1,2,4,8}
 requests=${BENCH_REQUESTS:-200}
 warmup=${BENCH_WARMUP:-20}
 compose=(docker compose -p "$project" -f docker-compose.yml -f bench/docker-compose.bench.yml)
+only=${BENCH_SCENARIOS:-}
 scenario_env=(TRANSPORT TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME)
 
-down() { "${compose[@]}" down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || true; }
+down() { "${compose[@]}" --profile monolith --profile bench down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || true; }
 trap down EXIT
 
 mkdir -p "$BENCH_OUT"
-rm -f "$BENCH_OUT"/*.json
+[ -z "$only" ] && rm -f "$BENCH_OUT"/*.json
 "${compose[@]}" --profile bench --profile monolith build
 
 # bench NAME URL [ENV=VALUE …] [--scale model=N] [-- services to start]
 bench() {
   local name=$1 url=$2; shift 2
+  if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return 0; fi
   local envs=() up_args=() services=()
   while [ $# -gt 0 ]; do
     case $1 in
@@ -62,6 +65,8 @@ bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipelin
 bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
 down
 
-"${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$PWD/docs:/docs" bench \
+mkdir -p docs
+"${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$PWD/docs:/docs" \
+  -e DOCKER_VERSION="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" bench \
   ml-pipeline bench-report /out --out /docs/performance.md
 echo "bench/study.sh: results in $BENCH_OUT, report in docs/performance.md"
