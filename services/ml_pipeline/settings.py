@@ -45,6 +45,30 @@ class Settings(BaseSettings):
         description="Seconds postprocess waits for preprocess before answering 504; "
         "longer than `MODEL_TIMEOUT_S` so the inner hop's clearer error wins.",
     )
+    model_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Attempts preprocess makes for one tensor, each on another model replica, after a "
+        "connection failure or a 5xx (inference is idempotent), all within `MODEL_TIMEOUT_S`.",
+    )
+    preprocess_max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Attempts postprocess makes for one upload on preprocess replicas, after connection "
+        "failures only (preprocess's own errors already include the model hop's retries).",
+    )
+    downstream_resolve_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between re-resolving a downstream's name to its replicas' addresses "
+        "(a scaled-up or restarted replica joins within this time).",
+    )
+    downstream_eject_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a replica that failed is skipped before one request tries it again; "
+        "doubled for each further consecutive failure, up to 8×.",
+    )
     readiness_timeout_s: float = Field(
         2.0, gt=0, description="Seconds a `/ready` probe waits for the downstream service's `/ready`."
     )

@@ -23,6 +23,7 @@ from model.backends import INPUT_SHAPE, load_backend
 SERVICE = "model"
 MODEL_NAME_HEADER = "X-Model-Name"
 MODEL_BACKEND_HEADER = "X-Model-Backend"
+MODEL_INSTANCE_HEADER = "X-Model-Instance"  # which replica answered (its service.instance.id)
 _BINARY_BODY = {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
 
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             headers={
                 MODEL_NAME_HEADER: backend.name,
                 MODEL_BACKEND_HEADER: backend.kind,
+                MODEL_INSTANCE_HEADER: settings.service_instance_id,
                 SERVER_TIMING_HEADER: timer.header(),
             },
         )

@@ -43,6 +43,7 @@ class FinalizeResponse(BaseModel):
     top5: list[Prediction]
     model: str = Field(description="model that produced the scores")
     backend: str = Field(description="`onnx` (real model) or `random` (fictitious)")
+    model_instance: str | None = Field(None, description="the model replica that computed the scores (its `service.instance.id`)")
     cached: bool = Field(False, description="answered from the result cache (`RESULT_CACHE_SIZE` > 0), not by the chain")
     trace_id: str | None = Field(description="W3C trace id of this request (also in the X-Trace-Id header)")
     timings_ms: dict[str, float] = Field(description="per-stage durations, `<service>.<stage>`, from Server-Timing")
@@ -88,6 +89,9 @@ def create_app(
             connect_timeout_s=settings.downstream_connect_timeout_s,
             tracer_provider=provider,
             pass_client_errors=True,  # preprocess rejecting the upload is the client's error
+            max_attempts=settings.preprocess_max_attempts,  # connection failures only: nothing was processed
+            resolve_interval_s=settings.downstream_resolve_interval_s,
+            eject_s=settings.downstream_eject_s,
             transport=preprocess_transport,
         )
         try:
@@ -148,6 +152,7 @@ def create_app(
             "top5": top,
             "model": scored.headers.get("X-Model-Name", "unknown"),
             "backend": scored.headers.get("X-Model-Backend", "unknown"),
+            "model_instance": scored.headers.get("X-Model-Instance"),
         }
         if key is not None:
             cache.put(key, result)

@@ -19,14 +19,14 @@ from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from ml_pipeline import codec, metrics
-from ml_pipeline.client import Downstream
+from ml_pipeline.client import RETRYABLE_5XX, Downstream
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
 from preprocess import imaging
 
 SERVICE = "preprocess"
-FORWARDED_MODEL_HEADERS = ("X-Model-Name", "X-Model-Backend")
+FORWARDED_MODEL_HEADERS = ("X-Model-Name", "X-Model-Backend", "X-Model-Instance")
 _NPY_RESPONSE = {200: {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
@@ -68,6 +68,11 @@ def create_app(
             connect_timeout_s=settings.downstream_connect_timeout_s,
             tracer_provider=provider,
             pass_client_errors=False,  # we built the tensor: a 4xx from the model is our bug
+            # Inference is a pure function of the tensor: another replica may safely try again.
+            max_attempts=settings.model_max_attempts,
+            retry_statuses=RETRYABLE_5XX,
+            resolve_interval_s=settings.downstream_resolve_interval_s,
+            eject_s=settings.downstream_eject_s,
             transport=model_transport,
         )
         try:

@@ -1,0 +1,250 @@
+"""Load spreading, failover, ejection and re-resolution, against fake and real replicas."""
+
+import asyncio
+import collections
+
+import httpx
+import pytest
+from opentelemetry.trace import NoOpTracerProvider
+
+from ml_pipeline.balancer import Balancer
+from ml_pipeline.client import RETRYABLE_5XX, Downstream
+from ml_pipeline.errors import BadGateway, DownstreamTimeout, DownstreamUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def static_resolver(addresses: list[str]):
+    async def resolve(host, port):
+        return list(addresses)
+
+    return resolve
+
+
+async def test_least_outstanding_spreads_evenly_and_prefers_the_idle():
+    balancer = Balancer("http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["10.0.0.1", "10.0.0.2"]))
+    await balancer.ensure_fresh()
+    assert sorted(e.base_url for e in balancer.endpoints) == ["http://10.0.0.1:5000", "http://10.0.0.2:5000"]
+    counts = collections.Counter(balancer.pick().address for _ in range(1000))
+    assert 400 < counts["10.0.0.1"] < 600  # random among equals
+    busy, idle = balancer.endpoints
+    busy.outstanding = 3
+    assert {balancer.pick().address for _ in range(50)} == {idle.address}
+    assert balancer.pick(exclude={idle}) is busy
+
+
+async def test_refresh_adds_and_removes_replicas_and_keeps_their_state():
+    addresses = ["10.0.0.1"]
+
+    async def resolve(host, port):
+        return list(addresses)
+
+    clock = Clock()
+    balancer = Balancer("http://model:5000", resolve_interval_s=2, eject_s=5, resolver=resolve, clock=clock)
+    await balancer.ensure_fresh()
+    first = balancer.endpoints[0]
+    first.outstanding = 1
+    addresses[:] = ["10.0.0.1", "10.0.0.3"]
+    await balancer.ensure_fresh()  # not due yet
+    assert len(balancer.endpoints) == 1
+    clock.now += 2
+    await balancer.ensure_fresh()
+    await asyncio.sleep(0)  # the background refresh runs
+    assert {e.address for e in balancer.endpoints} == {"10.0.0.1", "10.0.0.3"}
+    assert next(e for e in balancer.endpoints if e.address == "10.0.0.1") is first
+    addresses[:] = ["10.0.0.3"]
+    await balancer.refresh()
+    assert [e.address for e in balancer.endpoints] == ["10.0.0.3"]
+
+
+async def test_a_failed_replica_is_ejected_then_tried_again_with_growing_cooldown():
+    clock = Clock()
+    balancer = Balancer("http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["a", "b"]), clock=clock)
+    await balancer.refresh()
+    bad, good = balancer.endpoints
+    balancer.failed(bad)
+    assert {balancer.pick().address for _ in range(50)} == {good.address}
+    clock.now += 5  # cooldown over: half-open, it may be picked again
+    assert bad.address in {balancer.pick().address for _ in range(50)}
+    balancer.failed(bad)
+    assert bad.ejected_until == clock.now + 10  # second consecutive failure: doubled
+    balancer.succeeded(bad)
+    assert not bad.ejected(clock.now) and bad.failures == 0
+    balancer.failed(bad)
+    balancer.failed(good)
+    assert balancer.pick() in (bad, good)  # all ejected: the one back soonest rather than nothing
+
+
+async def test_dns_failure_keeps_the_known_replicas():
+    calls = 0
+
+    async def flaky(host, port):
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError("DNS down")
+        return ["10.0.0.1"]
+
+    balancer = Balancer("http://model:5000", resolve_interval_s=0.001, eject_s=5, resolver=flaky)
+    await balancer.refresh()
+    await balancer.refresh()
+    assert [e.address for e in balancer.endpoints] == ["10.0.0.1"]
+
+
+# --------------------------------------------------------------------------- Downstream over fake replicas
+
+
+def replicas(behaviour: dict[str, object]):
+    """A transport where each host behaves as told: an int status, or an exception to raise."""
+    seen = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        seen.append(host)
+        outcome = behaviour[host]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return httpx.Response(outcome, json={"error": {"code": "x", "message": f"{host} says {outcome}"}} if outcome >= 400 else {"ok": host})
+
+    return httpx.MockTransport(handle), seen
+
+
+def downstream(transport, addresses, **overrides) -> Downstream:
+    options = dict(timeout_s=5, connect_timeout_s=1, tracer_provider=NoOpTracerProvider(), pass_client_errors=False,
+                   max_attempts=3, retry_statuses=RETRYABLE_5XX)
+    options.update(overrides)
+    return Downstream("model", "http://model:5000", transport=transport, resolver=static_resolver(addresses), **options)
+
+
+async def test_connection_errors_and_5xx_fail_over_to_another_replica():
+    transport, seen = replicas({"10.0.0.1": httpx.ConnectError("refused"), "10.0.0.2": 503, "10.0.0.3": 200})
+    d = downstream(transport, ["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    for _ in range(5):
+        assert (await d.post("/predict", content=b"x")).json() == {"ok": "10.0.0.3"}
+    # Each failing replica was tried at most once: after failing it is ejected.
+    assert seen.count("10.0.0.1") <= 1 and seen.count("10.0.0.2") <= 1 and seen.count("10.0.0.3") == 5
+
+
+async def test_attempts_are_bounded_and_the_last_error_is_reported():
+    transport, seen = replicas({f"10.0.0.{i}": 503 for i in range(1, 6)})
+    d = downstream(transport, [f"10.0.0.{i}" for i in range(1, 6)], max_attempts=3)
+    with pytest.raises(Exception) as err:
+        await d.post("/predict", content=b"x")
+    assert err.value.status_code == 503 and len(seen) == 3 and len(set(seen)) == 3
+
+    transport, seen = replicas({"10.0.0.1": 500, "10.0.0.2": 500})
+    with pytest.raises(BadGateway):
+        await downstream(transport, ["10.0.0.1", "10.0.0.2"]).post("/predict", content=b"x")
+    assert len(seen) == 2  # never the same replica twice for one request
+
+
+async def test_client_errors_are_not_retried():
+    transport, seen = replicas({"10.0.0.1": 400, "10.0.0.2": 400})
+    with pytest.raises(BadGateway):
+        await downstream(transport, ["10.0.0.1", "10.0.0.2"]).post("/predict", content=b"x")
+    assert len(seen) == 1
+
+
+async def test_without_retry_statuses_only_connection_failures_are_retried():
+    transport, seen = replicas({"10.0.0.1": 503, "10.0.0.2": 503})
+    d = downstream(transport, ["10.0.0.1", "10.0.0.2"], retry_statuses=frozenset(), pass_client_errors=True)
+    with pytest.raises(Exception) as err:
+        await d.post("/process", content=b"x")
+    assert err.value.status_code == 503 and len(seen) == 1
+
+
+async def test_every_replica_down_is_a_clear_503_and_no_address_too():
+    transport, _ = replicas({"10.0.0.1": httpx.ConnectError("refused"), "10.0.0.2": httpx.ReadError("reset")})
+    with pytest.raises(DownstreamUnavailable):
+        await downstream(transport, ["10.0.0.1", "10.0.0.2"]).post("/predict", content=b"x")
+    with pytest.raises(DownstreamUnavailable, match="resolves to no address"):
+        await downstream(transport, []).post("/predict", content=b"x")
+
+
+async def test_a_read_timeout_uses_up_the_deadline_and_is_a_504():
+    transport, seen = replicas({"10.0.0.1": httpx.ReadTimeout("slow"), "10.0.0.2": 200})
+    with pytest.raises(DownstreamTimeout):
+        await downstream(transport, ["10.0.0.1"]).post("/predict", content=b"x")
+
+
+async def test_readiness_needs_one_ready_replica():
+    transport, _ = replicas({"10.0.0.1": httpx.ConnectError("refused"), "10.0.0.2": 200})
+    ok, reason = await downstream(transport, ["10.0.0.1", "10.0.0.2"]).is_ready(1)
+    assert ok and reason == "model ready (1 of 2 replicas)"
+    transport, _ = replicas({"10.0.0.1": 503})
+    ok, reason = await downstream(transport, ["10.0.0.1"]).is_ready(1)
+    assert not ok and "HTTP 503" in reason
+
+
+# --------------------------------------------------------------------------- real replicas
+
+
+@pytest.fixture
+def two_model_replicas():
+    """Two real uvicorn model servers on the same port of two loopback addresses, as two replicas
+    behind one name are in compose."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from conftest import free_port, make_settings
+    from ml_pipeline.cli import uvicorn_config
+    from model.app import create_app
+
+    port = free_port()
+    servers = {}
+    for address, instance in (("127.0.0.1", "replica-a"), ("127.0.0.2", "replica-b")):
+        server = uvicorn.Server(uvicorn_config(create_app(make_settings(service_instance_id=instance)), address, port))
+        threading.Thread(target=server.run, daemon=True).start()
+        servers[instance] = server
+    deadline = time.monotonic() + 30
+    while not all(s.started for s in servers.values()):
+        assert time.monotonic() < deadline, "replicas did not start"
+        time.sleep(0.05)
+    yield port, servers
+    for server in servers.values():
+        server.should_exit = True
+
+
+@pytest.mark.slow
+async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(two_model_replicas):
+    import numpy as np
+
+    from ml_pipeline import codec
+
+    port, servers = two_model_replicas
+    d = Downstream("model", f"http://model.local:{port}", timeout_s=10, connect_timeout_s=1,
+                   tracer_provider=NoOpTracerProvider(), pass_client_errors=False, max_attempts=3,
+                   retry_statuses=RETRYABLE_5XX, eject_s=30, resolver=static_resolver(["127.0.0.1", "127.0.0.2"]))
+    body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
+    headers = {"Content-Type": codec.NPY_MEDIA_TYPE}
+
+    async def classify():
+        return (await d.post("/predict", content=body, headers=headers)).headers["X-Model-Instance"]
+
+    async def burst(n, concurrency=4):
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one():
+            async with sem:
+                return await classify()
+
+        return collections.Counter(await asyncio.gather(*(one() for _ in range(n))))
+
+    spread = await burst(100)
+    assert set(spread) == {"replica-a", "replica-b"} and all(35 <= n <= 65 for n in spread.values()), spread
+
+    servers["replica-b"].should_exit = True  # stops listening, closes idle keep-alive connections
+    await asyncio.sleep(1.0)  # uvicorn checks should_exit every 0.1 s
+    after = await burst(40)
+    assert after == {"replica-a": 40}  # every request answered, by the replica that is left
+    await d.aclose()
