@@ -34,10 +34,10 @@ def tags(obj) -> dict:
 def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
     photo = COFFEE_JPG.read_bytes()
     # One keep-alive connection, large bodies on every hop: each request must still be its own trace.
-    trace_ids = [client.post("/finalize", files={"file": ("t.jpg", photo, "image/jpeg")}).json()["trace_id"] for _ in range(4)]
+    answers = [client.post("/finalize", files={"file": ("t.jpg", photo, "image/jpeg")}).json() for _ in range(4)]
+    trace_ids = [a["trace_id"] for a in answers]
     assert len(set(trace_ids)) == 4
-    model_instance = httpx.get(f"{stack['model']}/health", timeout=5).json()["instance"]
-    for trace_id in trace_ids:
+    for trace_id, model_instance in zip(trace_ids, (a["model_instance"] for a in answers)):
         trace = fetch_trace(jaeger, trace_id)
         spans = {s["spanID"]: s for s in trace["spans"]}
         service = {sid: trace["processes"][s["processID"]]["serviceName"] for sid, s in spans.items()}
@@ -62,3 +62,5 @@ def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
         assert {"forward", "decode", "resize", "normalize", "handoff", "tensor_decode", "inference", "postprocess"} <= names
         model_process = trace["processes"][servers["model"]["processID"]]
         assert tags(model_process)["service.instance.id"] == model_instance  # the replica that served it
+        preprocess_stage = parent(parent(servers["model"]))
+        assert tags(preprocess_stage)["downstream.endpoint"].endswith(":5000")  # its address, chosen per request
