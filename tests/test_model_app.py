@@ -58,7 +58,8 @@ def test_not_ready_before_the_model_is_loaded():
 @pytest.mark.parametrize(
     "body, headers, status, code, words",
     [
-        (codec.encode(tensor()), {"Content-Type": "application/json"}, 415, "unsupported_media_type", "application/x-npy"),
+        (codec.encode(tensor()), {"Content-Type": "text/csv"}, 415, "unsupported_media_type", "application/x-npy"),
+        (codec.encode(tensor()), {"Content-Type": "application/json"}, 400, "invalid_tensor", "JSON"),
         (codec.encode(tensor()), {}, 415, "unsupported_media_type", "no content type"),
         (b"", NPY, 400, "invalid_tensor", "not a .npy"),
         (b"garbage", NPY, 400, "invalid_tensor", "not a .npy"),
@@ -70,7 +71,7 @@ def test_not_ready_before_the_model_is_loaded():
         (codec.encode(np.full((1, 3, 224, 224), np.nan, np.float32)), NPY, 400, "invalid_tensor", "NaN"),
         (codec.encode(tensor(5)), NPY, 413, "payload_too_large", "exceeds the limit"),
     ],
-    ids=["json-type", "no-type", "empty", "garbage", "truncated", "small-image", "3d", "float64", "batch0", "nan",
+    ids=["csv-type", "npy-as-json", "no-type", "empty", "garbage", "truncated", "small-image", "3d", "float64", "batch0", "nan",
          "batch-over-max"],
 )
 def test_bad_tensors_get_the_envelope(client, body, headers, status, code, words):

@@ -7,6 +7,7 @@ The README's configuration table is checked against this model by the tests.
 from __future__ import annotations
 
 import socket
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +72,25 @@ class Settings(BaseSettings):
     )
     readiness_timeout_s: float = Field(
         2.0, gt=0, description="Seconds a `/ready` probe waits for the downstream service's `/ready`."
+    )
+
+    # --- tensor hand-off (preprocess → model)
+    transport: Literal["http", "json", "volume"] = Field(
+        "http",
+        description="How preprocess hands the tensor to the model: `http` (binary .npy body), `json` "
+        "(floats as JSON text: the slow baseline), `volume` (a file on the shared volume, only its name "
+        "sent). A request may choose with `/process?transport=`.",
+    )
+    shared_data_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "ml-pipeline-handoff",
+        description="Directory of the `volume` hand-off, the same for preprocess and model (compose: the "
+        "shared volume at `/data`); created by preprocess if missing.",
+    )
+    handoff_file_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds after which preprocess sweeps a hand-off file a crash left behind "
+        "(normally each file is deleted as soon as the model answered).",
     )
 
     # --- input limits

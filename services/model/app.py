@@ -7,14 +7,15 @@ Run: ``ml-pipeline run model`` (or ``uvicorn --factory model.app:create_app``).
 from __future__ import annotations
 
 import contextlib
+import time
 
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec, metrics
-from ml_pipeline.errors import BadRequest, UnsupportedMediaType
+from ml_pipeline import codec, handoff, metrics
+from ml_pipeline.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ml_pipeline.service import build_app
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
@@ -24,6 +25,11 @@ SERVICE = "model"
 MODEL_NAME_HEADER = "X-Model-Name"
 MODEL_BACKEND_HEADER = "X-Model-Backend"
 MODEL_INSTANCE_HEADER = "X-Model-Instance"  # which replica answered (its service.instance.id)
+HANDOFF_MEDIA_TYPES = {
+    codec.NPY_MEDIA_TYPE: "http",
+    handoff.JSON_MEDIA_TYPE: "json",
+    handoff.REFERENCE_MEDIA_TYPE: "volume",
+}
 _BINARY_BODY = {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
 
 
@@ -54,7 +60,9 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         backend = app.state.backend
         return (backend is not None, f"{backend.name} ({backend.kind}) loaded and warmed up" if backend else "loading")
 
-    max_body = settings.max_batch * int(np.prod(INPUT_SHAPE)) * 4 + 4096  # tensor + .npy header
+    max_tensor_bytes = settings.max_batch * int(np.prod(INPUT_SHAPE)) * 4 + 4096  # tensor + .npy header
+    # The JSON baseline spends up to ~24 characters per float.
+    max_body = settings.max_batch * int(np.prod(INPUT_SHAPE)) * 24 + 4096
     app = build_app(
         SERVICE,
         settings,
@@ -75,13 +83,33 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     )
     async def predict(request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if media_type != codec.NPY_MEDIA_TYPE:
-            raise UnsupportedMediaType(f"send the tensor as {codec.NPY_MEDIA_TYPE}, not {media_type or 'no content type'}")
+        if media_type not in HANDOFF_MEDIA_TYPES:
+            raise UnsupportedMediaType(
+                f"send the tensor as {codec.NPY_MEDIA_TYPE} (or {handoff.JSON_MEDIA_TYPE}, or a "
+                f"{handoff.REFERENCE_MEDIA_TYPE} file reference), not {media_type or 'no content type'}"
+            )
+        transport = HANDOFF_MEDIA_TYPES[media_type]
+        # The app-wide body limit leaves room for the verbose JSON baseline; binary bodies get theirs.
+        limit = max_body if transport == "json" else max_tensor_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
         body = await request.body()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
         backend = app.state.backend
         timer = StageTimer(app.state.tracer, SERVICE)
-        with timer.stage("tensor_decode", **{"tensor.bytes": len(body)}) as span:
-            batch = codec.decode(body)
+        with timer.stage("tensor_decode", **{"handoff.transport": transport, "handoff.body.bytes": len(body)}) as span:
+            if transport == "http":
+                batch = codec.decode(body)
+            elif transport == "json":
+                batch = await anyio.to_thread.run_sync(handoff.decode_json, body)
+            else:
+                name = handoff.decode_reference(body)
+                start = time.perf_counter()
+                batch = await anyio.to_thread.run_sync(handoff.read_tensor, settings.shared_data_dir, name, max_tensor_bytes)
+                span.set_attribute("handoff.file.read_ms", (time.perf_counter() - start) * 1000)
+            span.set_attribute("tensor.bytes", batch.nbytes)
             span.set_attribute("tensor.shape", list(batch.shape))
             span.set_attribute("tensor.dtype", str(batch.dtype))
             validate_batch(batch, settings.max_batch)

@@ -3,13 +3,18 @@ into the model's ``[1,3,224,224]`` float32 tensor and sends that to the model's 
 
 ``?output=scores`` (default) answers the model's raw scores; ``?output=tensor`` answers the
 normalized tensor itself without calling the model (standalone use). Both as ``application/x-npy``.
+The tensor goes to the model as ``TRANSPORT`` says (``ml_pipeline.handoff``: http, json, volume),
+or as ``?transport=`` asks; the ``X-Tensor-Transport`` response header says which.
 
 Run: ``ml-pipeline run preprocess`` (or ``uvicorn --factory preprocess.app:create_app``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from enum import Enum
 
 import anyio
@@ -18,7 +23,7 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec, metrics
+from ml_pipeline import codec, handoff, metrics
 from ml_pipeline.client import RETRYABLE_5XX, Downstream
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
@@ -26,6 +31,7 @@ from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_trace
 from preprocess import imaging
 
 SERVICE = "preprocess"
+log = logging.getLogger("ml_pipeline.preprocess")
 FORWARDED_MODEL_HEADERS = ("X-Model-Name", "X-Model-Backend", "X-Model-Instance")
 _NPY_RESPONSE = {200: {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
 
@@ -33,6 +39,12 @@ _NPY_RESPONSE = {200: {"content": {codec.NPY_MEDIA_TYPE: {"schema": {"type": "st
 class Output(str, Enum):
     scores = "scores"
     tensor = "tensor"
+
+
+class Transport(str, Enum):
+    http = "http"
+    json = "json"
+    volume = "volume"
 
 
 def image_to_tensor(data: bytes, max_pixels: int, timer: StageTimer) -> np.ndarray:
@@ -47,6 +59,42 @@ def image_to_tensor(data: bytes, max_pixels: int, timer: StageTimer) -> np.ndarr
         tensor = imaging.normalize(img)
         span.set_attribute("tensor.shape", list(tensor.shape))
     return tensor
+
+
+async def hand_off(app: FastAPI, settings: Settings, tensor: np.ndarray, mode: str, span) -> httpx.Response:
+    """Send ``tensor`` to the model the ``mode`` way; the model's answer."""
+    if mode == "http":
+        body, media_type = codec.encode(tensor), codec.NPY_MEDIA_TYPE
+    elif mode == "json":
+        body = await anyio.to_thread.run_sync(handoff.encode_json, tensor)  # tens of ms of float formatting
+        media_type = handoff.JSON_MEDIA_TYPE
+    else:
+        start = time.perf_counter()
+        name, size = await anyio.to_thread.run_sync(handoff.write_tensor, settings.shared_data_dir, tensor)
+        span.set_attribute("handoff.file.write_ms", (time.perf_counter() - start) * 1000)
+        span.set_attribute("handoff.file.bytes", size)
+        body, media_type = handoff.encode_reference(name), handoff.REFERENCE_MEDIA_TYPE
+    tensor_bytes = size if mode == "volume" else len(body)
+    span.set_attribute("tensor.bytes", tensor_bytes)  # what crosses from preprocess to the model
+    span.set_attribute("handoff.body.bytes", len(body))  # what goes over HTTP (a name, for volume)
+    metrics.HANDOFF_BYTES.labels(mode).observe(tensor_bytes)
+    try:
+        return await app.state.model.post("/predict", content=body, headers={"Content-Type": media_type})
+    finally:
+        if mode == "volume":  # answered or failed (after any retries on other replicas): done with it
+            await anyio.to_thread.run_sync(handoff.remove, settings.shared_data_dir, name)
+
+
+async def sweep_forever(settings: Settings) -> None:
+    """Remove hand-off files a crash left behind (older than the TTL), every half TTL."""
+    while True:
+        try:
+            removed = await anyio.to_thread.run_sync(handoff.sweep, settings.shared_data_dir, settings.handoff_file_ttl_s)
+            if removed:
+                log.warning("swept %d orphaned hand-off file(s) from %s", removed, settings.shared_data_dir)
+        except OSError as exc:
+            log.warning("sweeping %s failed: %s", settings.shared_data_dir, exc)
+        await asyncio.sleep(settings.handoff_file_ttl_s / 2)
 
 
 def create_app(
@@ -75,9 +123,12 @@ def create_app(
             eject_s=settings.downstream_eject_s,
             transport=model_transport,
         )
+        settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
+        sweeper = asyncio.get_running_loop().create_task(sweep_forever(settings))
         try:
             yield
         finally:
+            sweeper.cancel()
             await app.state.model.aclose()
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
@@ -103,6 +154,7 @@ def create_app(
     async def process(
         file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
+        transport: Transport | None = Query(None, description="the tensor hand-off for this request (default: `TRANSPORT`)"),
     ) -> Response:
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
@@ -110,16 +162,13 @@ def create_app(
         if output is Output.tensor:
             return Response(codec.encode(tensor), media_type=codec.NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()})
 
-        with timer.stage("handoff", **{"handoff.transport": "http", "tensor.shape": list(tensor.shape)}) as span:
-            body = codec.encode(tensor)
-            span.set_attribute("tensor.bytes", len(body))
-            metrics.HANDOFF_BYTES.labels("http").observe(len(body))
-            response = await app.state.model.post(
-                "/predict", content=body, headers={"Content-Type": codec.NPY_MEDIA_TYPE}
-            )
+        mode = (transport or Transport(settings.transport)).value
+        with timer.stage("handoff", **{"handoff.transport": mode, "tensor.shape": list(tensor.shape)}) as span:
+            response = await hand_off(app, settings, tensor, mode, span)
         timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
         headers = {h: response.headers[h] for h in FORWARDED_MODEL_HEADERS if h in response.headers}
         headers[SERVER_TIMING_HEADER] = timer.header()
+        headers[handoff.TRANSPORT_HEADER] = mode
         return Response(response.content, media_type=codec.NPY_MEDIA_TYPE, headers=headers)
 
     return app

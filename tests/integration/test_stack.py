@@ -74,5 +74,7 @@ def test_model_speaks_npy(stack):
     x = np.zeros((1, 3, 224, 224), np.float32)
     r = httpx.post(f"{stack['model']}/predict", content=codec.encode(x), headers={"Content-Type": codec.NPY_MEDIA_TYPE}, timeout=30)
     assert r.status_code == 200 and codec.decode(r.content).shape == (1, 1000)
-    bad = httpx.post(f"{stack['model']}/predict", content=b"[1, 2, 3]", headers={"Content-Type": "application/json"}, timeout=30)
+    bad = httpx.post(f"{stack['model']}/predict", content=b"1,2,3", headers={"Content-Type": "text/csv"}, timeout=30)
     assert bad.status_code == 415 and bad.json()["error"]["service"] == "model"
+    naive = httpx.post(f"{stack['model']}/predict", content=b"[1, 2, 3]", headers={"Content-Type": "application/json"}, timeout=30)
+    assert naive.status_code == 400 and naive.json()["error"]["code"] == "invalid_tensor"
