@@ -68,5 +68,5 @@ down
 mkdir -p docs
 "${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$PWD/docs:/docs" \
   -e DOCKER_VERSION="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" bench \
-  ml-pipeline bench-report /out --out /docs/performance.md
+  ml-pipeline bench-report /out --out /docs/performance.md $([ -f bench/conclusions.md ] && echo --notes bench/conclusions.md)
 echo "bench/study.sh: results in $BENCH_OUT, report in docs/performance.md"

@@ -39,6 +39,7 @@ class RunResult:
     latencies_ms: list[float] = field(repr=False)
     stages_ms: dict[str, list[float]] = field(repr=False)
     statuses: dict[str, int] = field(default_factory=dict)
+    client_cpu_s: float = 0.0  # this process's CPU time during the run: what the load generator itself costs
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
@@ -52,6 +53,7 @@ class RunResult:
             "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)),
             "p99_ms": float(np.percentile(lat, 99)),
+            "client_cpu_ms_per_request": 1000 * self.client_cpu_s / self.requests if self.requests else 0.0,
             "stages_mean_ms": {name: float(np.mean(v)) for name, v in sorted(self.stages_ms.items())},
             "statuses": dict(self.statuses),
         }
@@ -118,6 +120,7 @@ async def closed_loop(
     issued = 0
     bar = _progress_bar(requests, duration_s, f"{target} c={concurrency}", progress)
     start = time.perf_counter()
+    cpu_start = time.process_time()
     deadline = start + duration_s if duration_s is not None else None
 
     async def worker() -> None:
@@ -141,8 +144,9 @@ async def closed_loop(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     bar.close()
-    return RunResult(target, concurrency, len(latencies), errors, elapsed, latencies, stages, statuses)
+    return RunResult(target, concurrency, len(latencies), errors, elapsed, latencies, stages, statuses, cpu)
 
 
 def _progress_bar(requests: int | None, duration_s: float | None, label: str, enabled: bool):

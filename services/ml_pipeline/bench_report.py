@@ -187,12 +187,12 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
     for t in targets(s):
         mark = {True: "met", False: "**missed**", None: "—"}[t.met]
         lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
-    lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors | client CPU ms/req |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, scenario in s.items():
         for r in scenario["runs"]:
             lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} "
-                         f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+                         f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r.get('client_cpu_ms_per_request', float('nan')):.2f} |")
     lines += ["", "## Plots", ""]
     lines += [f"![latency]({image_dir}/latency.png)", "", f"![throughput]({image_dir}/throughput.png)", ""]
     if any(name in s for name in TRANSPORTS):
