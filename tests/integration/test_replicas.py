@@ -34,6 +34,7 @@ def test_requests_spread_over_every_replica(stack, stack_control):
     served = collections.Counter(a.json()["model_instance"] for a in answers)
     assert set(served) == set(replicas), served
     share = {replica: n / 200 for replica, n in served.items()}
+    print(f"share of 200 requests per model replica: {share}")
     low, high = (0.35, 0.65) if len(replicas) == 2 else (0.5 / len(replicas), 1.5 / len(replicas))
     assert all(low <= s <= high for s in share.values()), share
 
