@@ -161,7 +161,7 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
                 stages = at_concurrency(s[name], 1)["stages_mean_ms"]
                 value = stages.get(stage, 0.0)
                 if stage == "preprocess.handoff":  # its model part is shown as the model's stages
-                    value = handoff_ms(at_concurrency(s[name], 1)) or value
+                    value = (handoff_ms(at_concurrency(s[name], 1)) or value) - stages.get("model.tensor_decode", 0.0)
                 if stage in ("postprocess.forward",):  # contains everything downstream
                     value = 0.0
                 values.append(max(value, 0.0))
