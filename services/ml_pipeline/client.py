@@ -87,11 +87,15 @@ class Downstream:
         endpoints = self.balancer.endpoints
         if not endpoints:
             return False, f"{self.name}: {self.base_url} resolves to no address"
-        answers = await asyncio.gather(*(self._probe(e, timeout_s) for e in endpoints))
-        ready = [e for e, (ok, _) in zip(endpoints, answers) if ok]
-        if ready:
-            return True, f"{self.name} ready ({len(ready)} of {len(endpoints)} replicas)"
-        return False, answers[0][1]
+        # The first ready replica settles it: a dead replica's address may take the whole
+        # timeout to fail, which would make this probe time out for its own caller.
+        reasons = []
+        for probe in asyncio.as_completed([self._probe(e, timeout_s) for e in endpoints]):
+            ok, reason = await probe
+            if ok:
+                return True, f"{self.name} ready ({len(endpoints)} replicas known)"
+            reasons.append(reason)
+        return False, reasons[0]
 
     async def _probe(self, endpoint: Endpoint, timeout_s: float) -> tuple[bool, str]:
         try:

@@ -46,6 +46,7 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
     stop = threading.Event()
     statuses: list[int] = []
     served: list[tuple[float, str]] = []
+    failures: list[str] = []  # what a failed request said, to diagnose it
 
     def stream():
         with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
@@ -54,6 +55,8 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
                 statuses.append(r.status_code)
                 if r.status_code == 200:
                     served.append((time.monotonic(), r.json()["model_instance"]))
+                else:
+                    failures.append(r.text[:400])
 
     threads = [threading.Thread(target=stream) for _ in range(3)]
     for t in threads:
@@ -64,7 +67,7 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
         stack_control.kill(victim)  # SIGKILL: no goodbye, in-flight requests die with it
         killed_at = time.monotonic()
         time.sleep(6)
-        assert statuses and set(statuses) == {200}, collections.Counter(statuses)
+        assert statuses and set(statuses) == {200}, (collections.Counter(statuses), failures)
         assert not [i for t, i in served if t > killed_at + 1 and i == victim_id], "a dead replica answered"
 
         victim.start()  # `docker kill` counts as a manual stop: the restart policy leaves it down
@@ -80,5 +83,5 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    assert set(statuses) == {200}, collections.Counter(statuses)
+    assert set(statuses) == {200}, (collections.Counter(statuses), failures)
     assert len(statuses) > 50
