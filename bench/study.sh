@@ -18,7 +18,11 @@ compose=(docker compose -p "$project" -f docker-compose.yml -f bench/docker-comp
 only=${BENCH_SCENARIOS:-}
 scenario_env=(TRANSPORT TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME)
 
-down() { "${compose[@]}" --profile monolith --profile bench down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || true; }
+down() {
+  "${compose[@]}" --profile monolith --profile bench down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || true
+  # `down -v` skips volumes no service of the current configuration mounts (the RAM one).
+  docker volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker volume rm >/dev/null 2>&1 || true
+}
 trap down EXIT
 
 mkdir -p "$BENCH_OUT"
