@@ -130,3 +130,15 @@ def test_convert_cli_writes_a_checked_model(tmp_path):
     onnx.checker.check_model(str(out))
     assert not list(out.parent.glob("*.tmp"))  # atomic: no temp file left behind
     assert out.stat().st_mode & 0o044 == 0o044  # readable by the service user, not only its owner
+
+
+@pytest.mark.parametrize("env, expected", [({}, "0"), ({"ORT_ALLOW_SPINNING": "true"}, "1")])
+def test_onnx_threads_do_not_spin_unless_asked(onnx_path, monkeypatch, env, expected):
+    # Spinning idle threads of one replica steal the cores another replica is computing on.
+    from model.backends import OnnxBackend
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    options = OnnxBackend(Settings(model_path=onnx_path))._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected

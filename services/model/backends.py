@@ -35,6 +35,9 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = settings.ort_inter_op_threads
+        spin = "1" if settings.ort_allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         log.info("loaded %s from %s", self.name, path, extra={"ort_version": ort.__version__})
