@@ -54,7 +54,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadRequest(f"the {img.format} image is truncated or corrupt: {exc}", code="corrupt_image") from None
-    img = ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies every upright image
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
