@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
 INPROCESS, MONOLITH, CHAIN = "inprocess", "monolith", "chain-http"
-TELEMETRY_OFF, ONE_REPLICA, CACHE_ON = "chain-http-telemetry-off", "chain-http-1-replica", "chain-http-cache"
+ONE_REPLICA, CACHE_ON = "chain-http-1-replica", "chain-http-cache"
+WRK_SUFFIX = "-wrk"  # the same scenario driven by wrk: "chain-http-wrk"
+TELEMETRY_RUN = re.compile(r"^telemetry-(on|off)-(\d+)$")  # the interleaved on/off repeats
 TRANSPORTS = {"chain-json": "json", "chain-http": "http (binary)", "chain-volume": "volume", "chain-volume-ram": "volume (RAM)"}
 
 
@@ -59,6 +63,27 @@ def handoff_ms(run: dict[str, Any]) -> float | None:
     return stages["preprocess.handoff"] - stages["model.inference"]
 
 
+def split(s: dict[str, dict[str, Any]]) -> tuple[dict, dict]:
+    """(the scenarios the tables and plots show, the interleaved telemetry repeats)."""
+    main = {k: v for k, v in s.items() if not TELEMETRY_RUN.match(k)}
+    return main, {k: v for k, v in s.items() if TELEMETRY_RUN.match(k)}
+
+
+def telemetry_pairs(s: dict[str, dict[str, Any]], concurrency: int) -> list[tuple[int, dict, dict]]:
+    """(repeat, on run, off run) at ``concurrency`` for every repeat that has both."""
+    pairs = []
+    for i in sorted({int(m.group(2)) for k in s if (m := TELEMETRY_RUN.match(k))}):
+        on, off = s.get(f"telemetry-on-{i}"), s.get(f"telemetry-off-{i}")
+        run_on, run_off = (at_concurrency(on, concurrency) if on else None), (at_concurrency(off, concurrency) if off else None)
+        if run_on and run_off:
+            pairs.append((i, run_on, run_off))
+    return pairs
+
+
+def saturation_concurrency(s: dict[str, dict[str, Any]]) -> int:
+    return max((r["concurrency"] for k, v in s.items() if TELEMETRY_RUN.match(k) for r in v["runs"]), default=0)
+
+
 def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
     out: list[Target] = []
 
@@ -73,12 +98,26 @@ def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
 
     out.append(ratio_target("chain throughput at saturation (telemetry on) vs in-process", 0.85, CHAIN, INPROCESS))
     if CHAIN in s and INPROCESS in s and at_concurrency(s[CHAIN], 1) and at_concurrency(s[INPROCESS], 1):
+        # Judged on wrk's run when there is one: the in-process limit has no client at all, and
+        # wrk's own latency is far below this driver's (see the load generator comparison).
         chain_p50, limit_p50 = at_concurrency(s[CHAIN], 1)["p50_ms"], at_concurrency(s[INPROCESS], 1)["p50_ms"]
-        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms",
-                          f"{chain_p50:.1f} ms vs {limit_p50:.1f} ms (+{chain_p50 - limit_p50:.1f} ms)", chain_p50 <= limit_p50 + 5))
+        wrk_run = at_concurrency(s[CHAIN + WRK_SUFFIX], 1) if CHAIN + WRK_SUFFIX in s else None
+        judged = wrk_run["p50_ms"] if wrk_run else chain_p50
+        measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms (+{judged - limit_p50:.1f} ms)"
+        if wrk_run:
+            measured += f", driven by wrk; {chain_p50:.1f} ms with ml-pipeline bench"
+        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms", measured, judged <= limit_p50 + 5))
     else:
         out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms", "not run", None))
-    out.append(ratio_target("telemetry on vs off (throughput at saturation)", 0.95, CHAIN, TELEMETRY_OFF))
+    pairs = telemetry_pairs(s, saturation_concurrency(s))
+    if pairs:
+        ratios = [on["throughput_rps"] / off["throughput_rps"] for _, on, off in pairs]
+        ratio = statistics.median(ratios)
+        out.append(Target("telemetry on vs off (throughput at saturation)", "≥ 0.95×",
+                          f"{ratio:.2f}× (median of {len(ratios)} interleaved pairs: "
+                          + ", ".join(f"{r:.2f}" for r in ratios) + ")", ratio >= 0.95))
+    else:
+        out.append(Target("telemetry on vs off (throughput at saturation)", "≥ 0.95×", "not run", None))
 
     def handoff_at_1(name):
         run = at_concurrency(s[name], 1) if name in s else None
@@ -122,6 +161,7 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
+    s = {k: v for k, v in split(s)[0].items() if not k.endswith(WRK_SUFFIX)}  # one line per scenario
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, scenario in s.items():
@@ -187,12 +227,35 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
     for t in targets(s):
         mark = {True: "met", False: "**missed**", None: "—"}[t.met]
         lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
+    every = s
+    s, repeats = split(s)
     lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors | client CPU ms/req |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, scenario in s.items():
         for r in scenario["runs"]:
             lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} "
                          f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r.get('client_cpu_ms_per_request', float('nan')):.2f} |")
+    compared = [name for name in s if name + WRK_SUFFIX in s]
+    if compared:
+        lines += ["", "## Load generator: `ml-pipeline bench` vs wrk", "",
+                  "The same stack, the same encoded upload, right after each other; wrk (C, one thread) runs for a duration.", "",
+                  "| scenario | c | req/s bench | req/s wrk | p50 ms bench | p50 ms wrk | client CPU ms/req bench | wrk |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in compared:
+            for r in s[name]["runs"]:
+                w = at_concurrency(s[name + WRK_SUFFIX], r["concurrency"])
+                if w:
+                    lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {w['throughput_rps']:.1f} | {r['p50_ms']:.1f} "
+                                 f"| {w['p50_ms']:.1f} | {r.get('client_cpu_ms_per_request', float('nan')):.2f} "
+                                 f"| {w.get('client_cpu_ms_per_request', float('nan')):.2f} |")
+    if repeats:
+        lines += ["", "## Telemetry on vs off, interleaved", "",
+                  "Both stacks up at once, runs alternating on, off, on, off, …: drift between stack starts hits both alike.", "",
+                  "| repeat | c | req/s on | req/s off | ratio | p50 ms on | p50 ms off |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in sorted({r["concurrency"] for v in repeats.values() for r in v["runs"]}):
+            for i, on, off in telemetry_pairs(every, c):
+                lines.append(f"| {i} | {c} | {on['throughput_rps']:.1f} | {off['throughput_rps']:.1f} "
+                             f"| {on['throughput_rps'] / off['throughput_rps']:.2f} | {on['p50_ms']:.1f} | {off['p50_ms']:.1f} |")
     lines += ["", "## Plots", ""]
     lines += [f"![latency]({image_dir}/latency.png)", "", f"![throughput]({image_dir}/throughput.png)", ""]
     if any(name in s for name in TRANSPORTS):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ml_pipeline import __version__
-    from ml_pipeline.bench import format_table, run_http, run_inprocess, write_results
+    from ml_pipeline.bench import format_table, run_wrk, run_http, run_inprocess, write_results
 
     image = Path(args.image)
     if not image.is_file():
@@ -137,6 +138,12 @@ def bench(args: argparse.Namespace) -> int:
     amount = {"requests": requests, "duration_s": args.duration, "warmup": args.warmup, "progress": not args.no_progress}
     if args.url == "inprocess":
         results = asyncio.run(run_inprocess(image, concurrencies, **amount))
+    elif args.tool == "wrk":
+        if not args.duration or not shutil.which("wrk"):
+            print("ml-pipeline bench: --tool wrk needs wrk (Debian package `wrk`) and -d SECONDS (wrk runs for a duration)",
+                  file=sys.stderr)
+            return 2
+        results = run_wrk(args.url, image, concurrencies, duration_s=args.duration, warmup_s=2 if args.warmup else 0)
     else:
         results = asyncio.run(run_http(args.url, image, concurrencies, **amount))
     if args.label:
@@ -150,7 +157,7 @@ def bench(args: argparse.Namespace) -> int:
         if s["errors"]:
             print(f"c={s['concurrency']} errors by status: {s['statuses']}", file=sys.stderr)
     if args.out:
-        meta = {"label": args.label or args.url, "url": args.url, "image": str(image), "version": __version__, "python": platform.python_version(),
+        meta = {"label": args.label or args.url, "url": args.url, "tool": args.tool, "image": str(image), "version": __version__, "python": platform.python_version(),
                 "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_results(Path(args.out), results, meta)
         print(f"ml-pipeline bench: wrote {args.out}")
@@ -180,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--out", help="write the results (summaries and raw latencies) to this JSON file")
     p_bench.add_argument("--label", help="name of this scenario in the output (default: the URL)")
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_bench.add_argument("--tool", choices=["builtin", "wrk"], default="builtin",
+                         help="`wrk`: drive the same load with wrk instead, to compare (needs -d; no stage breakdown)")
     p_report = sub.add_parser("bench-report", help="the Markdown report (tables, targets, plots) of bench JSON results")
     p_report.add_argument("results", help="directory of `ml-pipeline bench --out` JSON files")
     p_report.add_argument("--out", default="docs/performance.md", help="the report; plots go to perf/ beside it")
