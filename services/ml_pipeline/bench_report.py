@@ -42,7 +42,8 @@ def load_runs(directory: Path) -> dict[str, dict[str, Any]]:
         name = data["meta"].get("label") or path.stem
         data["runs"].sort(key=lambda r: r["concurrency"])
         scenarios[name] = data
-    return scenarios
+    # a wrk run right after the scenario it repeats
+    return dict(sorted(scenarios.items(), key=lambda kv: (kv[0].removesuffix(WRK_SUFFIX), kv[0].endswith(WRK_SUFFIX))))
 
 
 def saturation_rps(scenario: dict[str, Any]) -> float:
@@ -148,8 +149,9 @@ def machine() -> dict[str, str]:
         info["memory"] = f"{mem_kib / 1024 / 1024:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
-    if os.environ.get("DOCKER_VERSION"):
-        info["docker"] = os.environ["DOCKER_VERSION"]
+    if os.environ.get("DOCKER_VERSION"):  # set by bench/study.sh, which runs this in the bench container
+        info["where"] = f"load generator and services in containers on one compose network (Docker {os.environ['DOCKER_VERSION']})"
+        info["python"] += " (in the containers)"
     return info
 
 
