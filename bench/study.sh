@@ -76,37 +76,42 @@ bench() {
 }
 
 mkdir -p "$BENCH_OUT"
-[ -z "$only" ] && rm -f "$BENCH_OUT"/*.json
 "${compose[@]}" --profile bench --profile monolith build
+# every scenario, then telemetry on/off; each writes $BENCH_OUT/<name>.json
+run_scenarios() {
+  [ -z "$only" ] && rm -f "$BENCH_OUT"/*.json
 
-bench inprocess inprocess
-bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
-bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"
-bench chain-json "$chain" TRANSPORT=json -- "${pipeline[@]}"
-bench chain-volume "$chain" TRANSPORT=volume -- "${pipeline[@]}"
-bench chain-volume-ram "$chain" TRANSPORT=volume SHARED_DATA_VOLUME=shared-data-ram -- "${pipeline[@]}"
-bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
-bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
+  bench inprocess inprocess
+  bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
+  bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"
+  bench chain-json "$chain" TRANSPORT=json -- "${pipeline[@]}"
+  bench chain-volume "$chain" TRANSPORT=volume -- "${pipeline[@]}"
+  bench chain-volume-ram "$chain" TRANSPORT=volume SHARED_DATA_VOLUME=shared-data-ram -- "${pipeline[@]}"
+  bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
+  bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
 
-# Telemetry on vs off: a few percent, below the drift between separate stack starts. So both
-# stacks run at once (the idle one costs next to nothing) and the runs alternate, on/off × repeats.
-if wanted telemetry; then
-  echo "=== telemetry on vs off, interleaved × $repeats"
+  # Telemetry on vs off: a few percent, below the drift between separate stack starts. So both
+  # stacks run at once (the idle one costs next to nothing) and the runs alternate, on/off × repeats.
+  if wanted telemetry; then
+    echo "=== telemetry on vs off, interleaved × $repeats"
+    down
+    up "$project" TRANSPORT=http -- "${pipeline[@]}"
+    up "$project_off" TRANSPORT=http TRACING_ENABLED=false OTEL_EXPORTER_OTLP_ENDPOINT= -- model preprocess postprocess
+    for i in $(seq "$repeats"); do
+      load "$project" "telemetry-on-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
+      load "$project_off" "telemetry-off-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
+    done
+  fi
   down
-  up "$project" TRANSPORT=http -- "${pipeline[@]}"
-  up "$project_off" TRANSPORT=http TRACING_ENABLED=false OTEL_EXPORTER_OTLP_ENDPOINT= -- model preprocess postprocess
-  for i in $(seq "$repeats"); do
-    load "$project" "telemetry-on-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
-    load "$project_off" "telemetry-off-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
-  done
-fi
-down
+}
+# BENCH_REPORT_ONLY=1: no runs, the report redrawn from the results there (after editing conclusions.md)
+[ -n "${BENCH_REPORT_ONLY:-}" ] || run_scenarios
 
 # A partial run (BENCH_SCENARIOS) reports beside its results; only the whole study replaces docs/.
 report_dir=docs
 [ -n "$only" ] && report_dir=$BENCH_OUT
 mkdir -p "$report_dir"
-"${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$(cd "$report_dir" && pwd):/report" \
+"${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$(cd "$report_dir" && pwd):/report" -v "$PWD/bench:/notes:ro" \
   -e DOCKER_VERSION="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" bench \
-  ml-pipeline bench-report /out --out /report/performance.md $([ -f bench/conclusions.md ] && echo --notes bench/conclusions.md)
+  ml-pipeline bench-report /out --out /report/performance.md $([ -f bench/conclusions.md ] && echo --notes /notes/conclusions.md)
 echo "bench/study.sh: results in $BENCH_OUT, report in $report_dir/performance.md"

@@ -172,6 +172,7 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
         axes[1].plot(cs, [r["p95_ms"] for r in scenario["runs"]], marker="o", label=name)
     for ax, title in zip(axes, ("p50 latency", "p95 latency")):
         ax.set(title=title, xlabel="concurrency (closed-loop workers)", ylabel="ms", xscale="log", xticks=cs)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
@@ -183,8 +184,12 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, scenario in s.items():
         ax.plot([r["concurrency"] for r in scenario["runs"]], [r["throughput_rps"] for r in scenario["runs"]], marker="o", label=name)
-    ax.set(title="throughput", xlabel="concurrency (closed-loop workers)", ylabel="requests / s", xscale="log")
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    # log y: the cache's hundreds of req/s and JSON's dozen share one readable axis
+    ax.set(title="throughput", xlabel="concurrency (closed-loop workers)", ylabel="requests / s (log)", xscale="log", yscale="log")
+    ax.set_xticks(sorted({r["concurrency"] for v in s.values() for r in v["runs"]}))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -194,7 +199,9 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
 
     present = [(name, label) for name, label in TRANSPORTS.items() if name in s and at_concurrency(s[name], 1)]
     if present:
-        stage_names = sorted({st for name, _ in present for st in at_concurrency(s[name], 1)["stages_mean_ms"] if not st.endswith(".total")})
+        # .total and postprocess.forward contain the other stages: drawn, they would count them twice
+        stage_names = sorted({st for name, _ in present for st in at_concurrency(s[name], 1)["stages_mean_ms"]
+                              if not st.endswith(".total") and st != "postprocess.forward"})
         fig, ax = plt.subplots(figsize=(9, 4.5))
         bottoms = [0.0] * len(present)
         for stage in stage_names:
@@ -204,8 +211,6 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
                 value = stages.get(stage, 0.0)
                 if stage == "preprocess.handoff":  # its model part is shown as the model's stages
                     value = (handoff_ms(at_concurrency(s[name], 1)) or value) - stages.get("model.tensor_decode", 0.0)
-                if stage in ("postprocess.forward",):  # contains everything downstream
-                    value = 0.0
                 values.append(max(value, 0.0))
             ax.bar([label for _, label in present], values, bottom=bottoms, label=stage)
             bottoms = [b + v for b, v in zip(bottoms, values)]
