@@ -234,7 +234,6 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
     for t in targets(s):
         mark = {True: "met", False: "**missed**", None: "—"}[t.met]
         lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
-    every = s
     s, repeats = split(s)
     lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors | client CPU ms/req |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -260,7 +259,7 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
                   "Both stacks up at once, runs alternating on, off, on, off, …: drift between stack starts hits both alike.", "",
                   "| repeat | c | req/s on | req/s off | ratio | p50 ms on | p50 ms off |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for c in sorted({r["concurrency"] for v in repeats.values() for r in v["runs"]}):
-            for i, on, off in telemetry_pairs(every, c):
+            for i, on, off in telemetry_pairs(repeats, c):
                 lines.append(f"| {i} | {c} | {on['throughput_rps']:.1f} | {off['throughput_rps']:.1f} "
                              f"| {on['throughput_rps'] / off['throughput_rps']:.2f} | {on['p50_ms']:.1f} | {off['p50_ms']:.1f} |")
     lines += ["", "## Plots", ""]

@@ -19,7 +19,7 @@ from ml_pipeline.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ml_pipeline.service import build_app
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
-from model.backends import INPUT_SHAPE, load_backend
+from model.backends import INPUT_SHAPE, load_backend, readiness
 
 SERVICE = "model"
 MODEL_NAME_HEADER = "X-Model-Name"
@@ -57,8 +57,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         yield
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
-        backend = app.state.backend
-        return (backend is not None, f"{backend.name} ({backend.kind}) loaded and warmed up" if backend else "loading")
+        return readiness(app.state.backend)
 
     max_tensor_bytes = settings.max_batch * int(np.prod(INPUT_SHAPE)) * 4 + 4096  # tensor + .npy header
     # The JSON baseline spends up to ~24 characters per float.

@@ -65,6 +65,13 @@ class RandomBackend:
         return out
 
 
+def readiness(backend: Backend | None) -> tuple[bool, str]:
+    """A ``/ready`` answer for a service whose backend loads in the background (None until then)."""
+    if backend is None:
+        return False, "loading"
+    return True, f"{backend.name} ({backend.kind}) loaded and warmed up"
+
+
 def load_backend(settings: Settings) -> Backend:
     backend: Backend = OnnxBackend(settings) if settings.model_backend == "onnx" else RandomBackend(settings)
     backend.predict(np.zeros((1, *INPUT_SHAPE), dtype=np.float32))  # warm-up: first run allocates

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider, current_trace_id
-from model.backends import load_backend
+from model.backends import load_backend, readiness
 from postprocess.app import FinalizeResponse, Prediction, load_labels, top_k
 from preprocess.app import image_to_tensor
 
@@ -60,8 +60,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         yield
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
-        backend = app.state.backend
-        return (backend is not None, f"{backend.name} ({backend.kind}) loaded" if backend else "loading")
+        return readiness(app.state.backend)
 
     app = build_app(
         SERVICE,

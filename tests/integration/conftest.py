@@ -16,43 +16,38 @@ URLS = {
 }
 
 
-def _missing(variable: str) -> None:
-    reason = f"no deployed stack: set {variable} (run: bash tests/run.sh)"
-    if os.environ.get("REQUIRE_STACK") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+def _required(variable: str) -> str:
+    """The stack setting in ``variable``; without it, skip — or fail, where a stack is required."""
+    value = os.environ.get(variable)
+    if not value:
+        reason = f"no deployed stack: set {variable} (run: bash tests/run.sh)"
+        if os.environ.get("REQUIRE_STACK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return value
 
 
 @pytest.fixture(scope="session")
 def stack() -> dict[str, str]:
-    for name, url in URLS.items():
-        if not url:
-            _missing(f"STACK_{name.upper()}_URL")
+    for name in URLS:
+        _required(f"STACK_{name.upper()}_URL")
     return URLS
 
 
 @pytest.fixture(scope="session")
 def jaeger(stack) -> str:
-    url = os.environ.get("STACK_JAEGER_URL")
-    if not url:
-        _missing("STACK_JAEGER_URL")
-    return url
+    return _required("STACK_JAEGER_URL")
 
 
 @pytest.fixture(scope="session")
 def prometheus(stack) -> str:
-    url = os.environ.get("STACK_PROMETHEUS_URL")
-    if not url:
-        _missing("STACK_PROMETHEUS_URL")
-    return url
+    return _required("STACK_PROMETHEUS_URL")
 
 
 @pytest.fixture(scope="session")
 def stack_control(stack):
     """Docker control of the stack's containers (failover and backpressure tests)."""
-    project = os.environ.get("STACK_COMPOSE_PROJECT")
-    if not project:
-        _missing("STACK_COMPOSE_PROJECT")
+    project = _required("STACK_COMPOSE_PROJECT")
     from integration.stack_control import StackControl  # needs the `docker` package, only installed for tests
 
     control = StackControl(project)
