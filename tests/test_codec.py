@@ -59,3 +59,54 @@ def test_malformed_bodies_are_400(body, problem):
     with pytest.raises(codec.TensorDecodeError, match=problem) as info:
         codec.decode(body)
     assert info.value.status == 400 and info.value.code == "invalid_tensor"
+
+
+def _npy(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0)) -> bytes:
+    """A .npy body with a hand-written header dict (what a hostile client can send)."""
+    text = header.encode("latin-1")
+    pad = (64 - (10 + len(text) + 1) % 64) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY" + bytes(version) + len(text).to_bytes(2, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,"), "not a .npy"),  # syntax error
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} )"), "not a .npy"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': '''(2,)}"), "not a .npy"),  # tokenizer error
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -1)}", b"\0" * 4), "non-negative"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-2, 2)}", b""), "non-negative"),
+        (_npy("{'descr': '|V0', 'fortran_order': False, 'shape': (5,)}"), "plain number"),
+        (_npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", b"\0" * 4), "plain number"),
+        (_npy("{'descr': '<U4', 'fortran_order': False, 'shape': (1,)}", b"\0" * 16), "plain number"),
+        (_npy("{'descr': '<M8[s]', 'fortran_order': False, 'shape': (1,)}", b"\0" * 8), "plain number"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 40), b"\0" * 4), "up to 32"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 70), b"\0" * 4), "not a .npy|up to 32"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)}", b"\0" * 8, version=(9, 0)), "not a .npy"),
+        (_npy("{'descr': '<f4', 'fortran_order': 'yes', 'shape': (2,)}", b"\0" * 8), "not a .npy"),
+        (b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100, "not a .npy"),  # header longer than the body
+    ],
+    ids=["syntax", "trailing", "tokenizer", "negative-dims-product-1", "negative-dim", "void-zero-size",
+         "structured", "unicode", "datetime", "33-dims", "70-dims", "version", "fortran-not-bool", "header-length"],
+)
+def test_hostile_headers_are_400_whatever_numpy_raises(body, problem):
+    with pytest.raises(codec.TensorDecodeError, match=problem) as info:
+        codec.decode(body)
+    assert info.value.status == 400
+
+
+def test_every_prefix_and_byte_flip_of_a_tensor_is_an_array_or_a_400():
+    valid = codec.encode(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    rng = np.random.default_rng(7)
+    bodies = [valid[:n] for n in range(len(valid))]
+    for _ in range(2000):
+        mutated = bytearray(valid)
+        for i in rng.integers(0, 128, size=rng.integers(1, 4)):  # flips inside the header
+            mutated[i] = rng.integers(0, 256)
+        bodies.append(bytes(mutated))
+    for body in bodies:
+        try:
+            codec.decode(body)
+        except codec.TensorDecodeError as exc:
+            assert exc.status == 400

@@ -1,5 +1,7 @@
 """Preprocessing numerics against an independent NumPy reference, and every bad-input case."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -146,3 +148,164 @@ def test_extreme_aspect_ratio_stays_small_and_fast():
     img = smooth_image(20000, 2)  # a naive resize to short side 256 would be 2.56 M x 256 pixels
     x = pipeline_tensor(image_bytes(img))
     assert x.shape == (1, 3, 224, 224)
+
+
+# --------------------------------------------------------------------------- hostile images
+
+
+def huge_claim_jpeg(width: int = 7000, height: int = 5000) -> bytes:
+    """About a kilobyte of JPEG whose header claims ``width`` x ``height``: a tiny real JPEG with
+    its frame size patched (the data runs out long before the claimed pixels)."""
+    data = bytearray(image_bytes(smooth_image(64, 48), "JPEG", quality=50))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_jpegs_decode_at_the_smallest_dct_scale_that_keeps_256():
+    for (w, h), expected in [((4000, 3000), (500, 375)), ((3000, 4000), (375, 500)), ((1200, 800), (600, 400)),
+                             ((600, 400), (600, 400)), ((520, 4000), (260, 2000))]:
+        img = imaging.decode(image_bytes(smooth_image(w, h), "JPEG", quality=90), BIG)
+        assert img.size == expected and min(img.size) >= 256
+
+
+def test_a_scaled_decode_gives_nearly_the_same_tensor():
+    """A 12-Mpx photo decoded at 1/8 scale: the 224x224 input differs by under 4 grey levels
+    (of 255) on average; measured 2.9 (the model test below checks the label)."""
+    data = image_bytes(smooth_image(4000, 3000, seed=3), "JPEG", quality=92)
+    scaled = imaging.normalize(imaging.resize_crop(imaging.decode(data, BIG)))
+    full = imaging.normalize(imaging.resize_crop(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert np.abs(scaled - full).mean() * 128 < 4.0  # mean difference in grey levels (0-255)
+
+
+@pytest.mark.slow
+def test_labels_of_upscaled_photos_survive_the_scaled_decode():
+    """Tolerance: the same top-1 class, its probability within 0.05 of the full decode's."""
+    from conftest import CHELSEA_JPG, make_settings
+    from model.backends import load_backend
+
+    backend = load_backend(make_settings(model_backend="onnx"))
+
+    def probabilities(x):
+        logits = backend.predict(x)[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+    for photo in (COFFEE_JPG, CHELSEA_JPG):
+        big = Image.open(photo).convert("RGB")
+        big = big.resize((big.width * 6, big.height * 6), Image.Resampling.LANCZOS)  # ~8.6 and ~4.9 Mpx
+        data = image_bytes(big, "JPEG", quality=92)
+        scaled = probabilities(imaging.normalize(imaging.resize_crop(imaging.decode(data, BIG))))
+        full = probabilities(imaging.normalize(imaging.resize_crop(Image.open(io.BytesIO(data)).convert("RGB"))))
+        assert scaled.argmax() == full.argmax(), photo.name
+        assert abs(scaled.max() - full.max()) < 0.05, (photo.name, scaled.max(), full.max())
+
+
+def test_a_small_file_claiming_a_huge_jpeg_is_decoded_at_an_eighth():
+    data = huge_claim_jpeg()
+    assert len(data) < 2000
+    assert imaging.decode(data, BIG).size == (875, 625)  # 0.5 Mpx, not 35 (libjpeg pads the missing data)
+
+
+@pytest.mark.slow
+def test_two_dozen_huge_claims_at_once_stay_small_in_memory():
+    """24 threads decoding the 7000x5000 claim at once, in a fresh process: its peak RSS grows
+    by tens of MB, where full-size decodes would need 24 x 105 MB."""
+    import subprocess
+    import sys
+
+    script = f"""
+import concurrent.futures, resource, sys
+sys.path[:0] = {[str(COFFEE_JPG.parent / "tests"), str(COFFEE_JPG.parent / "services")]!r}
+from test_imaging import huge_claim_jpeg, imaging, BIG
+data = huge_claim_jpeg()
+imaging.normalize(imaging.resize_crop(imaging.decode(data, BIG)))  # imports and first-use allocations
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with concurrent.futures.ThreadPoolExecutor(24) as pool:
+    list(pool.map(lambda _: imaging.normalize(imaging.resize_crop(imaging.decode(data, BIG))), range(24)))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew_mb = int(out.stdout.split()[-1])
+    assert grew_mb < 300, f"peak RSS grew by {grew_mb} MB"
+
+
+def test_png_and_webp_have_the_lower_full_decode_budget_but_jpeg_does_not():
+    png = image_bytes(Image.new("RGB", (3000, 2000)))  # 6 Mpx
+    err = _error_with(png, max_pixels=BIG, full=5_000_000)
+    assert (err.status, err.code) == (413, "too_many_pixels") and "3000x2000" in err.message
+    webp = image_bytes(Image.new("RGB", (3000, 2000)), "WEBP")
+    assert _error_with(webp, max_pixels=BIG, full=5_000_000).status == 413
+    jpeg = image_bytes(smooth_image(3000, 2000), "JPEG")  # decodes at 1/4: 750x500
+    assert imaging.decode(jpeg, BIG, 5_000_000).size == (750, 500)
+    narrow = image_bytes(smooth_image(12000, 300), "JPEG")  # 1:1 scale only: 3.6 Mpx decoded
+    assert _error_with(narrow, max_pixels=BIG, full=3_000_000).status == 413
+
+
+def _error_with(data: bytes, *, max_pixels: int, full: int) -> PipelineError:
+    with pytest.raises(PipelineError) as info:
+        imaging.decode(data, max_pixels, full)
+    return info.value
+
+
+def _png_with_chunk(kind: bytes, payload: bytes) -> bytes:
+    """A valid small PNG with one extra ancillary chunk inserted before IDAT."""
+    import struct
+    import zlib
+
+    png = image_bytes(Image.new("RGB", (16, 16), "red"))
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+@pytest.mark.parametrize(
+    "kind, payload",
+    [
+        (b"zTXt", b"Comment\0\0" + __import__("zlib").compress(b"a" * 20_000_000)),
+        (b"iTXt", b"Comment\0\1\0\0\0" + __import__("zlib").compress(b"b" * 20_000_000)),
+        (b"iCCP", b"icc\0\0" + __import__("zlib").compress(b"c" * 20_000_000)),
+        (b"eXIf", b"MM\0*" + b"\xff" * 200_000),
+    ],
+    ids=["ztxt", "itxt", "iccp", "exif"],
+)
+def test_inflating_metadata_chunks_are_bounded(kind, payload):
+    """20 MB of metadata in ~20 kB of PNG: refused or ignored, never inflated in full."""
+    import resource
+
+    data = _png_with_chunk(kind, payload)
+    assert len(data) < 250_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        img = imaging.decode(data, BIG)
+        assert img.size == (16, 16)
+    except PipelineError as exc:
+        assert exc.status < 500 and exc.code == "corrupt_image"
+    grew_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grew_kb < 10_000, f"peak RSS grew by {grew_kb} kB"
+
+
+def test_prefixes_and_broken_headers_are_4xx_whatever_pillow_raises():
+    """The first 100-600 bytes of real files, and headers with bytes flipped (seeded)."""
+    photos = {
+        "jpeg": COFFEE_JPG.read_bytes(),
+        "png": image_bytes(smooth_image(64, 48)),
+        "webp": image_bytes(smooth_image(64, 48), "WEBP"),
+        "webp-lossless": image_bytes(smooth_image(64, 48), "WEBP", lossless=True),
+        "png-palette": image_bytes(smooth_image(64, 48).convert("P")),
+    }
+    rng = np.random.default_rng(11)
+    bodies = []
+    for data in photos.values():
+        bodies += [data[:n] for n in range(1, min(len(data), 700), 7)]
+        for _ in range(300):
+            mutated = bytearray(data)
+            for i in rng.integers(0, min(len(data), 200), size=rng.integers(1, 5)):
+                mutated[i] = rng.integers(0, 256)
+            bodies.append(bytes(mutated))
+    for body in bodies:
+        try:
+            imaging.normalize(imaging.resize_crop(imaging.decode(body, BIG, 20_000_000)))
+        except PipelineError as exc:
+            assert 400 <= exc.status < 500, exc

@@ -17,6 +17,8 @@ from ml_pipeline.errors import BadRequest
 
 NPY_MEDIA_TYPE = "application/x-npy"
 _MAX_HEADER_BYTES = 10_000
+MAX_DIMS = 32
+_NUMERIC_KINDS = frozenset("biufc")  # bool, ints, floats, complex: no void/structured, strings, datetimes
 
 
 class TensorDecodeError(BadRequest):
@@ -36,7 +38,7 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     """Parse ``.npy`` bytes into a read-only array that shares ``data``'s memory.
 
     Raises ``TensorDecodeError`` (400) for anything that is not a well-formed, complete,
-    pickle-free ``.npy`` body.
+    pickle-free ``.npy`` body of plain numbers — whatever NumPy's header parser raises on it.
     """
     stream = io.BytesIO(data)
     try:
@@ -47,14 +49,21 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=_MAX_HEADER_BYTES)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except ValueError as exc:
-        raise TensorDecodeError(f"body is not a .npy tensor: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # ValueError, SyntaxError, tokenizer errors, … from the header's literal_eval
+        raise TensorDecodeError(f"body is not a .npy tensor: {type(exc).__name__}: {exc}"[:300]) from None
     if dtype.hasobject:
         raise TensorDecodeError("object (pickled) tensors are not accepted")
-    expected = math.prod(shape) * dtype.itemsize
+    if dtype.kind not in _NUMERIC_KINDS or dtype.itemsize == 0:
+        raise TensorDecodeError(f"tensor dtype {dtype} is not a plain number type")
+    if len(shape) > MAX_DIMS or any(not isinstance(d, int) or d < 0 for d in shape):
+        raise TensorDecodeError(f"tensor shape {list(shape)} is not up to {MAX_DIMS} non-negative dimensions")
+    count = math.prod(shape)
+    expected = count * dtype.itemsize
     offset = stream.tell()
     actual = len(data) - offset
     if actual != expected:
         raise TensorDecodeError(f"tensor {dtype}{list(shape)} needs {expected} data bytes, body has {actual}")
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran_order else "C")

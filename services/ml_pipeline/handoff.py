@@ -49,15 +49,19 @@ def decode_json(body: bytes) -> np.ndarray:
     try:
         doc = json.loads(body)
         shape, dtype, data = doc["shape"], doc["dtype"], doc["data"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested thousands deep
         raise BadRequest('send {"shape": [...], "dtype": "float32", "data": [...]} as JSON', code="invalid_tensor") from None
     if dtype != "float32":
         raise BadRequest(f"tensor dtype {dtype!r} is not float32", code="invalid_tensor")
+    if not isinstance(shape, list) or len(shape) > codec.MAX_DIMS:
+        raise BadRequest(f"tensor shape {shape!r} is not a list of up to {codec.MAX_DIMS} sizes", code="invalid_tensor")
     try:
         array = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
+    except MemoryError:
+        raise
+    except Exception:  # ragged, too deep, strings, objects: whatever NumPy raises on it
         raise BadRequest("tensor data is not a regular nested list of numbers", code="invalid_tensor") from None
-    if not isinstance(shape, list) or list(array.shape) != shape:
+    if list(array.shape) != shape:
         raise BadRequest(f"tensor data has shape {list(array.shape)}, not the declared {shape}", code="invalid_tensor")
     return array
 

@@ -1,7 +1,11 @@
 """Image → model tensor, as pure functions (no web framework here).
 
 decode: Pillow, JPEG/PNG/WebP only, size checked from the header before any pixel is decoded,
+JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at least 256
+(``Image.draft``: a 12-Mpx photo costs about 1/16 of its full decode, and a kilobyte-sized file
+claiming 7000x5000 costs 875x625), PNG/WebP (no scaled decoding) held to a lower pixel budget,
 EXIF orientation applied, any supported mode converted to RGB (alpha is dropped, not composited).
+Every failure on the client's bytes — whatever Pillow raises — is a 4xx ``PipelineError``.
 resize: the short side to 256 and a centre crop of 224, done in one resampling pass over just the
 cropped region (``resize(box=...)``), which equals resize-then-crop but never materialises a huge
 intermediate for extreme aspect ratios.
@@ -14,7 +18,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ml_pipeline.errors import BadRequest, PayloadTooLarge, PipelineError, UnsupportedMediaType
 
@@ -26,23 +30,51 @@ CROP_SIZE = 224
 NORM_MEAN = 127.0
 NORM_STD = 128.0
 
+# PNG text/ICC chunks are zlib streams: bound what one may inflate to, and all of them together
+# (Pillow's defaults, 1 MiB and 64 MiB, let a 10 MiB upload hold ~64 MiB of inflated metadata).
+PngImagePlugin.MAX_TEXT_CHUNK = 256 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
+# Our own pixel checks run before Pillow's warning threshold would matter; its warning would
+# only repeat them (and catching it per call is not thread-safe). Its hard error still applies.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class UnsupportedImageMode(PipelineError):
     status, code = 422, "unsupported_image_mode"
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an upload to an upright RGB image, or raise a 4xx ``PipelineError`` naming the problem."""
+def _corrupt(fmt: str | None, exc: Exception) -> BadRequest:
+    what = f"the {fmt} image" if fmt else "the image"
+    return BadRequest(f"{what} is truncated or corrupt: {type(exc).__name__}: {exc}"[:300], code="corrupt_image")
+
+
+def decode(data: bytes, max_pixels: int, max_full_decode_pixels: int | None = None) -> Image.Image:
+    """Decode an upload to an upright RGB image, or raise a 4xx ``PipelineError`` naming the problem.
+
+    ``max_pixels`` bounds the size any header may claim; ``max_full_decode_pixels`` (default:
+    ``max_pixels``) bounds PNG and WebP, which are decoded at full size. JPEGs are decoded
+    scaled down to no less than ``RESIZE_SHORT_SIDE`` on the short side.
+    """
+    full_limit = max_pixels if max_full_decode_pixels is None else min(max_pixels, max_full_decode_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise UnsupportedMediaType(
-                "the upload is not a JPEG, PNG or WebP image", code="unsupported_image_format"
-            ) from None
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType("the upload is not a JPEG, PNG or WebP image", code="unsupported_image_format") from None
+    except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}", code="too_many_pixels") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # a recognised format whose header is broken: any type Pillow raises
+        raise _corrupt(None, exc) from None
+    try:
+        return _load_rgb(img, max_pixels, full_limit)
+    except (PipelineError, MemoryError):
+        raise
+    except Exception as exc:  # truncated/corrupt data, broken EXIF, inflated chunks over the bound, …
+        raise _corrupt(img.format, exc) from None
+
+
+def _load_rgb(img: Image.Image, max_pixels: int, full_limit: int) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise PayloadTooLarge(
@@ -50,10 +82,16 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         )
     if img.mode not in SUPPORTED_MODES:
         raise UnsupportedImageMode(f"image mode {img.mode!r} is not supported (8-bit greyscale, palette, RGB, RGBA or CMYK)")
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadRequest(f"the {img.format} image is truncated or corrupt: {exc}", code="corrupt_image") from None
+    if img.format == "JPEG":
+        img.draft(None, (RESIZE_SHORT_SIDE, RESIZE_SHORT_SIDE))  # smallest DCT scale keeping both sides >= 256
+    decoded_w, decoded_h = img.size
+    if decoded_w * decoded_h > full_limit:  # PNG/WebP, or a JPEG too narrow to scale down enough
+        raise PayloadTooLarge(
+            f"{img.format} image is {width}x{height}, which decodes to {decoded_w * decoded_h} pixels; "
+            f"the limit is {full_limit}",
+            code="too_many_pixels",
+        )
+    img.load()
     ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies every upright image
     return img if img.mode == "RGB" else img.convert("RGB")
 
