@@ -7,9 +7,10 @@ import httpx
 import pytest
 from opentelemetry.trace import NoOpTracerProvider
 
+from ml_pipeline import deadline, metrics
 from ml_pipeline.balancer import Balancer
-from ml_pipeline.client import RETRYABLE_5XX, Downstream
-from ml_pipeline.errors import BadGateway, DownstreamTimeout, DownstreamUnavailable
+from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
+from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +175,134 @@ async def test_a_read_timeout_uses_up_the_deadline_and_is_a_504():
     transport, seen = replicas({"10.0.0.1": httpx.ReadTimeout("slow"), "10.0.0.2": 200})
     with pytest.raises(DownstreamTimeout):
         await downstream(transport, ["10.0.0.1"]).post("/predict", content=b"x")
+
+
+async def test_a_hung_replica_times_out_is_ejected_and_the_call_retried_elsewhere():
+    """Real waiting, not a mocked exception: the hung replica sleeps past the attempt timeout."""
+    seen = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "10.0.0.1":
+            await asyncio.sleep(5)
+        return httpx.Response(200, json={"ok": request.url.host})
+
+    d = downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], attempt_timeout_s=0.2)
+    d.balancer.pick = lambda exclude=frozenset(), pick=d.balancer.pick: (  # the hung one first
+        next((e for e in d.balancer.endpoints if e.address == "10.0.0.1" and e not in exclude), None) or pick(exclude)
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    r = await d.post("/predict", content=b"x")
+    took = loop.time() - start
+    assert r.json() == {"ok": "10.0.0.2"} and seen == ["10.0.0.1", "10.0.0.2"]
+    assert 0.2 <= took < 1.0
+    hung = next(e for e in d.balancer.endpoints if e.address == "10.0.0.1")
+    assert hung.ejected(d.balancer._clock())
+
+
+async def test_all_attempts_share_one_deadline_which_the_next_hop_is_told():
+    sent_timeouts = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        sent_timeouts.append(int(request.headers[deadline.TIMEOUT_HEADER]))
+        await asyncio.sleep(5)  # every replica hangs
+        return httpx.Response(200)
+
+    d = downstream(httpx.MockTransport(handle), [f"10.0.0.{i}" for i in range(1, 4)], timeout_s=0.6, attempt_timeout_s=0.25)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(DownstreamTimeout):
+        await d.post("/predict", content=b"x")
+    took = loop.time() - start
+    assert 0.5 <= took < 0.9, took  # three attempts of 0.25 s would be 0.75 s: the hop's 0.6 s wins
+    assert sent_timeouts[0] <= 600 and sent_timeouts == sorted(sent_timeouts, reverse=True)
+    assert sent_timeouts[-1] < sent_timeouts[0] - 200  # each attempt is told what is left, not a fresh budget
+
+    # The request's own deadline (shorter than the hop's timeout) bounds the attempts too, and says so.
+    token = deadline.start(0.3)
+    try:
+        start = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], timeout_s=5).post("/predict", content=b"x")
+        assert loop.time() - start < 0.6
+    finally:
+        deadline.reset(token)
+
+
+async def test_no_call_is_made_once_the_deadline_has_passed():
+    transport, seen = replicas({"10.0.0.1": 200})
+    token = deadline.start(-1)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await downstream(transport, ["10.0.0.1"]).post("/predict", content=b"x")
+    finally:
+        deadline.reset(token)
+    assert seen == []
+
+
+async def test_the_retry_budget_bounds_retries_to_a_tenth_of_requests():
+    transport, seen = replicas({"10.0.0.1": 503, "10.0.0.2": 503, "10.0.0.3": 503})
+    clock = Clock()
+    budget = RetryBudget(0.1, 3, window_s=10, clock=clock)
+    d = downstream(transport, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], retry_budget=budget)
+    for _ in range(200):  # every replica failing: without a budget, 3 attempts each = 600 calls
+        with pytest.raises(Exception):
+            await d.post("/predict", content=b"x")
+    retries = len(seen) - 200
+    assert retries <= 3 + 0.1 * 200 and retries >= 0.1 * 200
+    # A new window brings a new budget.
+    clock.now += 11
+    seen.clear()
+    with pytest.raises(Exception):
+        await d.post("/predict", content=b"x")
+    assert len(seen) == 3
+
+
+def test_retry_budget_window_slides():
+    clock = Clock()
+    budget = RetryBudget(0.5, 1, window_s=10, clock=clock)
+    assert budget.try_spend() and not budget.try_spend()  # the minimum, with no requests yet
+    for _ in range(4):
+        budget.record_request()
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()  # 1 + 0.5 × 4 = 3
+    clock.now += 10.5
+    assert budget.try_spend() and not budget.try_spend()  # everything aged out: the minimum again
+
+
+async def test_a_busy_replica_is_retried_elsewhere_but_not_ejected():
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "10.0.0.1":
+            return httpx.Response(503, headers={"Retry-After": "1"}, json={"error": {"code": "overloaded", "message": "busy"}})
+        return httpx.Response(200, json={"ok": request.url.host})
+
+    d = downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], retry_budget=RetryBudget(1.0, 10))
+    for _ in range(10):
+        assert (await d.post("/predict", content=b"x")).json() == {"ok": "10.0.0.2"}
+    busy = next(e for e in d.balancer.endpoints if e.address == "10.0.0.1")
+    assert not busy.ejected(d.balancer._clock()) and busy.failures == 0
+
+
+async def test_retries_are_counted_and_the_attempts_are_on_the_span():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    transport, _ = replicas({"10.0.0.1": httpx.ConnectError("refused"), "10.0.0.2": 200})
+    d = downstream(transport, ["10.0.0.1", "10.0.0.2"])
+    d.balancer.pick = lambda exclude=frozenset(), pick=d.balancer.pick: (
+        next((e for e in d.balancer.endpoints if e.address == "10.0.0.1" and e not in exclude), None) or pick(exclude)
+    )
+    before = metrics.DOWNSTREAM_RETRIES.labels("model", "connect_error")._value.get()
+    with provider.get_tracer("t").start_as_current_span("handoff"):
+        await d.post("/predict", content=b"x")
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["downstream.attempts"] == 2
+    assert [e.attributes["reason"] for e in span.events if e.name == "downstream.attempt_failed"] == ["connect_error"]
+    assert metrics.DOWNSTREAM_RETRIES.labels("model", "connect_error")._value.get() == before + 1
 
 
 async def test_readiness_needs_one_ready_replica():

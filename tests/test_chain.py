@@ -80,13 +80,31 @@ async def test_probes_make_no_spans(exporter):
     assert exporter.get_finished_spans() == ()
 
 
-async def test_downstream_trace_context_is_propagated(exporter, coffee_bytes):
+async def test_trusted_callers_trace_context_is_continued(exporter, coffee_bytes):
     parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {"traceparent": f"00-{parent_trace}-00f067aa0ba902b7-01"}
-    async with running_chain(make_settings(), exporter) as client:
+    async with running_chain(make_settings(trust_client_trace_context=True), exporter) as client:
         r = await client.post("/finalize", files=upload(coffee_bytes), headers=headers)
     assert r.json()["trace_id"] == parent_trace
     assert {service(s) for s in by_trace(exporter.get_finished_spans())[parent_trace]} == {"postprocess", "preprocess", "model"}
+
+
+@pytest.mark.parametrize("flags", ["01", "00"], ids=["sampled", "not-sampled"])
+async def test_the_edge_starts_its_own_trace_and_links_the_callers(exporter, coffee_bytes, flags):
+    """A public client can neither choose the trace id nor switch sampling off."""
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{caller_trace}-{caller_span}-{flags}", "tracestate": "vendor=x"}
+    async with running_chain(make_settings(), exporter) as client:
+        r = await client.post("/finalize", files=upload(coffee_bytes), headers=headers)
+    assert r.status_code == 200, r.text
+    trace_id = r.json()["trace_id"]
+    assert trace_id != caller_trace and r.headers["x-trace-id"] == trace_id
+    traces = by_trace(exporter.get_finished_spans())
+    assert caller_trace not in traces
+    servers = assert_complete_chain(traces[trace_id])  # sampled and complete, whatever the flags said
+    links = servers["postprocess"].links
+    assert [(format(l.context.trace_id, "032x"), format(l.context.span_id, "016x")) for l in links] == [(caller_trace, caller_span)]
+    assert servers["postprocess"].parent is None
 
 
 def _png(mode="RGB", size=(64, 64)):

@@ -130,7 +130,7 @@ def test_sweep_removes_only_old_handoff_files(tmp_path):
 @pytest.mark.anyio
 @pytest.mark.parametrize("backend", ["random", "onnx"])
 async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_path, exporter, backend):
-    settings = make_settings(model_backend=backend, shared_data_dir=tmp_path)
+    settings = make_settings(model_backend=backend, shared_data_dir=tmp_path, allow_transport_override=True)
     answers = {}
     async with running_chain(settings, exporter) as client:
         pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
@@ -166,6 +166,18 @@ async def test_transport_setting_chooses_the_default_and_bad_values_are_422(tmp_
     assert answer["transport"] == "volume" and answer["class_id"] >= 0
     assert bad.status_code == 422 and "transport" in bad.json()["error"]["message"]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_choosing_the_transport_per_request_is_off_unless_allowed(tmp_path):
+    async with running_chain(make_settings(shared_data_dir=tmp_path)) as client:
+        pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
+        refused = await pre.post("/process", params={"transport": "volume"}, files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+        plain = await pre.post("/process", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+        await pre.aclose()
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "transport_override_disabled"
+    assert plain.status_code == 200 and plain.headers["x-tensor-transport"] == "http"
 
 
 @pytest.mark.anyio

@@ -3,10 +3,14 @@
 Created once at startup (connection pooling, keep-alive), instrumented so every call carries W3C
 ``traceparent``, with timeouts on every phase. Requests are spread over every replica behind the
 downstream's name (``ml_pipeline.balancer``: re-resolved every few seconds, least outstanding
-requests, failing replicas ejected and retried later). A connection failure — nothing was
-processed — is retried on another replica; so are the statuses a hop names as retryable (the
+requests, failing replicas ejected and retried later). Only replica faults are retried, on
+another replica: a connection failure (nothing was processed), an attempt that timed out (a hung
+replica, when the hop sets a per-attempt timeout) and the statuses a hop names as retryable (the
 model's 5xx: inference is a pure function of the tensor, so a second attempt is safe). Attempts
-are bounded and share one deadline.
+are bounded, paused with jitter, limited by a retry budget (retries ≤ 10 % of requests, so a
+failing replica cannot start a retry storm) and share one deadline: the hop's timeout or the
+request's own deadline (``ml_pipeline.deadline``), whichever ends first, which is also sent on
+to the next hop in ``X-Request-Timeout-Ms``.
 
 Transport failures and downstream errors become ``PipelineError``s with a clear status:
 unreachable → 503, too slow → 504, a downstream 5xx → 502, and (for hops that carry the
@@ -16,18 +20,57 @@ client's own input) a downstream 4xx passes through unchanged.
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from ml_pipeline import deadline, metrics
 from ml_pipeline.balancer import Balancer, Endpoint, Resolver, resolve_dns
-from ml_pipeline.errors import BadGateway, DownstreamTimeout, DownstreamUnavailable, PipelineError
+from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable, PipelineError
 from ml_pipeline.telemetry import instrument_client
 
 RETRYABLE_5XX = frozenset({500, 502, 503, 504})
+# Pause before a retry: uniform in [0, min(cap, base * 2^(attempt-1))] seconds.
+RETRY_BACKOFF_BASE_S = 0.01
+RETRY_BACKOFF_CAP_S = 0.1
+
+
+class RetryBudget:
+    """Retries allowed over a sliding window: ``ratio`` × the requests in it, plus ``minimum``
+    (the retry budget of Finagle and Envoy). When a replica fails every request, retries stay a
+    small fraction of the traffic instead of multiplying it."""
+
+    def __init__(self, ratio: float, minimum: int, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.ratio = ratio
+        self.minimum = minimum
+        self.window_s = window_s
+        self._clock = clock
+        self._requests: collections.deque[float] = collections.deque()
+        self._retries: collections.deque[float] = collections.deque()
+
+    def _trim(self, now: float) -> None:
+        for times in (self._requests, self._retries):
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+
+    def record_request(self) -> None:
+        now = self._clock()
+        self._trim(now)
+        self._requests.append(now)
+
+    def try_spend(self) -> bool:
+        now = self._clock()
+        self._trim(now)
+        if len(self._retries) >= self.minimum + self.ratio * len(self._requests):
+            return False
+        self._retries.append(now)
+        return True
 
 
 class Downstream:
@@ -42,6 +85,8 @@ class Downstream:
         pass_client_errors: bool,
         max_attempts: int = 1,
         retry_statuses: frozenset[int] = frozenset(),
+        attempt_timeout_s: float | None = None,
+        retry_budget: RetryBudget | None = None,
         resolve_interval_s: float = 2.0,
         eject_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -50,6 +95,9 @@ class Downstream:
         """``pass_client_errors``: a downstream 4xx is the end client's fault (it rejected their
         upload) and is returned as is; otherwise a 4xx means we sent something wrong → 502.
         ``retry_statuses``: answers worth another replica (only for idempotent calls).
+        ``attempt_timeout_s``: how long one attempt may take before the replica counts as hung
+        (ejected, and the call retried elsewhere); None: each attempt may use all the time left.
+        ``retry_budget``: shared limit on retries (default: 10 % of requests + 3 per 10 s).
         ``transport`` (tests wiring apps in-process): the URL is used as is, not resolved, unless
         a ``resolver`` is given (default: DNS)."""
         self.name = name
@@ -59,6 +107,8 @@ class Downstream:
         self._connect_timeout_s = connect_timeout_s
         self._max_attempts = max_attempts
         self._retry_statuses = retry_statuses
+        self._attempt_timeout_s = attempt_timeout_s
+        self.retry_budget = retry_budget or RetryBudget(0.1, 3)
         self.balancer = Balancer(
             self.base_url,
             resolve_interval_s=resolve_interval_s,
@@ -109,38 +159,61 @@ class Downstream:
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         await self.balancer.ensure_fresh()
-        deadline = time.monotonic() + self._timeout_s
+        deadline.check(f"calling {self.name}")
+        hop_deadline = time.monotonic() + self._timeout_s
+        left = deadline.remaining()
+        request_bound = left is not None and left < self._timeout_s  # the caller's deadline comes first
+        if request_bound:
+            hop_deadline = time.monotonic() + left
+        self.retry_budget.record_request()
         tried: set[Endpoint] = set()
         failure: PipelineError | None = None
         response: httpx.Response | None = None
         attempts = 0
+        reason = ""  # why the last attempt failed
+        caller_headers = kwargs.pop("headers", {})
         while attempts < self._max_attempts:
+            if attempts and not await self._may_retry(hop_deadline, attempts, reason):
+                break
             endpoint = self.balancer.pick(exclude=tried)
-            remaining = deadline - time.monotonic()
+            remaining = hop_deadline - time.monotonic()
             if endpoint is None or remaining <= 0:
                 break
             attempts += 1
             tried.add(endpoint)
             url = f"{endpoint.base_url}{path}"
-            timeout = httpx.Timeout(remaining, connect=min(self._connect_timeout_s, remaining))
+            attempt_s = min(remaining, self._attempt_timeout_s or remaining)
+            timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
+            # The next hop learns how long we will wait, and stops working when we would stop waiting.
+            headers = {**caller_headers, deadline.TIMEOUT_HEADER: str(max(1, int(remaining * 1000)))}
             endpoint.outstanding += 1
             try:
-                response = await self._client.request(method, url, timeout=timeout, **kwargs)
+                # httpx times each socket operation; this bounds the attempt as a whole.
+                async with asyncio.timeout(attempt_s):
+                    response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
             except (httpx.ConnectTimeout, httpx.ConnectError):
-                self.balancer.failed(endpoint)
+                reason = "connect_error"
+                self._attempt_failed(endpoint, attempts, reason)
                 failure = DownstreamUnavailable(f"{self.name} unreachable at {url}")
                 continue
-            except httpx.TimeoutException:  # the deadline is used up: no time for another attempt
-                raise DownstreamTimeout(f"{self.name} did not answer {url} in time") from None
+            except (httpx.TimeoutException, TimeoutError):
+                reason = "timeout"
+                self._attempt_failed(endpoint, attempts, reason)  # hung or far too slow: ejected like a dead one
+                failure = self._timed_out(url, request_bound and hop_deadline - time.monotonic() <= 0)
+                continue
             except httpx.TransportError as exc:  # e.g. the replica died mid-request
-                self.balancer.failed(endpoint)
+                reason = "transport_error"
+                self._attempt_failed(endpoint, attempts, reason)
                 failure = DownstreamUnavailable(f"{self.name} connection failed at {url}: {type(exc).__name__}")
                 continue
             finally:
                 endpoint.outstanding -= 1
             self._annotate(endpoint, attempts)
             if response.status_code in self._retry_statuses:
-                self.balancer.failed(endpoint)
+                reason = "status_5xx"
+                # 503 + Retry-After is a busy replica refusing work, not a broken one: try another, don't eject.
+                busy = response.status_code == 503 and "retry-after" in response.headers
+                self._attempt_failed(endpoint, attempts, reason, eject=not busy)
                 continue
             self.balancer.succeeded(endpoint)
             return response
@@ -150,7 +223,33 @@ class Downstream:
             raise failure
         if not self.balancer.endpoints:
             raise DownstreamUnavailable(f"{self.name}: {self.base_url} resolves to no address")
-        raise DownstreamTimeout(f"{self.name}: no answer within {self._timeout_s:g} s")
+        raise self._timed_out(self.base_url, request_bound)
+
+    async def _may_retry(self, hop_deadline: float, attempts: int, reason: str) -> bool:
+        """Another attempt only within the retry budget, after a jittered pause that fits the deadline."""
+        if not self.retry_budget.try_spend():
+            metrics.DOWNSTREAM_RETRIES.labels(self.name, "budget_exhausted").inc()
+            trace.get_current_span().set_attribute("downstream.retry_budget_exhausted", True)
+            return False
+        metrics.DOWNSTREAM_RETRIES.labels(self.name, reason).inc()
+        # "Full jitter": replicas that failed together are not all retried in the same instant.
+        pause = random.uniform(0, min(RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_BASE_S * 2 ** (attempts - 1)))
+        if time.monotonic() + pause >= hop_deadline:
+            return False
+        await asyncio.sleep(pause)
+        return True
+
+    def _attempt_failed(self, endpoint: Endpoint, attempts: int, reason: str, *, eject: bool = True) -> None:
+        if eject:
+            self.balancer.failed(endpoint)
+        span = trace.get_current_span()
+        span.add_event("downstream.attempt_failed", {"downstream.endpoint": endpoint.base_url, "reason": reason})
+        self._annotate(endpoint, attempts)
+
+    def _timed_out(self, url: str, request_deadline: bool) -> PipelineError:
+        if request_deadline:
+            return DeadlineExceeded(f"the request's deadline passed while waiting for {self.name} at {url}")
+        return DownstreamTimeout(f"{self.name} did not answer {url} in time")
 
     @staticmethod
     def _annotate(endpoint: Endpoint, attempts: int) -> None:

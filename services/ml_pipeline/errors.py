@@ -8,6 +8,7 @@ FastAPI lets it through from body parsing (the upload size limit raises it there
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,11 +27,20 @@ class PipelineError(StarletteHTTPException):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, service: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        service: str | None = None,
+        retry_after_s: float | None = None,
+    ):
         self.status = status or self.status
         self.code = code or self.code
         self.message = message
         self.service = service  # set when the error comes from another service
+        self.retry_after_s = retry_after_s  # when to try again (overload): `Retry-After` + the envelope
         super().__init__(status_code=self.status, detail=message)
 
 
@@ -62,6 +72,24 @@ class NotReady(PipelineError):
     status, code = 503, "not_ready"
 
 
+class Overloaded(PipelineError):
+    """Refused at the door: the service has as much work in flight and queued as it allows."""
+
+    status, code = 503, "overloaded"
+
+
+class DeadlineExceeded(PipelineError):
+    """The request's deadline (its own or the caller's) passed before the work could be done."""
+
+    status, code = 504, "deadline_exceeded"
+
+
+class RequestTimeout(PipelineError):
+    """The client did not send its whole body before the request's deadline."""
+
+    status, code = 408, "request_timeout"
+
+
 def envelope(status: int, code: str, message: str, service: str, **extra: Any) -> dict[str, Any]:
     return {
         "error": {
@@ -75,10 +103,16 @@ def envelope(status: int, code: str, message: str, service: str, **extra: Any) -
     }
 
 
-def error_response(status: int, code: str, message: str, service: str, **extra: Any) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, service: str, retry_after_s: float | None = None, **extra: Any
+) -> JSONResponse:
+    if retry_after_s is not None:
+        extra["retry_after_s"] = retry_after_s
     body = envelope(status, code, message, service, **extra)
-    headers = {TRACE_ID_HEADER: body["error"]["trace_id"]} if body["error"]["trace_id"] else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = {TRACE_ID_HEADER: body["error"]["trace_id"]} if body["error"]["trace_id"] else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds (RFC 9110)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
@@ -90,7 +124,7 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
     async def pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code, extra={"status": exc.status})
-        return error_response(exc.status, exc.code, exc.message, exc.service or service)
+        return error_response(exc.status, exc.code, exc.message, exc.service or service, exc.retry_after_s)
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")

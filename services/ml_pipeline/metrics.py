@@ -40,6 +40,24 @@ IN_FLIGHT = Gauge(
     "Requests being served right now (probes and scrapes excluded).",
     ["service"],
 )
+QUEUED = Gauge(
+    "ml_pipeline_requests_queued",
+    "Requests waiting for a free slot in front of the service (admission control).",
+    ["service"],
+)
+REFUSED = Counter(
+    "ml_pipeline_requests_refused",
+    "Requests refused or dropped by admission control, by reason: queue_full, queue_timeout (503), "
+    "deadline (504: it passed while queued), client_gone (the client hung up while queued).",
+    ["service", "reason"],
+)
+DOWNSTREAM_RETRIES = Counter(
+    "ml_pipeline_downstream_retries",
+    "Retries of a call to the next service on another replica, by downstream and the failure that "
+    "caused it (connect_error, transport_error, timeout, status_5xx); budget_exhausted: a retry the "
+    "retry budget refused.",
+    ["downstream", "reason"],
+)
 STAGE_DURATION = Histogram(
     "ml_pipeline_stage_duration_seconds",
     "Time spent in one pipeline stage (decode, resize, normalize, handoff, inference, …); exemplars carry trace_id.",

@@ -3,6 +3,7 @@ limit, ``/health``, ``/ready`` and ``/metrics``, and the multipart upload reader
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 from fastapi import FastAPI, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
+from starlette.datastructures import MutableHeaders
 
 from ml_pipeline import __version__, metrics
+from ml_pipeline.admission import AdmissionControl
 from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge, error_response, install_error_handlers
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import (
@@ -27,9 +30,21 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 ReadyCheck = Callable[[FastAPI], Awaitable[tuple[bool, str]]]
 
 
+# A body the service answers before reading it all (413, a refusal) is read and dropped up to this
+# many bytes first: closing with unread bytes makes the kernel send RST, and a client without
+# `Expect: 100-continue` would see "connection reset" instead of the answer.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_TIMEOUT_S = 10.0
+
+
 class BodySizeLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with 413: at once from Content-Length, or while
-    streaming a chunked body (the error is raised into the body parser)."""
+    streaming a chunked body (the error is raised into the body parser).
+
+    Whatever the answer, a body the app left unread is drained before the response starts (up
+    to ``DRAIN_MAX_BYTES`` and ``DRAIN_TIMEOUT_S``; beyond that the connection is closed), so the
+    client reads the answer. Not for ``Expect: 100-continue`` clients: they have not sent it.
+    """
 
     def __init__(self, app, max_bytes: int, service: str):
         self.app = app
@@ -43,16 +58,19 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        body = _BodyTracker(receive, expects_continue=headers.get(b"expect", b"").lower() == b"100-continue")
+        send = body.draining_before(send)
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = error_response(413, PayloadTooLarge.code, self._too_large(f"{int(declared)} bytes"), self.service)
-            await response(scope, receive, send)
+            await response(scope, body.receive, send)
             return
         received = 0
 
         async def limited_receive():
             nonlocal received
-            message = await receive()
+            message = await body.receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -60,6 +78,45 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _BodyTracker:
+    """Knows whether the request body has been read to its end, and can drain the rest."""
+
+    def __init__(self, receive, *, expects_continue: bool):
+        self._receive = receive
+        self._expects_continue = expects_continue
+        self.complete = False
+
+    async def receive(self):
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+        return message
+
+    async def drain(self) -> bool:
+        """Read and drop the rest of the body; False if it was too long or too slow to wait for."""
+        drained = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while not self.complete:
+                    message = await self.receive()
+                    drained += len(message.get("body", b""))
+                    if drained > DRAIN_MAX_BYTES:
+                        return False
+        except TimeoutError:
+            return False
+        return True
+
+    def draining_before(self, send):
+        async def send_after_drain(message):
+            if message["type"] == "http.response.start" and not self.complete and not self._expects_continue:
+                if not await self.drain():
+                    headers = MutableHeaders(scope=message)
+                    headers["connection"] = "close"
+            await send(message)
+
+        return send_after_drain
 
 
 def build_app(
@@ -89,6 +146,15 @@ def build_app(
     app.state.tracer = tracer_provider.get_tracer(f"ml_pipeline.{service}", __version__)
 
     install_error_handlers(app, service)
+    # Outermost last: telemetry sees every answer (refusals too), the body guard drains before any.
+    app.add_middleware(
+        AdmissionControl,
+        service=service,
+        max_in_flight=settings.max_in_flight,
+        max_queue=settings.max_queue,
+        queue_timeout_s=settings.queue_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, service=service)
     app.add_middleware(RequestTelemetryMiddleware, service=service)
 
@@ -109,7 +175,7 @@ def build_app(
         return JSONResponse({"status": "ready", "service": service, "detail": reason})
 
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics (OpenMetrics with exemplars when asked for)")
-    def prometheus_metrics(request: Request) -> Response:
+    async def prometheus_metrics(request: Request) -> Response:  # async: never queued behind worker threads
         body, content_type = metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 

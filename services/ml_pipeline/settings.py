@@ -103,7 +103,77 @@ class Settings(BaseSettings):
         description="Largest accepted image in pixels (width × height), checked before decoding; "
         "guards against decompression bombs → 413.",
     )
+    max_full_decode_pixels: int = Field(
+        16_000_000,
+        gt=0,
+        description="Largest image in pixels that is decoded at full size: PNG and WebP, which cannot be "
+        "scaled while decoding (JPEGs are decoded at 1/2, 1/4 or 1/8 scale, down to a short side of 256, "
+        "and count at that size) → 413.",
+    )
+    max_concurrent_decodes: int = Field(
+        2,
+        ge=1,
+        description="Images preprocess decodes at the same time (worker threads); more wait their turn. "
+        "Bounds decode memory: each may hold up to `MAX_FULL_DECODE_PIXELS` × 4 bytes.",
+    )
     max_batch: int = Field(16, gt=0, description="Largest batch (N of the `[N,3,224,224]` tensor) `/predict` accepts.")
+
+    # --- admission control and deadlines (every service)
+    max_in_flight: int = Field(
+        8,
+        ge=1,
+        description="Requests one service instance works on at once; more wait in its queue. "
+        "Probes and `/metrics` are never counted or queued.",
+    )
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="Requests that may wait for a free slot; beyond it a request is refused at once with "
+        "503 `overloaded` and `Retry-After`.",
+    )
+    queue_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="Longest wait in the queue before a request is refused with 503 `overloaded`: queued work "
+        "older than this would answer too late to be useful.",
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline of a request that brings none: the whole chain must answer within it (504 "
+        "`deadline_exceeded`). A caller may ask for less with the `X-Request-Timeout-Ms` header; each hop "
+        "passes what is left on.",
+    )
+    model_attempt_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Seconds one attempt on one model replica may take before preprocess gives up on it "
+        "(ejects it as hung) and retries on another, within `MODEL_TIMEOUT_S` and the request's deadline.",
+    )
+    retry_budget_ratio: float = Field(
+        0.1,
+        ge=0,
+        description="Retries a client may add, as a share of its requests over the last 10 s (plus "
+        "`RETRY_BUDGET_MIN`): a failing replica cannot turn into a retry storm.",
+    )
+    retry_budget_min: int = Field(
+        3,
+        ge=0,
+        description="Retries always allowed per 10 s, so a quiet service can still fail over.",
+    )
+
+    # --- edge
+    trust_client_trace_context: bool = Field(
+        False,
+        description="Continue the trace of an incoming `traceparent` at `/finalize`. Off (the default, for a public "
+        "endpoint): a new trace starts, linked to the caller's span, so clients cannot pick trace ids or turn "
+        "sampling off. Turn on when only internal callers reach postprocess.",
+    )
+    allow_transport_override: bool = Field(
+        False,
+        description="Let a request choose the hand-off with `/process?transport=` (the benchmarks do); off, "
+        "such a request is refused with 400 and `TRANSPORT` applies.",
+    )
 
     # --- model
     model_backend: Literal["onnx", "random"] = Field(

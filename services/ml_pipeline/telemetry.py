@@ -44,6 +44,8 @@ TRACE_ID_HEADER = "X-Trace-Id"
 SERVER_TIMING_HEADER = "Server-Timing"
 # Probes and scrapes: no spans, no request log lines.
 QUIET_PATHS = ("/health", "/ready", "/metrics")
+# The status recorded for a request that got no response because its client hung up (nginx's 499).
+CLIENT_CLOSED = 499
 
 log = logging.getLogger("ml_pipeline.request")
 
@@ -93,6 +95,38 @@ def instrument_app(app: FastAPI, provider: trace.TracerProvider) -> None:
         excluded_urls=",".join(f"{p}$" for p in QUIET_PATHS),
         exclude_spans=["receive", "send"],  # per-ASGI-message spans are noise at this scale
     )
+
+
+# What a caller's trace context arrives in (W3C Trace Context and Baggage).
+TRACE_CONTEXT_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+CALLER_CONTEXT_KEY = "ml_pipeline.caller_span_context"
+
+
+def distrust_incoming_trace_context(app: FastAPI) -> None:
+    """Make ``app`` start a new trace for every request, whatever ``traceparent`` it brings: the
+    caller's span becomes a link on the server span instead of its parent, so a public client
+    can neither choose trace ids nor turn sampling off. Wraps the whole middleware stack, since
+    the OpenTelemetry middleware reads the headers first."""
+    from opentelemetry.propagate import extract
+
+    build_inner = app.build_middleware_stack
+
+    def build_middleware_stack():
+        inner = build_inner()
+
+        async def untrusted(scope, receive, send):
+            if scope["type"] == "http" and any(k in TRACE_CONTEXT_HEADERS for k, _ in scope["headers"]):
+                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                caller = trace.get_current_span(extract(carrier)).get_span_context()
+                headers = [(k, v) for k, v in scope["headers"] if k not in TRACE_CONTEXT_HEADERS]
+                scope = {**scope, "headers": headers}
+                if caller.is_valid:
+                    scope.setdefault("state", {})[CALLER_CONTEXT_KEY] = caller
+            await inner(scope, receive, send)
+
+        return untrusted
+
+    app.build_middleware_stack = build_middleware_stack
 
 
 def instrument_client(client: httpx.AsyncClient, provider: trace.TracerProvider) -> None:
@@ -229,7 +263,7 @@ class RequestTelemetryMiddleware:
             return
         quiet = scope["path"] in QUIET_PATHS
         start = time.perf_counter()
-        status = 500
+        status = CLIENT_CLOSED  # unless a response starts: the client left before one was due
 
         async def send_with_trace_id(message):
             nonlocal status
@@ -241,11 +275,18 @@ class RequestTelemetryMiddleware:
                     headers.append(TRACE_ID_HEADER, trace_id)
             await send(message)
 
+        caller = scope.get("state", {}).get(CALLER_CONTEXT_KEY)
+        if caller is not None:  # see distrust_incoming_trace_context
+            trace.get_current_span().add_link(caller, {"ml_pipeline.link": "untrusted_caller"})
         in_flight = metrics.IN_FLIGHT.labels(self.service)
         if not quiet:
             in_flight.inc()
         try:
             await self.app(scope, receive, send_with_trace_id)
+        except BaseException:
+            if status == CLIENT_CLOSED:
+                status = 500
+            raise
         finally:
             if not quiet:
                 in_flight.dec()

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec, handoff, metrics
+from ml_pipeline import codec, deadline, handoff, metrics
 from ml_pipeline.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ml_pipeline.service import build_app
 from ml_pipeline.settings import Settings
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             span.set_attribute("tensor.shape", list(batch.shape))
             span.set_attribute("tensor.dtype", str(batch.dtype))
             validate_batch(batch, settings.max_batch)
+        deadline.check("inference")  # whoever asked has stopped waiting
         with timer.stage(
             "inference", **{"model.name": backend.name, "model.backend": backend.kind, "batch.size": batch.shape[0]}
         ):

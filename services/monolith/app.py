@@ -40,7 +40,7 @@ class InProcessPipeline:
 
     def __call__(self, data: bytes) -> tuple[list[Prediction], dict[str, float]]:
         timer = StageTimer(self._tracer, "inprocess")
-        tensor = image_to_tensor(data, self.settings.max_image_pixels, timer)
+        tensor = image_to_tensor(data, self.settings, timer)
         with timer.stage("inference"):
             logits = self.backend.predict(tensor)
         with timer.stage("postprocess"):
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         backend = app.state.backend
-        tensor: np.ndarray = await anyio.to_thread.run_sync(image_to_tensor, data, settings.max_image_pixels, timer)
+        tensor: np.ndarray = await anyio.to_thread.run_sync(image_to_tensor, data, settings, timer)
         with timer.stage("inference", **{"model.name": backend.name, "model.backend": backend.kind}):
             logits = await anyio.to_thread.run_sync(backend.predict, tensor)
         with timer.stage("postprocess"):

@@ -18,11 +18,17 @@ from pydantic import BaseModel, Field
 
 from ml_pipeline import codec, metrics
 from ml_pipeline.cache import ResultCache, content_key
-from ml_pipeline.client import Downstream
+from ml_pipeline.client import Downstream, RetryBudget
 from ml_pipeline.errors import BadGateway
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
-from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider, current_trace_id
+from ml_pipeline.telemetry import (
+    SERVER_TIMING_HEADER,
+    StageTimer,
+    create_tracer_provider,
+    current_trace_id,
+    distrust_incoming_trace_context,
+)
 
 SERVICE = "postprocess"
 TOP_K = 5
@@ -91,6 +97,7 @@ def create_app(
             tracer_provider=provider,
             pass_client_errors=True,  # preprocess rejecting the upload is the client's error
             max_attempts=settings.preprocess_max_attempts,  # connection failures only: nothing was processed
+            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min),
             resolve_interval_s=settings.downstream_resolve_interval_s,
             eject_s=settings.downstream_eject_s,
             transport=preprocess_transport,
@@ -112,6 +119,9 @@ def create_app(
         ready=ready,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
     )
+
+    if not settings.trust_client_trace_context:  # the public edge: callers' trace ids are only links
+        distrust_incoming_trace_context(app)
 
     @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
     async def finalize(

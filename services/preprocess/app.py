@@ -23,8 +23,9 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline import codec, handoff, metrics
-from ml_pipeline.client import RETRYABLE_5XX, Downstream
+from ml_pipeline import codec, deadline, handoff, metrics
+from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
+from ml_pipeline.errors import BadRequest
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider
@@ -47,10 +48,11 @@ class Transport(str, Enum):
     volume = "volume"
 
 
-def image_to_tensor(data: bytes, max_pixels: int, timer: StageTimer) -> np.ndarray:
+def image_to_tensor(data: bytes, settings: Settings, timer: StageTimer) -> np.ndarray:
     """The CPU-bound part, run in a worker thread: decode → resize/crop → normalize."""
+    deadline.check("decoding the image")  # it may have waited for a decode slot
     with timer.stage("decode", **{"image.bytes": len(data)}) as span:
-        img = imaging.decode(data, max_pixels)
+        img = imaging.decode(data, settings.max_image_pixels, settings.max_full_decode_pixels)
         span.set_attribute("image.width", img.width)
         span.set_attribute("image.height", img.height)
     with timer.stage("resize", **{"resize.short_side": imaging.RESIZE_SHORT_SIDE, "crop.size": imaging.CROP_SIZE}):
@@ -119,10 +121,14 @@ def create_app(
             # Inference is a pure function of the tensor: another replica may safely try again.
             max_attempts=settings.model_max_attempts,
             retry_statuses=RETRYABLE_5XX,
+            attempt_timeout_s=settings.model_attempt_timeout_s,  # a hung replica is left for another
+            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min),
             resolve_interval_s=settings.downstream_resolve_interval_s,
             eject_s=settings.downstream_eject_s,
             transport=model_transport,
         )
+        # Decodes get their own threads, as many as `MAX_CONCURRENT_DECODES`: that bounds decode memory.
+        app.state.decode_slots = anyio.CapacityLimiter(settings.max_concurrent_decodes)
         settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
         sweeper = asyncio.get_running_loop().create_task(sweep_forever(settings))
         try:
@@ -154,11 +160,18 @@ def create_app(
     async def process(
         file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
-        transport: Transport | None = Query(None, description="the tensor hand-off for this request (default: `TRANSPORT`)"),
+        transport: Transport | None = Query(
+            None, description="the tensor hand-off for this request (default: `TRANSPORT`); needs `ALLOW_TRANSPORT_OVERRIDE`"
+        ),
     ) -> Response:
+        if transport is not None and not settings.allow_transport_override:
+            raise BadRequest(
+                "choosing the hand-off per request (?transport=) is turned off; set ALLOW_TRANSPORT_OVERRIDE=true to allow it",
+                code="transport_override_disabled",
+            )
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
-        tensor = await anyio.to_thread.run_sync(image_to_tensor, data, settings.max_image_pixels, timer)
+        tensor = await anyio.to_thread.run_sync(image_to_tensor, data, settings, timer, limiter=app.state.decode_slots)
         if output is Output.tensor:
             return Response(codec.encode(tensor), media_type=codec.NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()})
 

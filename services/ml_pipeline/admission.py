@@ -1,0 +1,184 @@
+"""Admission control: bound the requests a service works on, and the queue in front of them.
+
+At most ``max_in_flight`` requests are worked on at once; up to ``max_queue`` more wait their
+turn, first come first served, for at most ``queue_timeout_s`` (and never past their deadline).
+Anything beyond is refused at once with 503 ``overloaded`` and ``Retry-After``: under overload
+the service keeps answering the requests it admitted in good time instead of answering all of
+them too late (congestion collapse). It counts requests, not connections (uvicorn's
+``limit_concurrency`` would let idle keep-alive sockets lock real requests out).
+
+A queued request whose client hangs up leaves the queue without being worked on. Each admitted
+request gets its deadline (``ml_pipeline.deadline``); a body that has not arrived by then is a
+408. Probes and ``/metrics`` bypass all of this: they never wait behind inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from ml_pipeline import deadline, metrics
+from ml_pipeline.errors import DeadlineExceeded, Overloaded, PipelineError, RequestTimeout, error_response
+from ml_pipeline.telemetry import QUIET_PATHS
+
+RETRY_AFTER_S = 1.0
+
+
+class AdmissionControl:
+    """Pure ASGI middleware; one per app (its counters are the app's)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        service: str,
+        max_in_flight: int,
+        max_queue: int,
+        queue_timeout_s: float,
+        request_timeout_s: float,
+    ):
+        self.app = app
+        self.service = service
+        self.max_in_flight = max_in_flight
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queued = metrics.QUEUED.labels(service)
+        self._queued.set(0)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in QUIET_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            asked = deadline.parse_timeout_header(_header(scope, b"x-request-timeout-ms"))
+        except PipelineError as exc:
+            await self._answer(exc, scope, receive, send)
+            return
+        timeout_s = self.request_timeout_s if asked is None else min(asked, self.request_timeout_s)
+        token = deadline.start(timeout_s)
+        try:
+            await self._admit_and_run(scope, receive, send)
+        finally:
+            deadline.reset(token)
+
+    async def _admit_and_run(self, scope, receive, send):
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+        elif len(self._waiters) >= self.max_queue:
+            metrics.REFUSED.labels(self.service, "queue_full").inc()
+            refusal = Overloaded(
+                f"{self.service} is at capacity ({self.max_in_flight} in flight, {self.max_queue} queued); try again later",
+                retry_after_s=RETRY_AFTER_S,
+            )
+            await self._answer(refusal, scope, receive, send)
+            return
+        else:
+            outcome, receive = await self._wait_in_queue(receive)
+            if outcome == "disconnected":  # the client gave up: no one to answer
+                metrics.REFUSED.labels(self.service, "client_gone").inc()
+                return
+            if outcome != "admitted":
+                metrics.REFUSED.labels(self.service, outcome).inc()
+                if outcome == "deadline":
+                    error: PipelineError = DeadlineExceeded("the request's deadline passed while it waited in the queue")
+                else:
+                    error = Overloaded(
+                        f"{self.service} could not start the request within {self.queue_timeout_s:g} s; try again later",
+                        retry_after_s=RETRY_AFTER_S,
+                    )
+                await self._answer(error, scope, receive, send)
+                return
+        try:
+            await self.app(scope, _deadline_bound(receive), send)
+        finally:
+            self._release()
+
+    async def _wait_in_queue(self, receive):
+        """Wait for a slot, watching the connection: ``admitted``, ``queue_timeout``, ``deadline``
+        or ``disconnected``, and a ``receive`` that replays what was read meanwhile."""
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        self._queued.inc()
+        buffered: list[dict] = []
+
+        async def watch_connection() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                buffered.append(message)
+
+        watcher = asyncio.ensure_future(watch_connection())
+        left = deadline.remaining()
+        wait_s = self.queue_timeout_s if left is None else min(self.queue_timeout_s, left)
+        try:
+            await asyncio.wait({slot, watcher}, timeout=max(wait_s, 0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            self._queued.dec()
+        if slot.done():  # a slot was handed over: ours now, even if the client has just left
+            if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+                self._release()
+                return "disconnected", receive
+            return "admitted", _replaying(buffered, receive)
+        slot.cancel()  # leaves the queue: _release skips cancelled waiters
+        self._waiters.remove(slot)
+        if watcher.done() and not watcher.cancelled():
+            return "disconnected", receive
+        left = deadline.remaining()
+        return ("deadline" if left is not None and left <= 0 else "queue_timeout"), _replaying(buffered, receive)
+
+    def _release(self) -> None:
+        """Hand the slot to the longest-waiting request, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+    async def _answer(self, error: PipelineError, scope, receive, send) -> None:
+        response = error_response(error.status, error.code, error.message, self.service, error.retry_after_s)
+        await response(scope, receive, send)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _replaying(buffered: list[dict], receive):
+    async def replay():
+        if buffered:
+            return buffered.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _deadline_bound(receive):
+    """``receive`` that gives up with 408 when the body has not arrived by the deadline (a client
+    trickling its upload would otherwise hold a slot for as long as it likes)."""
+    body_done = False
+
+    async def bounded():
+        nonlocal body_done
+        left = deadline.remaining()
+        if body_done or left is None:
+            return await receive()
+        try:
+            async with asyncio.timeout(max(left, 0)):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive before the request's deadline") from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return bounded

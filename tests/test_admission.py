@@ -1,0 +1,270 @@
+"""Admission control, deadlines and over-limit bodies: unit tests on a tiny app built with the
+services' own skeleton, and real uvicorn servers for what only a socket shows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+
+from conftest import free_port, make_settings
+from ml_pipeline import deadline, metrics
+from ml_pipeline.cli import uvicorn_config
+from ml_pipeline.service import build_app
+from ml_pipeline.telemetry import create_tracer_provider
+
+pytestmark = pytest.mark.anyio
+
+
+def slow_app(service: str = "adm", *, hold: asyncio.Event | None = None, max_body: int = 1_000_000, **overrides) -> FastAPI:
+    """An app on the services' skeleton whose ``/work`` waits for ``hold`` (or answers at once)
+    and reports the deadline it saw; ``/upload`` reads a body."""
+    settings = make_settings(**overrides)
+
+    @contextlib.asynccontextmanager
+    async def resources(_):
+        yield
+
+    async def ready(_):
+        return True, "ok"
+
+    app = build_app(service, settings, description="test", tracer_provider=create_tracer_provider(service, settings),
+                    resources=resources, ready=ready, max_body_bytes=max_body)
+    app.state.started = 0
+
+    @app.post("/work")
+    async def work() -> dict:
+        app.state.started += 1
+        if hold is not None:
+            await hold.wait()
+        return {"remaining_s": deadline.remaining()}
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict:
+        return {"bytes": len(await request.body())}
+
+    return app
+
+
+async def started(app: FastAPI, n: int = 1) -> None:
+    """Wait until ``n`` requests have started their work (no fixed sleeps: CI may be busy)."""
+    with anyio.fail_after(20):
+        while app.state.started < n:
+            await anyio.sleep(0.01)
+
+
+def client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://adm.test", timeout=10)
+
+
+def refused(service: str, reason: str) -> float:
+    return metrics.REFUSED.labels(service, reason)._value.get()
+
+
+async def test_excess_requests_are_refused_at_once_with_retry_after():
+    hold = asyncio.Event()
+    app = slow_app("adm-full", hold=hold, max_in_flight=2, max_queue=2, queue_timeout_s=5)
+    before = refused("adm-full", "queue_full")
+    async with client(app) as c:
+        admitted = [asyncio.create_task(c.post("/work")) for _ in range(4)]  # 2 in flight + 2 queued
+        await asyncio.sleep(0.1)
+        start = time.perf_counter()
+        extra = await c.post("/work")
+        took = time.perf_counter() - start
+        probe = await c.get("/health")
+        metrics_page = await c.get("/metrics")
+        hold.set()
+        answers = await asyncio.gather(*admitted)
+    assert extra.status_code == 503 and took < 0.05, (extra.text, took)
+    err = extra.json()["error"]
+    assert err["code"] == "overloaded" and err["retry_after_s"] == 1.0 and extra.headers["retry-after"] == "1"
+    assert [a.status_code for a in answers] == [200] * 4 and app.state.started == 4
+    assert probe.status_code == 200 and metrics_page.status_code == 200  # probes never wait or get refused
+    assert refused("adm-full", "queue_full") == before + 1
+
+
+async def test_a_request_queued_too_long_is_refused_and_never_worked_on():
+    hold = asyncio.Event()
+    app = slow_app("adm-qt", hold=hold, max_in_flight=1, max_queue=4, queue_timeout_s=0.2)
+    async with client(app) as c:
+        first = asyncio.create_task(c.post("/work"))
+        await started(app)
+        start = time.perf_counter()
+        queued = await c.post("/work")
+        waited = time.perf_counter() - start
+        hold.set()
+        assert (await first).status_code == 200
+        after = await c.post("/work")  # the slot came back
+    assert queued.status_code == 503 and queued.json()["error"]["code"] == "overloaded"
+    assert 0.2 <= waited < 1.0
+    assert after.status_code == 200 and app.state.started == 2
+
+
+async def test_queue_is_first_come_first_served():
+    hold = asyncio.Event()
+    app = slow_app("adm-fifo", hold=hold, max_in_flight=1, max_queue=5, queue_timeout_s=5)
+    order = []
+
+    async def send(i):
+        r = await c.post("/work")
+        order.append(i)
+        return r
+
+    async with client(app) as c:
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.create_task(send(i)))
+            await asyncio.sleep(0.02)
+        hold.set()
+        await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3]
+
+
+async def test_the_deadline_is_the_callers_if_shorter_and_is_passed_on():
+    app = slow_app("adm-dl", request_timeout_s=10)
+    async with client(app) as c:
+        default = (await c.post("/work")).json()["remaining_s"]
+        asked = (await c.post("/work", headers={deadline.TIMEOUT_HEADER: "1500"})).json()["remaining_s"]
+        longer = (await c.post("/work", headers={deadline.TIMEOUT_HEADER: "60000"})).json()["remaining_s"]
+        bad = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "soon"})
+        negative = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "-5"})
+    assert 9 < default <= 10 and 1 < asked <= 1.5 and 9 < longer <= 10  # a caller can shorten, never lengthen
+    assert bad.status_code == 400 and negative.status_code == 400
+    assert deadline.TIMEOUT_HEADER in bad.json()["error"]["message"]
+
+
+async def test_a_deadline_that_passes_in_the_queue_is_a_504_not_work():
+    hold = asyncio.Event()
+    app = slow_app("adm-dlq", hold=hold, max_in_flight=1, max_queue=4, queue_timeout_s=5)
+    async with client(app) as c:
+        first = asyncio.create_task(c.post("/work"))
+        await started(app)
+        late = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "100"})
+        hold.set()
+        await first
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+    assert app.state.started == 1
+
+
+def test_deadline_check_and_header_value():
+    assert deadline.remaining() is None and deadline.header_value() is None
+    deadline.check("anything")  # no deadline outside a request: nothing to check
+    token = deadline.start(0.5)
+    try:
+        assert 400 <= int(deadline.header_value()) <= 500
+        deadline.check("early work")
+    finally:
+        deadline.reset(token)
+    token = deadline.start(-0.01)
+    try:
+        with pytest.raises(Exception) as err:
+            deadline.check("late work")
+        assert err.value.status == 504 and "late work" in err.value.message
+    finally:
+        deadline.reset(token)
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+@contextlib.contextmanager
+def served(app, http: str = "httptools"):
+    port = free_port()
+    config = uvicorn_config(app, "127.0.0.1", port)
+    config.http = http
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline_at = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline_at, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def raw_post(port: int, path: str, body_size: int, *, chunked: bool = False, extra: bytes = b"") -> bytes:
+    """Send a whole over-limit body without `Expect: 100-continue`, as a naive client does, then
+    read the answer. A server that closed with unread bytes makes this a connection reset."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n" % path.encode() + extra
+        chunk = b"x" * 65536
+        if chunked:
+            s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+            for _ in range(body_size // len(chunk)):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        else:
+            s.sendall(head + b"Content-Length: %d\r\n\r\n" % body_size)
+            for _ in range(body_size // len(chunk)):
+                s.sendall(chunk)
+            s.sendall(b"x" * (body_size % len(chunk)))
+        answer = b""
+        while b"}}" not in answer:
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n"], ids=["keep-alive", "close"])
+async def test_an_over_limit_body_is_answered_413_not_reset(http, chunked, connection):
+    """One-shot clients (urllib, many scripts) send `Connection: close`: the server then closes
+    right after its answer, and unread body bytes turn that close into a reset."""
+    app = slow_app("adm-413")
+    with served(app, http) as port:
+        answer = await anyio.to_thread.run_sync(lambda: raw_post(port, "/upload", 8_000_000, chunked=chunked, extra=connection))
+        ok = await anyio.to_thread.run_sync(lambda: httpx.post(f"http://127.0.0.1:{port}/upload", content=b"abc"))
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"code":"payload_too_large"' in answer
+    assert ok.json() == {"bytes": 3}
+
+
+@pytest.mark.slow
+async def test_a_refusal_is_read_by_a_client_still_sending_its_body():
+    hold = asyncio.Event()
+    app = slow_app("adm-busy", hold=hold, max_body=20_000_000, max_in_flight=1, max_queue=0)
+    with served(app) as port:
+        busy = threading.Thread(target=lambda: httpx.post(f"http://127.0.0.1:{port}/work", timeout=30), daemon=True)
+        busy.start()
+        await started(app)
+        answer = await anyio.to_thread.run_sync(lambda: raw_post(port, "/work", 8_000_000, extra=b"Connection: close\r\n"))
+        hold.set()
+        busy.join(10)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b'"code":"overloaded"' in answer and b"retry-after: 1" in answer.lower()
+
+
+@pytest.mark.slow
+async def test_a_client_that_hangs_up_while_queued_leaves_the_queue():
+    hold = asyncio.Event()
+    app = slow_app("adm-gone", hold=hold, max_in_flight=1, max_queue=4, queue_timeout_s=10)
+    before = refused("adm-gone", "client_gone")
+    with served(app) as port:
+        first = threading.Thread(target=lambda: httpx.post(f"http://127.0.0.1:{port}/work", timeout=30), daemon=True)
+        first.start()
+        await started(app)
+        with pytest.raises(httpx.ReadTimeout):  # waits in the queue, then gives up
+            await anyio.to_thread.run_sync(lambda: httpx.post(f"http://127.0.0.1:{port}/work", timeout=0.3))
+        await anyio.sleep(0.3)
+        hold.set()
+        first.join(10)
+        third = await anyio.to_thread.run_sync(lambda: httpx.post(f"http://127.0.0.1:{port}/work", timeout=10))
+    assert third.status_code == 200
+    assert refused("adm-gone", "client_gone") == before + 1
+    assert app.state.started == 2  # the first and the third: the one that hung up never ran
