@@ -3,6 +3,7 @@
 #   bash bench/study.sh                 # writes reports/study/*.json, then docs/performance.md + docs/perf/*.png
 #   BENCH_REQUESTS=60 bash bench/study.sh   # a quicker, noisier run
 #   BENCH_SCENARIOS="inprocess chain-http" bash bench/study.sh   # only these; report in reports/study/
+#   BENCH_SCENARIOS="overload overload-no-admission" BENCH_OVERLOAD=1,2,3 bash bench/study.sh   # open-loop overload
 # Each scenario gets a fresh stack (compose project "ml-pipeline-bench", no host ports); the load
 # generator runs in a container on the same network. Nothing is left running afterwards.
 set -euo pipefail
@@ -20,7 +21,9 @@ repeats=${BENCH_REPEATS:-4}
 files=(-f docker-compose.yml -f bench/docker-compose.bench.yml)
 compose=(docker compose -p "$project" "${files[@]}")
 only=${BENCH_SCENARIOS:-}
-scenario_env=(TRANSPORT TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME)
+scenario_env=(TRANSPORT TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME MAX_IN_FLIGHT MAX_QUEUE)
+overload_multiples=${BENCH_OVERLOAD:-1,1.5,2,2.5,3}
+overload_seconds=${BENCH_OVERLOAD_SECONDS:-30}
 pipeline=(model preprocess postprocess otel-collector jaeger prometheus)
 chain=http://postprocess:5000/finalize
 
@@ -75,6 +78,16 @@ bench() {
   fi
 }
 
+# overload NAME [up arguments …]: open loop at multiples of the capacity measured first
+overload() {
+  local name=$1; shift
+  wanted "$name" || return 0
+  echo "=== $name"
+  down
+  up "$project" "$@"
+  load "$project" "$name" "$chain" --overload "$overload_multiples" -d "$overload_seconds"
+}
+
 mkdir -p "$BENCH_OUT"
 "${compose[@]}" --profile bench --profile monolith build
 # every scenario, then telemetry on/off; each writes $BENCH_OUT/<name>.json
@@ -89,6 +102,10 @@ run_scenarios() {
   bench chain-volume-ram "$chain" TRANSPORT=volume SHARED_DATA_VOLUME=shared-data-ram -- "${pipeline[@]}"
   bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
   bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
+
+  # Overload: admission control as shipped, and effectively off (the congestion collapse it prevents).
+  overload overload TRANSPORT=http -- "${pipeline[@]}"
+  overload overload-no-admission TRANSPORT=http MAX_IN_FLIGHT=100000 MAX_QUEUE=0 -- "${pipeline[@]}"
 
   # Telemetry on vs off: a few percent, below the drift between separate stack starts. So both
   # stacks run at once (the idle one costs next to nothing) and the runs alternate, on/off × repeats.

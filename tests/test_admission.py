@@ -89,6 +89,8 @@ async def test_excess_requests_are_refused_at_once_with_retry_after():
     assert [a.status_code for a in answers] == [200] * 4 and app.state.started == 4
     assert probe.status_code == 200 and metrics_page.status_code == 200  # probes never wait or get refused
     assert refused("adm-full", "queue_full") == before + 1
+    # Answered before routing, still counted under its route (not as "unmatched").
+    assert metrics.REQUESTS.labels("adm-full", "/work", "POST", "503")._value.get() == 1
 
 
 async def test_a_request_queued_too_long_is_refused_and_never_worked_on():

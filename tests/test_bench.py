@@ -219,3 +219,71 @@ def test_report_says_what_was_not_run(tmp_path):
     text = bench_report.render(bench_report.load_runs(tmp_path), "perf", None)
     assert "| telemetry on vs off (throughput at saturation) | ≥ 0.95× | not run | — |" in text
     assert bench_report.main([str(tmp_path / "empty")]) == 2
+
+
+# --------------------------------------------------------------------------- open loop (overload)
+
+
+async def test_open_loop_sends_at_the_rate_whatever_the_answers():
+    """A slow service does not slow the sender down: requests keep arriving at the rate."""
+    import asyncio
+
+    from ml_pipeline.bench import open_loop
+
+    in_flight = peak = 0
+
+    async def send():
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.2)  # each answer takes 0.2 s: a closed loop of 1 would send 5 per second
+        in_flight -= 1
+        return 200, {}
+
+    result = await open_loop(send, rate_rps=100, duration_s=0.5, good_within_s=0.15, target="t")
+    s = result.summary()
+    assert s["sent"] == 50 and peak >= 15
+    assert s["goodput_rps"] == 0 and s["statuses"] == {"200": 50}  # all too late to count
+    result.good_within_s = 1.0
+    assert result.summary()["goodput_rps"] == pytest.approx(100)
+
+
+async def test_overload_run_measures_capacity_then_reports_goodput_refusals_and_latency():
+    from ml_pipeline.bench import format_overload_table, run_overload
+
+    settings = make_settings(max_in_flight=2, max_queue=2, queue_timeout_s=0.2)
+    async with running_chain(settings) as client:
+        transport = NetworkASGITransport(app=client.apps["postprocess"])
+        capacity, results = await run_overload("http://postprocess.test/finalize", COFFEE_JPG, [1, 3], duration_s=1.0,
+                                               capacity_s=1.0, transport=transport)
+    assert capacity > 0 and len(results) == 2
+    low, high = (r.summary() for r in results)
+    assert low["load_x"] == pytest.approx(1) and high["load_x"] == pytest.approx(3)
+    assert high["sent"] == pytest.approx(3 * capacity, rel=0.05)
+    assert set(high["statuses"]) <= {"200", "503"} and high["statuses"].get("503", 0) > 0  # refused, not failed
+    assert 0 < high["goodput_x"] <= 1.5 and high["admitted_p50_ms"] <= high["admitted_p99_ms"]
+    assert format_overload_table([low, high]).count("\n") == 3
+
+
+def test_report_has_the_overload_section_targets_and_plot(tmp_path):
+    import json
+
+    from ml_pipeline import bench_report
+
+    def runs(goodput_at_2x, p99_at_2x):
+        return [{"load_x": x, "offered_rps": 50 * x, "sent": int(1500 * x), "goodput_rps": 50 * g, "goodput_x": g,
+                 "capacity_rps": 50.0, "admitted_p50_ms": 100, "admitted_p99_ms": p, "refused_p50_ms": 3.0,
+                 "refused_p99_ms": 9.0, "client_cpu_ms_per_request": 0.5, "statuses": {"200": 10, "503": 5}}
+                for x, g, p in [(1, 0.95, 300), (2, goodput_at_2x, p99_at_2x), (3, goodput_at_2x - 0.1, p99_at_2x)]]
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, (g, p) in {"overload": (0.9, 600), "overload-no-admission": (0.15, 9000)}.items():
+        (results / f"{name}.json").write_text(json.dumps({"meta": {"label": name, "capacity_rps": 50.0}, "overload": runs(g, p)}))
+    out = tmp_path / "docs" / "performance.md"
+    assert bench_report.main([str(results), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "## Overload: open loop" in report and "![overload](perf/overload.png)" in report
+    assert "| goodput at 2× capacity (200 within 2 s, open loop) | ≥ 0.80× capacity | 0.90× (45.0 of 50.0 req/s); without admission control 0.15× | met |" in report
+    assert "| p99 of admitted requests at 2× capacity | ≤ 1000 ms | 600 ms | met |" in report
+    assert (out.parent / "perf" / "overload.png").stat().st_size > 10_000

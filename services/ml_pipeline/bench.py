@@ -218,6 +218,124 @@ async def run_http(
     return results
 
 
+# --------------------------------------------------------------------------- open loop (overload)
+
+
+@dataclass
+class OpenLoopResult:
+    """One open-loop run: requests sent at a fixed rate whatever the answers, as real clients do."""
+
+    target: str
+    offered_rps: float  # the rate asked for
+    duration_s: float  # the sending window
+    good_within_s: float  # an answer counts as goodput when it is a 200 within this
+    outcomes: list[tuple[str, float]] = field(repr=False)  # (status, latency ms) per request
+    client_cpu_s: float = 0.0
+    capacity_rps: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        ok = np.asarray([ms for status, ms in self.outcomes if status == "200"] or [np.nan])
+        refused = np.asarray([ms for status, ms in self.outcomes if status in ("503", "429")] or [np.nan])
+        good = sum(1 for status, ms in self.outcomes if status == "200" and ms <= self.good_within_s * 1000)
+        statuses: dict[str, int] = {}
+        for status, _ in self.outcomes:
+            statuses[status] = statuses.get(status, 0) + 1
+        sent = len(self.outcomes)
+        return {
+            "target": self.target,
+            "offered_rps": self.offered_rps,
+            "sent_rps": sent / self.duration_s,
+            "load_x": self.offered_rps / self.capacity_rps if self.capacity_rps else None,
+            "capacity_rps": self.capacity_rps,
+            "duration_s": self.duration_s,
+            "sent": sent,
+            "goodput_rps": good / self.duration_s,
+            "goodput_x": good / self.duration_s / self.capacity_rps if self.capacity_rps else None,
+            "good_within_s": self.good_within_s,
+            "admitted_p50_ms": float(np.percentile(ok, 50)),
+            "admitted_p99_ms": float(np.percentile(ok, 99)),
+            "refused_p50_ms": float(np.percentile(refused, 50)),
+            "refused_p99_ms": float(np.percentile(refused, 99)),
+            "client_cpu_ms_per_request": 1000 * self.client_cpu_s / sent if sent else 0.0,
+            "statuses": statuses,
+        }
+
+
+async def open_loop(send: Send, *, rate_rps: float, duration_s: float, good_within_s: float, target: str = "") -> OpenLoopResult:
+    """Send at ``rate_rps`` for ``duration_s`` (evenly spaced), each request on its own, never
+    waiting for earlier answers: the load a service sees from many independent clients."""
+    import resource
+
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[str, float]] = []
+
+    async def one() -> None:
+        start = time.perf_counter()
+        try:
+            status, _ = await send()
+            outcome = str(status)
+        except httpx.HTTPError as exc:
+            outcome = f"transport:{type(exc).__name__}"
+        outcomes.append((outcome, (time.perf_counter() - start) * 1000))
+
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    tasks = []
+    begin = loop.time()
+    for i in range(int(rate_rps * duration_s)):
+        delay = begin + i / rate_rps - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one()))
+    await asyncio.gather(*tasks)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return OpenLoopResult(target, rate_rps, duration_s, good_within_s, outcomes, cpu)
+
+
+async def run_overload(
+    url: str,
+    image: Path,
+    multiples: list[float],
+    *,
+    duration_s: float,
+    good_within_s: float = 2.0,
+    capacity_s: float = 10.0,
+    capacity_concurrency: int = 8,
+    timeout_s: float = 30,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[float, list[OpenLoopResult]]:
+    """Capacity first (closed loop at ``capacity_concurrency`` for ``capacity_s``: its successful
+    answers per second), then an open-loop run at each multiple of it."""
+    body, content_type = multipart_body(image)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
+        send = http_sender(client, url, body, content_type)
+        probe = await closed_loop(send, concurrency=capacity_concurrency, duration_s=capacity_s, warmup=20,
+                                  target=url, progress=False)
+        capacity = probe.statuses.get("200", 0) / probe.duration_s
+        if capacity <= 0:
+            raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
+        results = []
+        for multiple in multiples:
+            result = await open_loop(send, rate_rps=capacity * multiple, duration_s=duration_s,
+                                     good_within_s=good_within_s, target=url)
+            result.capacity_rps = capacity
+            results.append(result)
+            await asyncio.sleep(2)  # let the queues drain between runs
+    return capacity, results
+
+
+def format_overload_table(summaries: list[dict[str, Any]]) -> str:
+    header = "| load × capacity | offered req/s | goodput req/s | goodput × capacity | admitted p50 ms | admitted p99 ms | refused p50 ms | statuses |"
+    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in summaries:
+        lines.append(
+            f"| {s['load_x']:.1f} | {s['offered_rps']:.1f} | {s['goodput_rps']:.1f} | {s['goodput_x']:.2f} "
+            f"| {s['admitted_p50_ms']:.0f} | {s['admitted_p99_ms']:.0f} | {s['refused_p50_ms']:.1f} | {s['statuses']} |"
+        )
+    return "\n".join(lines)
+
+
 # wrk's script: POST the encoded upload, and print the results as one JSON line when done.
 _WRK_SCRIPT = """
 wrk.method = "POST"

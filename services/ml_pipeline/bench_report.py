@@ -22,6 +22,8 @@ ONE_REPLICA, CACHE_ON = "chain-http-1-replica", "chain-http-cache"
 WRK_SUFFIX = "-wrk"  # the same scenario driven by wrk: "chain-http-wrk"
 TELEMETRY_RUN = re.compile(r"^telemetry-(on|off)-(\d+)$")  # the interleaved on/off repeats
 TRANSPORTS = {"chain-json": "json", "chain-http": "http (binary)", "chain-volume": "volume", "chain-volume-ram": "volume (RAM)"}
+# Open-loop overload runs (`ml-pipeline bench --overload`): admission control on (the defaults) and off.
+OVERLOAD, OVERLOAD_OFF = "overload", "overload-no-admission"
 
 
 @dataclass
@@ -44,6 +46,38 @@ def load_runs(directory: Path) -> dict[str, dict[str, Any]]:
         scenarios[name] = data
     # a wrk run right after the scenario it repeats
     return dict(sorted(scenarios.items(), key=lambda kv: (kv[0].removesuffix(WRK_SUFFIX), kv[0].endswith(WRK_SUFFIX))))
+
+
+def load_overload(directory: Path) -> dict[str, dict[str, Any]]:
+    """{scenario: {"meta": … (with capacity_rps), "overload": [summary per load multiple, ascending]}}."""
+    found = {}
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "overload" in data:
+            data["overload"].sort(key=lambda r: r["load_x"])
+            found[data["meta"].get("label") or path.stem] = data
+    return found
+
+
+def at_load(scenario: dict[str, Any], multiple: float) -> dict[str, Any] | None:
+    """The run nearest to ``multiple`` × capacity (within 0.25)."""
+    runs = [r for r in scenario["overload"] if abs(r["load_x"] - multiple) <= 0.25]
+    return min(runs, key=lambda r: abs(r["load_x"] - multiple)) if runs else None
+
+
+def overload_targets(o: dict[str, dict[str, Any]]) -> list[Target]:
+    run = at_load(o[OVERLOAD], 2.0) if OVERLOAD in o else None
+    if run is None:
+        return [Target("goodput at 2× capacity (200 within 2 s, open loop)", "≥ 0.80× capacity", "not run", None),
+                Target("p99 of admitted requests at 2× capacity", "≤ 1000 ms", "not run", None)]
+    off = at_load(o[OVERLOAD_OFF], 2.0) if OVERLOAD_OFF in o else None
+    measured = f"{run['goodput_x']:.2f}× ({run['goodput_rps']:.1f} of {run['capacity_rps']:.1f} req/s)"
+    if off:
+        measured += f"; without admission control {off['goodput_x']:.2f}×"
+    return [
+        Target("goodput at 2× capacity (200 within 2 s, open loop)", "≥ 0.80× capacity", measured, run["goodput_x"] >= 0.8),
+        Target("p99 of admitted requests at 2× capacity", "≤ 1000 ms", f"{run['admitted_p99_ms']:.0f} ms", run["admitted_p99_ms"] <= 1000),
+    ]
 
 
 def saturation_rps(scenario: dict[str, Any]) -> float:
@@ -223,7 +257,58 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     return files
 
 
-def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> str:
+def plot_overload(o: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, scenario in o.items():
+        xs = [r["load_x"] for r in scenario["overload"]]
+        axes[0].plot(xs, [r["goodput_x"] for r in scenario["overload"]], marker="o", label=name)
+        axes[1].plot(xs, [r["admitted_p99_ms"] for r in scenario["overload"]], marker="o", label=name)
+    top = max((r["load_x"] for v in o.values() for r in v["overload"]), default=3)
+    axes[0].plot([0, 1, top], [0, 1, 1], color="grey", linestyle=":", label="ideal")
+    axes[0].axhline(0.8, color="red", alpha=0.4, linestyle="--", label="target at 2×")
+    axes[0].set(title="goodput (200 within 2 s) vs offered load", xlabel="offered load (× capacity)",
+                ylabel="goodput (× capacity)", ylim=(0, 1.3))
+    axes[1].axhline(1000, color="red", alpha=0.4, linestyle="--", label="target at 2×")
+    axes[1].set(title="p99 latency of admitted (200) requests", xlabel="offered load (× capacity)", ylabel="ms", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "overload.png", dpi=110)
+    plt.close(fig)
+    return "overload.png"
+
+
+def render_overload(o: dict[str, dict[str, Any]], image_dir: str) -> list[str]:
+    lines = ["", "## Overload: open loop at multiples of capacity", "",
+             "Capacity: successful answers per second of a closed loop with 8 clients, measured right before. Then "
+             "requests are sent at a fixed rate whatever the answers (as independent clients do) for each multiple; "
+             "goodput counts 200s answered within 2 s. `overload-no-admission` runs the same stack with admission "
+             "control effectively off (`MAX_IN_FLIGHT=100000`).", ""]
+    for name, scenario in o.items():
+        lines += [f"**{name}** (capacity {scenario['meta']['capacity_rps']:.1f} req/s)", "",
+                  "| load × capacity | offered req/s | goodput × capacity | admitted p50 ms | admitted p99 ms "
+                  "| refused | refused p50 ms | other errors | client CPU ms/req |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in scenario["overload"]:
+            st = r["statuses"]
+            refused = st.get("503", 0) + st.get("429", 0)
+            other = sum(n for k, n in st.items() if k not in ("200", "503", "429"))
+            lines.append(f"| {r['load_x']:.1f} | {r['offered_rps']:.1f} | {r['goodput_x']:.2f} | {r['admitted_p50_ms']:.0f} "
+                         f"| {r['admitted_p99_ms']:.0f} | {refused} of {r['sent']} | {r['refused_p50_ms']:.1f} | {other} "
+                         f"| {r['client_cpu_ms_per_request']:.2f} |")
+        lines.append("")
+    lines += [f"![overload]({image_dir}/overload.png)", ""]
+    return lines
+
+
+def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None, o: dict[str, dict[str, Any]] | None = None) -> str:
     lines = ["# Performance report", ""]
     lines += ["Generated by `bash bench/study.sh` (the whole study) with `ml-pipeline bench-report`.", ""]
     lines += ["## Machine", ""] + [f"- **{k}**: {v}" for k, v in machine().items()] + [""]
@@ -231,7 +316,7 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
     lines += [f"Load: closed loop, the same photo (`{any_meta.get('image', '?')}`) on every request, "
               f"{any_meta.get('time', '')}.", ""]
     lines += ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|"]
-    for t in targets(s):
+    for t in targets(s) + (overload_targets(o) if o else []):
         mark = {True: "met", False: "**missed**", None: "—"}[t.met]
         lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
     s, repeats = split(s)
@@ -276,6 +361,8 @@ def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None) -> s
                 cells = [st.get(k, float("nan")) for k in ("preprocess.decode", "preprocess.resize", "preprocess.normalize", "model.tensor_decode", "model.inference")]
                 lines.append(f"| {label} | {handoff_ms(run) or float('nan'):.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
         lines.append("")
+    if o:
+        lines += render_overload(o, image_dir)
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
@@ -290,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
     args = parser.parse_args(argv)
     scenarios = load_runs(Path(args.results))
-    if not scenarios:
+    overload = load_overload(Path(args.results))
+    if not scenarios and not overload:
         print(f"ml-pipeline bench-report: no results in {args.results}")
         return 2
     out = Path(args.out)
-    plot(scenarios, out.parent / "perf")
+    if scenarios:
+        plot(scenarios, out.parent / "perf")
+    if overload:
+        plot_overload(overload, out.parent / "perf")
     notes = Path(args.notes).read_text() if args.notes else None
-    out.write_text(render(scenarios, "perf", notes))
+    out.write_text(render(scenarios, "perf", notes, overload))
     print(f"ml-pipeline bench-report: wrote {out} and {out.parent / 'perf'}/*.png")
     return 0

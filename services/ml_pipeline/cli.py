@@ -134,6 +134,8 @@ def bench(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"ml-pipeline bench: --concurrency wants positive integers like 1,4,8, not {args.concurrency!r}", file=sys.stderr)
         return 2
+    if args.overload:
+        return bench_overload(args, image)
     requests = None if args.duration else args.requests
     amount = {"requests": requests, "duration_s": args.duration, "warmup": args.warmup, "progress": not args.no_progress}
     if args.url == "inprocess":
@@ -164,6 +166,41 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if any(s["errors"] for s in summaries) else 0
 
 
+def bench_overload(args: argparse.Namespace, image) -> int:
+    """``--overload 1,2,3``: capacity first, then open-loop runs at those multiples of it."""
+    import asyncio
+    import json
+    import platform
+    from pathlib import Path
+
+    from ml_pipeline import __version__
+    from ml_pipeline.bench import format_overload_table, run_overload
+
+    try:
+        multiples = [float(m) for m in args.overload.split(",")]
+        if min(multiples) <= 0:
+            raise ValueError
+    except ValueError:
+        print(f"ml-pipeline bench: --overload wants positive multiples like 1,2,3, not {args.overload!r}", file=sys.stderr)
+        return 2
+    capacity, results = asyncio.run(
+        run_overload(args.url, image, multiples, duration_s=args.duration or 30, good_within_s=args.good_within)
+    )
+    summaries = [r.summary() for r in results]
+    for s in summaries:
+        s["target"] = args.label or args.url
+    print(f"capacity (closed loop, 8 clients): {capacity:.1f} req/s")
+    print(format_overload_table(summaries))
+    if args.out:
+        meta = {"label": args.label or args.url, "url": args.url, "mode": "overload", "capacity_rps": capacity,
+                "image": str(image), "version": __version__, "python": platform.python_version(),
+                "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "overload": summaries}, indent=1))
+        print(f"ml-pipeline bench: wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-pipeline", description="Image-classification pipeline services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_bench.add_argument("--tool", choices=["builtin", "wrk"], default="builtin",
                          help="`wrk`: drive the same load with wrk instead, to compare (needs -d; no stage breakdown)")
+    p_bench.add_argument("--overload", metavar="MULTIPLES",
+                         help="open loop instead: measure capacity, then send at these multiples of it "
+                         "(e.g. 1,1.5,2,3) for -d seconds each (default 30); reports goodput")
+    p_bench.add_argument("--good-within", type=float, default=2.0,
+                         help="with --overload: a 200 within this many seconds counts as goodput")
     p_report = sub.add_parser("bench-report", help="the Markdown report (tables, targets, plots) of bench JSON results")
     p_report.add_argument("results", help="directory of `ml-pipeline bench --out` JSON files")
     p_report.add_argument("--out", default="docs/performance.md", help="the report; plots go to perf/ beside it")

@@ -246,6 +246,22 @@ def setup_logging(service: str, settings: Settings) -> None:
 # --------------------------------------------------------------------------- request middleware
 
 
+def route_template(scope) -> str:
+    """The route template (``/finalize``), never the raw path: unknown paths must not mint new
+    series. A request answered before routing (a 413 from its size, an overload refusal) is
+    matched against the app's routes here, so it counts under its route, not as unmatched."""
+    route = scope.get("route")
+    if route is None:
+        from starlette.routing import Match
+
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            if candidate.matches(scope)[0] is Match.FULL:
+                route = candidate
+                break
+    return getattr(route, "path", None) or "unmatched"
+
+
 class RequestTelemetryMiddleware:
     """Adds ``X-Trace-Id`` to every traced response, logs one line per request and records the
     request metrics (count, duration with the trace id as exemplar, in-flight).
@@ -291,8 +307,7 @@ class RequestTelemetryMiddleware:
             if not quiet:
                 in_flight.dec()
                 duration_s = time.perf_counter() - start
-                # The route template, never the raw path: unknown paths must not mint new series.
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                route = route_template(scope)
                 labels = (self.service, route, scope["method"], str(status))
                 metrics.REQUESTS.labels(*labels).inc()
                 metrics.REQUEST_DURATION.labels(*labels).observe(
