@@ -223,9 +223,12 @@ async def test_all_attempts_share_one_deadline_which_the_next_hop_is_told():
     token = deadline.start(0.3)
     try:
         start = loop.time()
+        bound = downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], timeout_s=5)
         with pytest.raises(DeadlineExceeded):
-            await downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], timeout_s=5).post("/predict", content=b"x")
+            await bound.post("/predict", content=b"x")
         assert loop.time() - start < 0.6
+        # The caller's deadline ran out, not the replica's patience: nobody is ejected for it.
+        assert not any(e.ejected(bound.balancer._clock()) for e in bound.balancer.endpoints)
     finally:
         deadline.reset(token)
 

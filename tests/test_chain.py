@@ -196,3 +196,47 @@ async def test_tracing_disabled_still_serves(coffee_bytes):
     async with running_chain(make_settings(tracing_enabled=False)) as client:
         r = await client.post("/finalize", files=upload(coffee_bytes))
     assert r.status_code == 200 and r.json()["trace_id"] is None and "x-trace-id" not in r.headers
+
+
+async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_bytes):
+    """The client's X-Request-Timeout-Ms bounds the whole chain: each hop is told what is left,
+    and a model asked after the deadline does not run inference."""
+    import httpx
+
+    from ml_pipeline import codec, deadline
+    from postprocess.app import create_app as create_post
+    from preprocess.app import create_app as create_pre
+
+    told = {}
+
+    class Recording(NetworkASGITransport):
+        def __init__(self, name, **kwargs):
+            super().__init__(**kwargs)
+            self.name = name
+
+        async def handle_async_request(self, request):
+            told[self.name] = int(request.headers[deadline.TIMEOUT_HEADER])
+            return await super().handle_async_request(request)
+
+    def model(request: httpx.Request) -> httpx.Response:
+        told["model"] = int(request.headers[deadline.TIMEOUT_HEADER])
+        return httpx.Response(200, content=codec.encode(np.zeros((1, 1000), np.float32)),
+                              headers={"Content-Type": codec.NPY_MEDIA_TYPE})
+
+    settings = make_settings()
+    pre = create_pre(settings, model_transport=httpx.MockTransport(model))
+    post = create_post(settings, preprocess_transport=Recording("preprocess", app=pre))
+    async with pre.router.lifespan_context(pre), post.router.lifespan_context(post):
+        async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://p") as client:
+            ok = await client.post("/finalize", files=upload(coffee_bytes), headers={deadline.TIMEOUT_HEADER: "3000"})
+            told_ok = dict(told)
+            told.clear()
+            late = await client.post("/finalize", files=upload(coffee_bytes), headers={deadline.TIMEOUT_HEADER: "1"})
+            told_late = dict(told)
+            default = await client.post("/finalize", files=upload(coffee_bytes))
+    assert ok.status_code == 200, ok.text
+    assert 3000 >= told_ok["preprocess"] >= told_ok["model"] > 2000  # less at each hop, never more
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+    assert "model" not in told_late  # the expired request never reached the model
+    # Its deadline ran out in postprocess's hop: preprocess is not ejected for that, the next request is served.
+    assert default.status_code == 200 and told["preprocess"] <= settings.request_timeout_s * 1000

@@ -198,8 +198,13 @@ class Downstream:
                 continue
             except (httpx.TimeoutException, TimeoutError):
                 reason = "timeout"
-                self._attempt_failed(endpoint, attempts, reason)  # hung or far too slow: ejected like a dead one
-                failure = self._timed_out(url, request_bound and hop_deadline - time.monotonic() <= 0)
+                # Cut by the per-attempt timeout with time left: this replica is hung, ejected like a
+                # dead one and the call retried. Cut by the deadline: the time is up, nobody's fault.
+                hung = attempt_s < remaining
+                self._attempt_failed(endpoint, attempts, reason, eject=hung)
+                failure = self._timed_out(url, request_bound and not hung)
+                if not hung:
+                    break
                 continue
             except httpx.TransportError as exc:  # e.g. the replica died mid-request
                 reason = "transport_error"

@@ -64,3 +64,18 @@ def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
         assert tags(model_process)["service.instance.id"] == model_instance  # the replica that served it
         preprocess_stage = parent(parent(servers["model"]))
         assert tags(preprocess_stage)["downstream.endpoint"].endswith(":5000")  # its address, chosen per request
+
+
+def test_the_public_edge_starts_its_own_trace_and_links_the_callers(client, jaeger):
+    """A client's traceparent (even with sampling off) neither sets the trace id nor drops the trace."""
+    caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    r = client.post("/finalize", files={"file": ("t.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")},
+                    headers={"traceparent": f"00-{caller_trace}-{caller_span}-00"})
+    assert r.status_code == 200
+    trace_id = r.json()["trace_id"]
+    assert trace_id != caller_trace
+    trace = fetch_trace(jaeger, trace_id)  # complete: sampled despite the caller's flags
+    edge = next(s for s in trace["spans"] if s["operationName"] == "POST /finalize")
+    links = [(ref["traceID"], ref["spanID"]) for ref in edge["references"] if ref["refType"] == "FOLLOWS_FROM"]
+    assert links == [(caller_trace, caller_span)]
+    assert httpx.get(f"{jaeger}/api/traces/{caller_trace}", timeout=5).status_code == 404
