@@ -254,14 +254,14 @@ async def test_overload_run_measures_capacity_then_reports_goodput_refusals_and_
     settings = make_settings(max_in_flight=2, max_queue=2, queue_timeout_s=0.2)
     async with running_chain(settings) as client:
         transport = NetworkASGITransport(app=client.apps["postprocess"])
-        capacity, results = await run_overload("http://postprocess.test/finalize", COFFEE_JPG, [1, 3], duration_s=1.0,
-                                               capacity_s=1.0, transport=transport)
+        capacity, results = await run_overload("http://postprocess.test/finalize", COFFEE_JPG, [1, 4], duration_s=1.0,
+                                               capacity_s=1.0, capacity_concurrencies=(2, 3), transport=transport)
     assert capacity > 0 and len(results) == 2
     low, high = (r.summary() for r in results)
-    assert low["load_x"] == pytest.approx(1) and high["load_x"] == pytest.approx(3)
-    assert high["sent"] == pytest.approx(3 * capacity, rel=0.05)
+    assert low["load_x"] == pytest.approx(1) and high["load_x"] == pytest.approx(4)
+    assert high["sent"] == pytest.approx(4 * capacity, rel=0.05)
     assert set(high["statuses"]) <= {"200", "503"} and high["statuses"].get("503", 0) > 0  # refused, not failed
-    assert 0 < high["goodput_x"] <= 1.5 and high["admitted_p50_ms"] <= high["admitted_p99_ms"]
+    assert 0 < high["goodput_x"] <= 2 and high["admitted_p50_ms"] <= high["admitted_p99_ms"]
     assert format_overload_table([low, high]).count("\n") == 3
 
 

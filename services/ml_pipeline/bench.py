@@ -300,19 +300,22 @@ async def run_overload(
     duration_s: float,
     good_within_s: float = 2.0,
     capacity_s: float = 10.0,
-    capacity_concurrency: int = 8,
+    capacity_concurrencies: tuple[int, ...] = (8, 16),
     timeout_s: float = 30,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[float, list[OpenLoopResult]]:
-    """Capacity first (closed loop at ``capacity_concurrency`` for ``capacity_s``: its successful
-    answers per second), then an open-loop run at each multiple of it."""
+    """Capacity first (the best successful answers per second of closed loops at
+    ``capacity_concurrencies``, ``capacity_s`` each, after a warm-up), then an open-loop run at
+    each multiple of it."""
     body, content_type = multipart_body(image)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=256)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
         send = http_sender(client, url, body, content_type)
-        probe = await closed_loop(send, concurrency=capacity_concurrency, duration_s=capacity_s, warmup=20,
-                                  target=url, progress=False)
-        capacity = probe.statuses.get("200", 0) / probe.duration_s
+        capacity = 0.0
+        for i, concurrency in enumerate(capacity_concurrencies):
+            probe = await closed_loop(send, concurrency=concurrency, duration_s=capacity_s, warmup=0 if i else 50,
+                                      target=url, progress=False)
+            capacity = max(capacity, probe.statuses.get("200", 0) / probe.duration_s)
         if capacity <= 0:
             raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
         results = []

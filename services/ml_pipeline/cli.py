@@ -189,7 +189,7 @@ def bench_overload(args: argparse.Namespace, image) -> int:
     summaries = [r.summary() for r in results]
     for s in summaries:
         s["target"] = args.label or args.url
-    print(f"capacity (closed loop, 8 clients): {capacity:.1f} req/s")
+    print(f"capacity (best closed loop of 8 or 16 clients): {capacity:.1f} req/s")
     print(format_overload_table(summaries))
     if args.out:
         meta = {"label": args.label or args.url, "url": args.url, "mode": "overload", "capacity_rps": capacity,

@@ -18,6 +18,7 @@ from ml_pipeline.errors import BadRequest
 NPY_MEDIA_TYPE = "application/x-npy"
 _MAX_HEADER_BYTES = 10_000
 MAX_DIMS = 32
+MAX_DIM_SIZE = 2**31
 _NUMERIC_KINDS = frozenset("biufc")  # bool, ints, floats, complex: no void/structured, strings, datetimes
 
 
@@ -57,8 +58,10 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
         raise TensorDecodeError("object (pickled) tensors are not accepted")
     if dtype.kind not in _NUMERIC_KINDS or dtype.itemsize == 0:
         raise TensorDecodeError(f"tensor dtype {dtype} is not a plain number type")
-    if len(shape) > MAX_DIMS or any(not isinstance(d, int) or d < 0 for d in shape):
-        raise TensorDecodeError(f"tensor shape {list(shape)} is not up to {MAX_DIMS} non-negative dimensions")
+    # type(d) is int: a bool passes isinstance(d, int); the size bound: with another dimension 0 the
+    # byte count cannot catch a dimension numpy itself refuses.
+    if len(shape) > MAX_DIMS or any(type(d) is not int or not 0 <= d <= MAX_DIM_SIZE for d in shape):
+        raise TensorDecodeError(f"tensor shape {list(shape)[:8]} is not up to {MAX_DIMS} non-negative dimensions (each ≤ 2^31)")
     count = math.prod(shape)
     expected = count * dtype.itemsize
     offset = stream.tell()

@@ -84,6 +84,11 @@ BUILD_INFO = Info(
 MODEL_INFO = Info("ml_pipeline_model", "The model this replica serves: name and backend (onnx or random).")
 
 
+# What ``exposition`` answers with (prometheus-client's two formats).
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
 def exemplar(trace_id: str | None) -> dict[str, str] | None:
     return {"trace_id": trace_id} if trace_id else None
 

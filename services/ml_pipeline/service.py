@@ -174,7 +174,14 @@ def build_app(
             raise NotReady(reason)
         return JSONResponse({"status": "ready", "service": service, "detail": reason})
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics (OpenMetrics with exemplars when asked for)")
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics (OpenMetrics with exemplars when asked for)",
+        response_class=Response,
+        responses={200: {"content": {metrics.TEXT_CONTENT_TYPE: {"schema": {"type": "string"}},
+                                     metrics.OPENMETRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics(request: Request) -> Response:  # async: never queued behind worker threads
         body, content_type = metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type)
