@@ -287,3 +287,25 @@ def test_report_has_the_overload_section_targets_and_plot(tmp_path):
     assert "| goodput at 2× capacity (200 within 2 s, open loop) | ≥ 0.80× capacity | 0.90× (45.0 of 50.0 req/s); without admission control 0.15× | met |" in report
     assert "| p99 of admitted requests at 2× capacity | ≤ 1000 ms | 600 ms | met |" in report
     assert (out.parent / "perf" / "overload.png").stat().st_size > 10_000
+
+
+async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
+    """The open loop's lean client: status codes, keep-alive reuse, a whole multipart upload."""
+    import asyncio
+
+    from ml_pipeline.bench import RawHttpSender
+
+    base, uploads = http_server
+    body, content_type = multipart_body(COFFEE_JPG)
+    ok = RawHttpSender(f"{base}/ok", body, content_type)
+    answers = await asyncio.gather(*(ok() for _ in range(6)))
+    answers += [await ok() for _ in range(4)]  # sequential: over the pooled connections
+    assert [status for status, _ in answers] == [200] * 10
+    assert len(ok._idle) <= 6 and uploads[-10:] == [COFFEE_JPG.stat().st_size] * 10
+    failing = RawHttpSender(f"{base}/fail", body, content_type)
+    assert (await failing())[0] == 500
+    missing = RawHttpSender(f"{base}/nope", body, content_type)
+    assert (await missing())[0] == 404
+    ok.close()
+    with pytest.raises(OSError):
+        await RawHttpSender(f"http://127.0.0.1:{__import__('conftest').free_port()}/x", b"", "a/b")()
