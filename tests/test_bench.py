@@ -309,3 +309,20 @@ async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
     ok.close()
     with pytest.raises(OSError):
         await RawHttpSender(f"http://127.0.0.1:{__import__('conftest').free_port()}/x", b"", "a/b")()
+
+
+async def test_the_raw_sender_resends_once_on_a_connection_the_server_closed(http_server):
+    import asyncio
+
+    from ml_pipeline.bench import RawHttpSender
+
+    base, _ = http_server
+    body, content_type = multipart_body(COFFEE_JPG)
+    sender = RawHttpSender(f"{base}/ok", body, content_type)
+    assert (await sender())[0] == 200
+    (reader, writer), = sender._idle
+    stale_reader = asyncio.StreamReader()
+    stale_reader.feed_eof()  # as if the server had closed it while idle
+    sender._idle = [(stale_reader, writer)]
+    assert (await sender())[0] == 200  # answered over a new connection
+    sender.close()

@@ -261,6 +261,10 @@ class OpenLoopResult:
         }
 
 
+class _StaleConnection(OSError):
+    """A pooled connection was closed by the server before it answered."""
+
+
 class RawHttpSender:
     """One pre-encoded HTTP/1.1 POST, sent over a pool of keep-alive connections with bare
     asyncio streams. An open loop at hundreds of requests per second shares the machine with the
@@ -281,11 +285,20 @@ class RawHttpSender:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __call__(self) -> tuple[int, dict[str, float]]:
-        reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
+        async with asyncio.timeout(self.timeout_s):
+            while self._idle:  # a pooled connection the server may have closed (keep-alive timeout)
+                reader, writer = self._idle.pop()
+                try:
+                    return await self._exchange(reader, writer)
+                except _StaleConnection:
+                    continue
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            return await self._exchange(reader, writer)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict[str, float]]:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                writer.write(self.request)
-                status, keep_alive = await self._read_response(reader)
+            writer.write(self.request)
+            status, keep_alive = await self._read_response(reader)
         except BaseException:
             writer.close()
             raise
@@ -297,7 +310,13 @@ class RawHttpSender:
 
     @staticmethod
     async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-        status = int((await reader.readline()).split()[1])
+        try:
+            status_line = await reader.readline()
+        except ConnectionResetError:
+            raise _StaleConnection from None
+        if not status_line:  # closed before answering: nothing was processed, safe to send again
+            raise _StaleConnection
+        status = int(status_line.split()[1])
         length, chunked, keep_alive = 0, False, True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
