@@ -45,6 +45,12 @@ def prometheus(stack) -> str:
 
 
 @pytest.fixture(scope="session")
+def collector(stack) -> str:
+    """The collector's OTLP/HTTP base URL."""
+    return _required("STACK_COLLECTOR_URL")
+
+
+@pytest.fixture(scope="session")
 def stack_control(stack):
     """Docker control of the stack's containers (failover and backpressure tests)."""
     project = _required("STACK_COMPOSE_PROJECT")
