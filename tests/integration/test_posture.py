@@ -45,3 +45,31 @@ def test_injected_span_names_cannot_explode_span_metric_series(prometheus, colle
     print(f"span-metric series for {service}: {series:.0f} counting {calls:.0f} calls; overflow: {folded:.0f} calls")
     assert 0 < series <= 1000  # the limit holds …
     assert folded >= 2000 and calls + folded >= 3000  # … and the spans over it are counted, not lost
+
+
+HARDENED = ["model", "preprocess", "postprocess", "otel-collector", "jaeger", "prometheus"]
+
+
+@pytest.mark.parametrize("service", HARDENED)
+def test_every_container_is_locked_down(stack_control, service):
+    containers = stack_control.containers(service)
+    assert containers, f"no {service} container"
+    for container in containers:
+        host = container.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, f"{container.name}: writable root filesystem"
+        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), f"{container.name}: capabilities {host['CapDrop']}"
+        assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), container.name
+        assert host["Memory"] > 0 and host["PidsLimit"] and host["PidsLimit"] > 0, container.name
+        assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"].get("max-size"), container.name
+        assert not host.get("Privileged"), container.name
+        uid = container.exec_run(["sh", "-c", "id -u"], user="") if service in ("model", "preprocess", "postprocess") else None
+        if uid is not None:
+            assert uid.exit_code == 0 and uid.output.strip() != b"0", f"{container.name} runs as root"
+        else:
+            assert container.attrs["Config"]["User"] not in ("", "0", "root"), f"{container.name} runs as root"
+        if service in ("model", "preprocess", "postprocess"):
+            assert host["Init"] is True, f"{container.name}: no init process"
+            # Read-only where nothing must be written: the code and the root; /tmp is a small tmpfs.
+            write = container.exec_run(["python", "-c", "open('/app/x', 'w')"])
+            assert write.exit_code != 0 and b"Read-only file system" in write.output, write.output[-300:]
+            assert container.exec_run(["python", "-c", "open('/tmp/x', 'w').write('ok')"]).exit_code == 0
