@@ -66,40 +66,38 @@ class AdmissionControl:
             deadline.reset(token)
 
     async def _admit_and_run(self, scope, receive, send):
-        if self.in_flight < self.max_in_flight and not self._waiters:
-            self.in_flight += 1
-        elif len(self._waiters) >= self.max_queue:
-            metrics.REFUSED.labels(self.service, "queue_full").inc()
-            refusal = Overloaded(
-                f"{self.service} is at capacity ({self.max_in_flight} in flight, {self.max_queue} queued); try again later",
-                retry_after_s=RETRY_AFTER_S,
-            )
-            await self._answer(refusal, scope, receive, send)
+        outcome, receive = await self._admit(receive)
+        if outcome != "admitted":
+            metrics.REFUSED.labels(self.service, outcome).inc()
+            if outcome != "client_gone":  # otherwise nobody is left to answer
+                await self._answer(self._refusal(outcome), scope, receive, send)
             return
-        else:
-            outcome, receive = await self._wait_in_queue(receive)
-            if outcome == "disconnected":  # the client gave up: no one to answer
-                metrics.REFUSED.labels(self.service, "client_gone").inc()
-                return
-            if outcome != "admitted":
-                metrics.REFUSED.labels(self.service, outcome).inc()
-                if outcome == "deadline":
-                    error: PipelineError = DeadlineExceeded("the request's deadline passed while it waited in the queue")
-                else:
-                    error = Overloaded(
-                        f"{self.service} could not start the request within {self.queue_timeout_s:g} s; try again later",
-                        retry_after_s=RETRY_AFTER_S,
-                    )
-                await self._answer(error, scope, receive, send)
-                return
         try:
             await self.app(scope, _deadline_bound(receive), send)
         finally:
             self._release()
 
+    async def _admit(self, receive):
+        """A slot at once, a place in the queue, or ``queue_full``; with the ``receive`` to use."""
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return "admitted", receive
+        if len(self._waiters) >= self.max_queue:
+            return "queue_full", receive
+        return await self._wait_in_queue(receive)
+
+    def _refusal(self, outcome: str) -> PipelineError:
+        if outcome == "deadline":
+            return DeadlineExceeded("the request's deadline passed while it waited in the queue")
+        if outcome == "queue_full":
+            why = f"is at capacity ({self.max_in_flight} in flight, {self.max_queue} queued)"
+        else:
+            why = f"could not start the request within {self.queue_timeout_s:g} s"
+        return Overloaded(f"{self.service} {why}; try again later", retry_after_s=RETRY_AFTER_S)
+
     async def _wait_in_queue(self, receive):
         """Wait for a slot, watching the connection: ``admitted``, ``queue_timeout``, ``deadline``
-        or ``disconnected``, and a ``receive`` that replays what was read meanwhile."""
+        or ``client_gone``, and a ``receive`` that replays what was read meanwhile."""
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
         self._queued.inc()
@@ -123,12 +121,12 @@ class AdmissionControl:
         if slot.done():  # a slot was handed over: ours now, even if the client has just left
             if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
                 self._release()
-                return "disconnected", receive
+                return "client_gone", receive
             return "admitted", _replaying(buffered, receive)
         slot.cancel()  # leaves the queue: _release skips cancelled waiters
         self._waiters.remove(slot)
         if watcher.done() and not watcher.cancelled():
-            return "disconnected", receive
+            return "client_gone", receive
         left = deadline.remaining()
         return ("deadline" if left is not None and left <= 0 else "queue_timeout"), _replaying(buffered, receive)
 
