@@ -157,11 +157,13 @@ async def test_a_deadline_that_passes_in_the_queue_is_a_504_not_work():
 
 
 def test_deadline_check_and_header_value():
-    assert deadline.remaining() is None and deadline.header_value() is None
+    assert deadline.remaining() is None
     deadline.check("anything")  # no deadline outside a request: nothing to check
     token = deadline.start(0.5)
     try:
-        assert 400 <= int(deadline.header_value()) <= 500
+        assert 400 <= int(deadline.header_value(deadline.remaining())) <= 500
+        assert deadline.parse_timeout_header(deadline.header_value(0.25)) == 0.25  # what one hop sends, the next reads
+        assert deadline.header_value(0.0001) == "1"  # never 0, which the next hop would refuse
         deadline.check("early work")
     finally:
         deadline.reset(token)

@@ -185,7 +185,7 @@ class Downstream:
             attempt_s = min(remaining, self._attempt_timeout_s or remaining)
             timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
             # The next hop learns how long we will wait, and stops working when we would stop waiting.
-            headers = {**caller_headers, deadline.TIMEOUT_HEADER: str(max(1, int(remaining * 1000)))}
+            headers = {**caller_headers, deadline.TIMEOUT_HEADER: deadline.header_value(remaining)}
             endpoint.outstanding += 1
             try:
                 # httpx times each socket operation; this bounds the attempt as a whole.

@@ -54,7 +54,6 @@ def check(what: str) -> None:
         raise DeadlineExceeded(f"the request's deadline passed before {what} (by {-left * 1000:.0f} ms)")
 
 
-def header_value() -> str | None:
-    """What to send the next hop in ``X-Request-Timeout-Ms`` (at least 1 ms), or None."""
-    left = remaining()
-    return None if left is None else str(max(1, int(left * 1000)))
+def header_value(seconds: float) -> str:
+    """``X-Request-Timeout-Ms`` for ``seconds`` left (at least 1 ms): the format ``parse_timeout_header`` reads."""
+    return str(max(1, int(seconds * 1000)))
