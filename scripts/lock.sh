@@ -17,6 +17,9 @@ lock() {
 for service in model preprocess postprocess; do
   lock "services/$service/requirements.lock" "$common" "services/$service/requirements.txt"
 done
-lock tests/requirements.lock "$common" services/model/requirements.txt services/preprocess/requirements.txt \
-  services/postprocess/requirements.txt services/ml_pipeline/requirements-bench.txt tests/requirements.txt
+# The model image's build stage: checkpoint → ONNX, numpy held to the services' version.
+lock services/model/requirements-convert.lock services/model/requirements-convert.txt -c "$common"
+lock tests/requirements.lock "$common" services/model/requirements.txt services/model/requirements-convert.txt \
+  services/preprocess/requirements.txt services/postprocess/requirements.txt \
+  services/ml_pipeline/requirements-bench.txt tests/requirements.txt
 echo "scripts/lock.sh: locks written"

