@@ -201,6 +201,40 @@ def bench_overload(args: argparse.Namespace, image) -> int:
     return 0
 
 
+def soak(args: argparse.Namespace) -> int:
+    """Steady load for ``--minutes``: process memory, descriptors and p99 must stay flat."""
+    import asyncio
+    import json
+    import platform
+    from pathlib import Path
+
+    from ml_pipeline import soak as soak_run
+
+    image = Path(args.image)
+    if not image.is_file():
+        print(f"ml-pipeline soak: no image at {image} (give one with --image)", file=sys.stderr)
+        return 2
+    duration = args.minutes * 60
+    warmup = args.warmup if args.warmup is not None else min(120.0, duration / 3)
+    result = asyncio.run(soak_run.run_soak(
+        args.url, image, prometheus_url=args.prometheus, duration_s=duration, warmup_s=warmup, load_x=args.load,
+        window_s=min(60.0, duration / 3), shared_dir=Path(args.shared_dir) if args.shared_dir else None))
+    summary = result.summary()
+    meta = {"command": "ml-pipeline " + " ".join(args.argv),
+            "stack": args.stack, "python": platform.python_version(), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%d %H:%M %Z")}
+    report = {"meta": meta, "summary": summary, "samples": result.samples}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(f"ml-pipeline soak: wrote {args.out}")
+    if args.report:
+        soak_run.write_report(report, Path(args.report))
+        print(f"ml-pipeline soak: wrote {args.report}")
+    print("soak passed" if summary["passed"] else "soak failed: " + "; ".join(summary["failures"]))
+    return 0 if summary["passed"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-pipeline", description="Image-classification pipeline services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,11 +265,23 @@ def main(argv: list[str] | None = None) -> int:
                          "(e.g. 1,1.5,2,3) for -d seconds each (default 30); reports goodput")
     p_bench.add_argument("--good-within", type=float, default=2.0,
                          help="with --overload: a 200 within this many seconds counts as goodput")
+    p_soak = sub.add_parser("soak", help="steady open-loop load for minutes: memory, descriptors and p99 must stay flat")
+    p_soak.add_argument("url", nargs="?", default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize")
+    p_soak.add_argument("--prometheus", default="http://localhost:9090", help="the stack's Prometheus (process metrics)")
+    p_soak.add_argument("--minutes", type=float, default=30)
+    p_soak.add_argument("--warmup", type=float, help="seconds not judged (default: a third of the run, at most 120)")
+    p_soak.add_argument("--load", type=float, default=0.5, help="the rate as a multiple of the measured capacity")
+    p_soak.add_argument("--image", default="test.jpg", help="the image every request uploads")
+    p_soak.add_argument("--shared-dir", help="the hand-off volume's mount: must be empty after the run")
+    p_soak.add_argument("--stack", default="as shipped", help="how the stack was started (for the report)")
+    p_soak.add_argument("--out", help="write the results (summary and every sample) to this JSON file")
+    p_soak.add_argument("--report", help="write the Markdown report here, the plot to perf/soak.png beside it")
     p_report = sub.add_parser("bench-report", help="the Markdown report (tables, targets, plots) of bench JSON results")
     p_report.add_argument("results", help="directory of `ml-pipeline bench --out` JSON files")
     p_report.add_argument("--out", default="docs/performance.md", help="the report; plots go to perf/ beside it")
     p_report.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     if args.command == "bench-report":
         from ml_pipeline import bench_report
 
@@ -244,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.service, args.host, args.port or RUNNABLE_PORTS[args.service])
     if args.command == "bench":
         return bench(args)
+    if args.command == "soak":
+        return soak(args)
     return serve(args.host, args.wait_ready)
 
 

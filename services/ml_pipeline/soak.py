@@ -1,0 +1,264 @@
+"""``ml-pipeline bench soak``: steady load for a long time, watching for what only time shows.
+
+An open loop at a fraction of the chain's capacity (half by default), minute after minute, while
+Prometheus is asked every few seconds for each service process's resident memory and open file
+descriptors (``process_resident_memory_bytes`` / ``process_open_fds``, from every replica's own
+``/metrics``). Passing means, after the warm-up: no process's RSS or descriptor count grew by 10 % or
+more (mean of the first window against the last; descriptors may move by ``FDS_NOISE_FLOOR``), the
+last window's p99 within 1.5× of the first's,
+every request answered 200, and the shared hand-off volume empty once the load stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ml_pipeline.bench import RawHttpSender, closed_loop, multipart_body, open_loop
+
+RESOURCES = {"rss_bytes": "process_resident_memory_bytes", "open_fds": "process_open_fds"}
+SERVICE_JOBS = ("model", "preprocess", "postprocess")
+MAX_GROWTH = 0.10
+# Descriptors are small counts (10-20 per process) and include the load generator's own keep-alive
+# connections, one or two of which come and go with its bursts: growth of up to this many is noise,
+# a leak of one per N requests is thousands after a soak.
+FDS_NOISE_FLOOR = 2
+MAX_P99_RATIO = 1.5
+
+
+async def process_resources(client: httpx.AsyncClient, prometheus_url: str, jobs=SERVICE_JOBS) -> dict[str, dict[str, float]]:
+    """``{"model@10.0.0.5:5000": {"rss_bytes": …, "open_fds": …}, …}``: the latest scrape of every process."""
+    processes: dict[str, dict[str, float]] = {}
+    selector = "|".join(jobs)
+    for key, metric in RESOURCES.items():
+        r = await client.get(f"{prometheus_url}/api/v1/query", params={"query": f'{metric}{{job=~"{selector}"}}'})
+        r.raise_for_status()
+        for series in r.json()["data"]["result"]:
+            name = f"{series['metric']['job']}@{series['metric']['instance']}"
+            processes.setdefault(name, {})[key] = float(series["value"][1])
+    return processes
+
+
+def count_files(directory: Path | None) -> int | None:
+    return None if directory is None else sum(1 for p in directory.rglob("*") if p.is_file())
+
+
+@dataclass
+class SoakResult:
+    target: str
+    capacity_rps: float
+    rate_rps: float
+    duration_s: float
+    warmup_s: float
+    window_s: float
+    windows: list[dict[str, Any]] = field(default_factory=list)  # per window: end_s, sent, statuses, p50/p99 ms
+    samples: list[dict[str, Any]] = field(default_factory=list)  # per sample: t_s, processes {name: resources}
+    shared_files_after: int | None = None
+    client_cpu_s: float = 0.0
+
+    def _window_mean(self, process: str, key: str, start_s: float, end_s: float) -> float | None:
+        values = [s["processes"][process][key] for s in self.samples
+                  if start_s <= s["t_s"] <= end_s and key in s["processes"].get(process, {})]
+        return float(np.mean(values)) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        measured = [w for w in self.windows if w["end_s"] > self.warmup_s]
+        first, last = (measured[0], measured[-1]) if measured else (None, None)
+        processes = sorted({name for s in self.samples for name in s["processes"]})
+        growth: dict[str, dict[str, Any]] = {}
+        for name in processes:
+            growth[name] = {}
+            for key in RESOURCES:
+                start = self._window_mean(name, key, first["end_s"] - self.window_s, first["end_s"]) if first else None
+                end = self._window_mean(name, key, last["end_s"] - self.window_s, last["end_s"]) if last else None
+                growth[name][key] = {"first": start, "last": end,
+                                     "growth": (end / start - 1) if start and end is not None else None}
+        statuses: dict[str, int] = {}
+        for w in self.windows:
+            for status, n in w["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + n
+        p99_ratio = last["p99_ms"] / first["p99_ms"] if first and last else None
+        failures = []
+        for name, resources in growth.items():
+            for key, g in resources.items():
+                if g["growth"] is None:
+                    failures.append(f"{name}: no {key} in the first or last window (restarted or not scraped)")
+                elif g["growth"] >= MAX_GROWTH and not (key == "open_fds" and g["last"] - g["first"] <= FDS_NOISE_FLOOR):
+                    failures.append(f"{name}: {key} grew {100 * g['growth']:.1f} % ({g['first']:.0f} → {g['last']:.0f})")
+        final = self.samples[-1]["processes"] if self.samples else {}
+        failures += [f"{name}: gone before the end (restarted or not scraped)" for name in processes if name not in final]
+        if not growth:
+            failures.append("no process resources from Prometheus")
+        if p99_ratio is None or len(measured) < 2:
+            failures.append("fewer than two measured windows after the warm-up")
+        elif p99_ratio > MAX_P99_RATIO:
+            failures.append(f"p99 of the last window {last['p99_ms']:.0f} ms is {p99_ratio:.2f}× the first's {first['p99_ms']:.0f} ms")
+        if set(statuses) != {"200"}:
+            failures.append(f"answers other than 200: {statuses}")
+        if self.shared_files_after:
+            failures.append(f"{self.shared_files_after} files left on the shared volume")
+        return {
+            "target": self.target, "capacity_rps": self.capacity_rps, "rate_rps": self.rate_rps,
+            "load_x": self.rate_rps / self.capacity_rps, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
+            "window_s": self.window_s, "statuses": statuses, "windows": self.windows,
+            "p99_first_ms": first["p99_ms"] if first else None, "p99_last_ms": last["p99_ms"] if last else None,
+            "p99_ratio": p99_ratio, "growth": growth, "shared_files_after": self.shared_files_after,
+            "client_cpu_ms_per_request": 1000 * self.client_cpu_s / max(1, sum(statuses.values())),
+            "failures": failures, "passed": not failures,
+        }
+
+
+async def run_soak(
+    url: str,
+    image: Path,
+    *,
+    prometheus_url: str,
+    duration_s: float,
+    warmup_s: float,
+    window_s: float = 60,
+    load_x: float = 0.5,
+    rate_rps: float | None = None,
+    sample_every_s: float = 5,
+    shared_dir: Path | None = None,
+    capacity_s: float = 10,
+    log=print,
+) -> SoakResult:
+    """Capacity first (closed loop of 8, after a warm-up) unless ``rate_rps`` is given, then
+    ``duration_s`` of open loop at ``load_x`` × capacity in windows of ``window_s``, sampling
+    every process's resources as it goes; finally the shared volume's file count after the drain."""
+    body, content_type = multipart_body(image)
+    send = RawHttpSender(url, body, content_type, timeout_s=30)
+    capacity = 0.0
+    if rate_rps is None:
+        probe = await closed_loop(send, concurrency=8, duration_s=capacity_s, warmup=50, target=url, progress=False)
+        capacity = probe.statuses.get("200", 0) / probe.duration_s
+        if capacity <= 0:
+            raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
+        rate_rps = load_x * capacity
+    result = SoakResult(url, capacity or rate_rps / load_x, rate_rps, duration_s, warmup_s, window_s)
+    log(f"soak: {rate_rps:.1f} req/s ({load_x:g} × {result.capacity_rps:.1f}) for {duration_s:.0f} s, "
+        f"warm-up {warmup_s:.0f} s, windows of {window_s:.0f} s")
+    start = time.monotonic()
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(timeout=10) as prometheus:
+        async def sampler() -> None:
+            while not stop.is_set():
+                try:
+                    processes = await process_resources(prometheus, prometheus_url)
+                    result.samples.append({"t_s": time.monotonic() - start, "processes": processes})
+                except httpx.HTTPError as exc:  # one missed sample is not a verdict
+                    log(f"soak: Prometheus sample failed: {exc!r}")
+                try:
+                    await asyncio.wait_for(stop.wait(), sample_every_s)
+                except TimeoutError:
+                    pass
+
+        sampling = asyncio.create_task(sampler())
+        try:
+            cpu = 0.0
+            while (elapsed := time.monotonic() - start) < duration_s - 1:
+                window = await open_loop(send, rate_rps=rate_rps, duration_s=min(window_s, duration_s - elapsed),
+                                         good_within_s=30, target=url)
+                cpu += window.client_cpu_s
+                summary = window.summary()
+                result.windows.append({"end_s": time.monotonic() - start, "sent": summary["sent"],
+                                       "statuses": summary["statuses"], "p50_ms": summary["admitted_p50_ms"],
+                                       "p99_ms": summary["admitted_p99_ms"]})
+                latest = result.samples[-1]["processes"] if result.samples else {}
+                rss = ", ".join(f"{name.split('@')[0]} {v.get('rss_bytes', 0) / 2**20:.0f} MiB/{v.get('open_fds', 0):.0f} fds"
+                                for name, v in sorted(latest.items()))
+                log(f"soak: {result.windows[-1]['end_s']:6.0f} s  p50 {summary['admitted_p50_ms']:5.1f} ms  "
+                    f"p99 {summary['admitted_p99_ms']:5.1f} ms  {summary['statuses']}  {rss}")
+            result.client_cpu_s = cpu
+        finally:
+            stop.set()
+            await sampling
+            send.close()
+    # Files still being handed off when the load stopped are gone within one request's time.
+    for _ in range(20):
+        result.shared_files_after = count_files(shared_dir)
+        if not result.shared_files_after:
+            break
+        await asyncio.sleep(0.5)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, samples = report["summary"], report["samples"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = sorted({name for s in samples for name in s["processes"]})
+    for name in names:
+        points = [(s["t_s"] / 60, s["processes"][name]) for s in samples if name in s["processes"]]
+        label = name.split(":")[0]
+        axes[0].plot([t for t, _ in points], [v.get("rss_bytes", np.nan) / 2**20 for _, v in points], label=label)
+        axes[1].plot([t for t, _ in points], [v.get("open_fds", np.nan) for _, v in points], label=label)
+    windows = summary["windows"]
+    ends = [w["end_s"] / 60 for w in windows]
+    axes[2].plot(ends, [w["p50_ms"] for w in windows], marker="o", label="p50")
+    axes[2].plot(ends, [w["p99_ms"] for w in windows], marker="o", label="p99")
+    for ax, title, unit in zip(axes, ("resident memory per process", "open file descriptors per process",
+                                      "latency per window"), ("MiB", "descriptors", "ms")):
+        ax.axvline(summary["warmup_s"] / 60, color="grey", linestyle=":", label="end of warm-up")
+        ax.set(title=title, xlabel="minutes", ylabel=unit, ylim=(0, None))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def render(report: dict[str, Any], plot_path: str) -> str:
+    s, meta = report["summary"], report["meta"]
+    verdict = "**passed**" if s["passed"] else "**failed**: " + "; ".join(s["failures"])
+    lines = [
+        "# Soak", "",
+        f"Generated by `{meta['command']}` on {meta['time']} ({meta['machine']}, {meta['cpus']} CPUs); "
+        f"stack: {meta.get('stack', 'as shipped')}.", "",
+        f"{s['duration_s'] / 60:.0f} minutes of open-loop load at {s['rate_rps']:.1f} req/s "
+        f"({s['load_x']:.2f} × the {s['capacity_rps']:.1f} req/s capacity measured right before), windows of "
+        f"{s['window_s']:.0f} s, the first {s['warmup_s']:.0f} s a warm-up. Every process's resident memory and open "
+        "descriptors come from Prometheus (its own `/metrics`, every 5 s). Criteria: growth under "
+        f"{100 * MAX_GROWTH:.0f} % (mean of the first measured window against the last), last window's p99 within "
+        f"{MAX_P99_RATIO}× of the first's, every answer 200, the shared volume empty afterwards. Verdict: {verdict}.", "",
+        f"![soak]({plot_path})", "",
+        "| process | RSS first MiB | RSS last MiB | RSS growth | fds first | fds last | fds growth |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, g in s["growth"].items():
+        rss, fds = g["rss_bytes"], g["open_fds"]
+
+        def cell(v, scale=1.0, fmt=".0f"):
+            return "–" if v is None else format(v / scale, fmt)
+
+        lines.append(f"| {name} | {cell(rss['first'], 2**20)} | {cell(rss['last'], 2**20)} | "
+                     f"{cell(rss['growth'], 0.01, '+.1f')} % | {cell(fds['first'], 1, '.1f')} | {cell(fds['last'], 1, '.1f')} | "
+                     f"{cell(fds['growth'], 0.01, '+.1f')} % |")
+    lines += ["", f"p99 first measured window {s['p99_first_ms']:.1f} ms, last {s['p99_last_ms']:.1f} ms "
+              f"(× {s['p99_ratio']:.2f}); answers {s['statuses']}; files on the shared volume afterwards: "
+              f"{s['shared_files_after'] if s['shared_files_after'] is not None else 'not checked'}; "
+              f"load generator CPU {s['client_cpu_ms_per_request']:.2f} ms per request.", "",
+              "| minute | sent | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
+    for w in s["windows"]:
+        lines.append(f"| {w['end_s'] / 60:.1f} | {w['sent']} | {w['p50_ms']:.1f} | {w['p99_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], markdown: Path) -> None:
+    plot(report, markdown.parent / "perf" / "soak.png")
+    markdown.write_text(render(report, "perf/soak.png"))

@@ -1,0 +1,30 @@
+"""The CI soak: three minutes at half the chain's capacity (SOAK_SECONDS to change), judged like the
+documented 30-minute run (docs/soak.md): every service process's RSS and open descriptors flat after
+the warm-up, p99 steady, every answer 200, the shared hand-off volume empty afterwards."""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import COFFEE_JPG
+from ml_pipeline.soak import run_soak
+
+pytestmark = pytest.mark.integration
+
+
+def test_steady_half_load_leaves_memory_descriptors_latency_and_volume_flat(stack, prometheus):
+    seconds = float(os.environ.get("SOAK_SECONDS", "180"))
+    shared = os.environ.get("STACK_SHARED_DATA_DIR")
+    if not shared:
+        pytest.fail("STACK_SHARED_DATA_DIR is not set: the test run mounts the hand-off volume there")
+    result = asyncio.run(run_soak(f"{stack['postprocess']}/finalize", COFFEE_JPG, prometheus_url=prometheus,
+                                  duration_s=seconds, warmup_s=seconds / 3, window_s=seconds / 3,
+                                  shared_dir=Path(shared)))
+    summary = result.summary()
+    print(json.dumps({k: summary[k] for k in ("rate_rps", "p99_first_ms", "p99_last_ms", "statuses", "growth",
+                                              "shared_files_after", "failures")}, indent=1))
+    assert summary["passed"], summary["failures"]
+    assert len(summary["growth"]) >= 4  # two model replicas, preprocess, postprocess

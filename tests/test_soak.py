@@ -1,0 +1,57 @@
+"""The soak verdict (ml_pipeline.soak): each criterion fails when it should."""
+
+import pytest
+
+from ml_pipeline.soak import SoakResult
+
+PROCESSES = ("model@a:5000", "model@b:5000", "preprocess@c:5000", "postprocess@d:5000")
+
+
+def soak(rss_growth: float = 0.0, fds_growth: float = 0.0, last_p99: float = 100.0, statuses=None, files=0, fds=20):
+    """Three 60 s windows, the first a warm-up; a sample every 5 s growing linearly over the measured part."""
+    result = SoakResult("t", capacity_rps=70, rate_rps=35, duration_s=180, warmup_s=60, window_s=60,
+                        shared_files_after=files)
+    for end, p99 in ((60, 300.0), (120, 100.0), (180, last_p99)):
+        result.windows.append({"end_s": end, "sent": 2100, "statuses": statuses or {"200": 2100},
+                               "p50_ms": 30.0, "p99_ms": p99})
+    for t in range(0, 181, 5):
+        grown = max(0.0, (t - 60) / 120)  # 0 at the end of the warm-up, 1 at the end
+        result.samples.append({"t_s": t, "processes": {
+            name: {"rss_bytes": 100e6 * (1 + rss_growth * 1.5 * grown), "open_fds": fds * (1 + fds_growth * 1.5 * grown)}
+            for name in PROCESSES}})
+    return result.summary()
+
+
+def test_flat_resources_and_steady_latency_pass():
+    summary = soak(rss_growth=0.02, fds_growth=0.0, last_p99=140)
+    assert summary["passed"], summary["failures"]
+    assert summary["p99_ratio"] == pytest.approx(1.4)  # the warm-up window's 300 ms does not count
+    assert set(summary["growth"]) == set(PROCESSES)
+
+
+@pytest.mark.parametrize("kwargs, failure", [
+    ({"rss_growth": 0.15}, "rss_bytes grew"),
+    ({"fds_growth": 0.2}, "open_fds grew"),  # 20 → 24: beyond the noise floor of 2
+    ({"last_p99": 160}, "p99 of the last window"),
+    ({"statuses": {"200": 2000, "503": 100}}, "answers other than 200"),
+    ({"files": 3}, "3 files left on the shared volume"),
+])
+def test_each_criterion_fails_the_soak(kwargs, failure):
+    summary = soak(**kwargs)
+    assert not summary["passed"]
+    assert any(failure in f for f in summary["failures"]), summary["failures"]
+
+
+def test_a_process_missing_from_the_last_window_fails_the_soak():
+    result = SoakResult("t", 70, 35, 180, 60, 60)
+    result.windows = [{"end_s": e, "sent": 1, "statuses": {"200": 1}, "p50_ms": 1.0, "p99_ms": 1.0} for e in (60, 120, 180)]
+    result.samples = [{"t_s": t, "processes": {"model@a:5000": {"rss_bytes": 1e8, "open_fds": 20}} if t < 130 else {}}
+                      for t in range(0, 181, 5)]
+    summary = result.summary()
+    assert not summary["passed"] and "restarted or not scraped" in " ".join(summary["failures"])
+
+
+def test_descriptors_may_move_within_the_noise_floor():
+    summary = soak(fds_growth=0.2, fds=10)  # 10.75 → 12.25 descriptors: the load generator's keep-alive connections
+    assert summary["passed"], summary["failures"]
+    assert summary["growth"]["postprocess@d:5000"]["open_fds"]["growth"] > 0.1
