@@ -22,7 +22,7 @@ down
 "${compose[@]}" up --detach --wait --wait-timeout 300
 status=0
 "${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$PWD/docs:/docs" bench \
-  ml-pipeline soak http://postprocess:5000/finalize --prometheus http://prometheus:9090 --minutes "$minutes" \
+  ml-pipeline-bench soak http://postprocess:5000/finalize --prometheus http://prometheus:9090 --minutes "$minutes" \
   --load "$load" --image test.jpg --shared-dir /data --stack "docker compose up, TRANSPORT=$TRANSPORT (bash bench/soak.sh)" \
   --out /out/soak.json --report /docs/soak.md || status=$?
 "${compose[@]}" ps --all

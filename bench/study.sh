@@ -38,11 +38,11 @@ trap down EXIT
 
 wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
-# load PROJECT NAME URL [ml-pipeline bench options …]: the load generator on PROJECT's network
+# load PROJECT NAME URL [ml-pipeline-bench run options …]: the load generator on PROJECT's network
 load() {
   local p=$1 name=$2 url=$3; shift 3
   docker compose -p "$p" "${files[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" bench \
-    ml-pipeline bench "$url" --label "$name" --image test.jpg --out "/out/$name.json" --no-progress "$@"
+    ml-pipeline-bench run "$url" --label "$name" --image test.jpg --out "/out/$name.json" --no-progress "$@"
 }
 
 # up PROJECT [ENV=VALUE …] [--scale model=N] [-- services to start]: a fresh stack
@@ -130,5 +130,5 @@ report_dir=docs
 mkdir -p "$report_dir"
 "${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" -v "$(cd "$report_dir" && pwd):/report" -v "$PWD/bench:/notes:ro" \
   -e DOCKER_VERSION="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" bench \
-  ml-pipeline bench-report /out --out /report/performance.md $([ -f bench/conclusions.md ] && echo --notes /notes/conclusions.md)
+  ml-pipeline-bench report /out --out /report/performance.md $([ -f bench/conclusions.md ] && echo --notes /notes/conclusions.md)
 echo "bench/study.sh: results in $BENCH_OUT, report in $report_dir/performance.md"

@@ -21,5 +21,5 @@ done
 lock services/model/requirements-convert.lock services/model/requirements-convert.txt -c "$common"
 lock tests/requirements.lock "$common" services/model/requirements.txt services/model/requirements-convert.txt \
   services/preprocess/requirements.txt services/postprocess/requirements.txt \
-  services/ml_pipeline/requirements-bench.txt tests/requirements.txt
+  bench/requirements.txt tests/requirements.txt
 echo "scripts/lock.sh: locks written"

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from conftest import COFFEE_JPG, NetworkASGITransport, make_settings, running_chain
-from ml_pipeline.bench import closed_loop, format_table, multipart_body, run_http, write_results
+from ml_pipeline_bench.load import closed_loop, format_table, multipart_body, run_http, write_results
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +96,7 @@ def test_in_process_pipeline_is_the_same_computation(coffee_bytes):
 
 
 async def test_in_process_runs_and_failures_count():
-    from ml_pipeline.bench import closed_loop, inprocess_sender
+    from ml_pipeline_bench.load import closed_loop, inprocess_sender
     from monolith.app import InProcessPipeline
 
     send = inprocess_sender(InProcessPipeline(make_settings()), COFFEE_JPG.read_bytes())
@@ -112,7 +112,7 @@ async def test_in_process_runs_and_failures_count():
 
 
 def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
-    from ml_pipeline.bench import RunResult, write_results
+    from ml_pipeline_bench.load import RunResult, write_results
 
     runs = []
     for c, rps in rps_by_c.items():
@@ -124,7 +124,7 @@ def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
 
 
 def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
-    from ml_pipeline.cli import main
+    from ml_pipeline_bench.cli import main
 
     handoff = lambda ms: {"preprocess.decode": 5, "preprocess.handoff": 10 + ms, "model.inference": 10, "postprocess.total": 40}  # noqa: E731
     _scenario(tmp_path, "inprocess", {1: 30, 4: 40}, {1: 30, 4: 90})
@@ -137,11 +137,11 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     _scenario(tmp_path, "chain-volume", {1: 25, 4: 35}, {1: 35, 4: 112}, handoff(2.5))
     out = tmp_path / "docs" / "performance.md"
     out.parent.mkdir()
-    assert main(["bench-report", str(tmp_path), "--out", str(out)]) == 0
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["chain throughput at saturation (telemetry on) vs in-process"].endswith("| 0.90× (36.0 vs 40.0 req/s) | met |")
-    assert "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline bench | met |" in rows[
+    assert "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline-bench | met |" in rows[
         "p50 at concurrency 1: chain vs in-process"]
     assert "| 0.97× (median of 3 interleaved pairs: 0.97, 0.81, 1.03) | met |" in rows["telemetry on vs off (throughput at saturation)"]
     assert "| chain-http | 4 | 36.0 | 36.5 | 110.0 | 108.0 |" in text  # the load generators side by side
@@ -191,7 +191,7 @@ def http_server():
 
 @pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (the test image has it)")
 def test_wrk_drives_the_same_upload_and_counts_failures(http_server):
-    from ml_pipeline.bench import run_wrk
+    from ml_pipeline_bench.load import run_wrk
 
     base, uploads = http_server
     results = run_wrk(f"{base}/ok", COFFEE_JPG, [1, 2], duration_s=1, warmup_s=0)
@@ -206,14 +206,14 @@ def test_wrk_drives_the_same_upload_and_counts_failures(http_server):
 
 
 def test_bench_cli_refuses_wrk_without_a_duration(capsys):
-    from ml_pipeline.cli import main
+    from ml_pipeline_bench.cli import main
 
-    assert main(["bench", "http://127.0.0.1:1/finalize", "--tool", "wrk", "-n", "5", "--image", str(COFFEE_JPG)]) == 2
+    assert main(["run", "http://127.0.0.1:1/finalize", "--tool", "wrk", "-n", "5", "--image", str(COFFEE_JPG)]) == 2
     assert "-d SECONDS" in capsys.readouterr().err
 
 
 def test_report_says_what_was_not_run(tmp_path):
-    from ml_pipeline import bench_report
+    from ml_pipeline_bench import report as bench_report
 
     _scenario(tmp_path, "chain-http", {1: 25}, {1: 34})
     text = bench_report.render(bench_report.load_runs(tmp_path), "perf", None)
@@ -228,7 +228,7 @@ async def test_open_loop_sends_at_the_rate_whatever_the_answers():
     """A slow service does not slow the sender down: requests keep arriving at the rate."""
     import asyncio
 
-    from ml_pipeline.bench import open_loop
+    from ml_pipeline_bench.load import open_loop
 
     in_flight = peak = 0
 
@@ -249,7 +249,7 @@ async def test_open_loop_sends_at_the_rate_whatever_the_answers():
 
 
 async def test_overload_run_measures_capacity_then_reports_goodput_refusals_and_latency():
-    from ml_pipeline.bench import format_overload_table, run_overload
+    from ml_pipeline_bench.load import format_overload_table, run_overload
 
     settings = make_settings(max_in_flight=2, max_queue=2, queue_timeout_s=0.2)
     async with running_chain(settings) as client:
@@ -268,7 +268,7 @@ async def test_overload_run_measures_capacity_then_reports_goodput_refusals_and_
 def test_report_has_the_overload_section_targets_and_plot(tmp_path):
     import json
 
-    from ml_pipeline import bench_report
+    from ml_pipeline_bench import report as bench_report
 
     def runs(goodput_at_2x, p99_at_2x):
         return [{"load_x": x, "offered_rps": 50 * x, "sent": int(1500 * x), "goodput_rps": 50 * g, "goodput_x": g,
@@ -293,7 +293,7 @@ async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
     """The open loop's lean client: status codes, keep-alive reuse, a whole multipart upload."""
     import asyncio
 
-    from ml_pipeline.bench import RawHttpSender
+    from ml_pipeline_bench.load import RawHttpSender
 
     base, uploads = http_server
     body, content_type = multipart_body(COFFEE_JPG)
@@ -314,7 +314,7 @@ async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
 async def test_the_raw_sender_resends_once_on_a_connection_the_server_closed(http_server):
     import asyncio
 
-    from ml_pipeline.bench import RawHttpSender
+    from ml_pipeline_bench.load import RawHttpSender
 
     base, _ = http_server
     body, content_type = multipart_body(COFFEE_JPG)

@@ -1,5 +1,5 @@
 """`ml-pipeline serve`: the three services as local processes, stopped cleanly by Ctrl-C, and
-`ml-pipeline bench` driving them."""
+`ml-pipeline-bench run` driving them."""
 
 import json
 import os
@@ -59,7 +59,7 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
         # The load generator against the real servers: two runs, every request answered.
         results = tmp_path / "bench.json"
         bench = subprocess.run(
-            [sys.executable, "-m", "ml_pipeline", "bench", "-c", "1,2", "-n", "6", "--warmup", "1",
+            [sys.executable, "-m", "ml_pipeline_bench", "run", "-c", "1,2", "-n", "6", "--warmup", "1",
              "--image", str(COFFEE_JPG), "--out", str(results), "--no-progress"],
             capture_output=True, text=True, timeout=120,
         )

@@ -1,8 +1,8 @@
-"""The soak verdict (ml_pipeline.soak): each criterion fails when it should."""
+"""The soak verdict (ml_pipeline_bench.soak): each criterion fails when it should."""
 
 import pytest
 
-from ml_pipeline.soak import SoakResult
+from ml_pipeline_bench.soak import SoakResult
 
 PROCESSES = ("model@a:5000", "model@b:5000", "preprocess@c:5000", "postprocess@d:5000")
 
@@ -11,7 +11,7 @@ def soak(rss_growth: float = 0.0, fds_growth: float = 0.0, last_p99: float = 100
     """Three 60 s windows, the first a warm-up; a sample every 5 s growing linearly over the measured part."""
     result = SoakResult("t", capacity_rps=70, rate_rps=35, duration_s=180, warmup_s=60, window_s=60,
                         shared_files_after=files)
-    for end, p99 in ((60, 300.0), (120, 100.0), (180, last_p99)):
+    for end, p99 in ((60.4, 300.0), (120.8, 100.0), (181.2, last_p99)):  # each window ends a little late
         result.windows.append({"end_s": end, "sent": 2100, "statuses": statuses or {"200": 2100},
                                "p50_ms": 30.0, "p99_ms": p99})
     for t in range(0, 181, 5):
@@ -55,3 +55,14 @@ def test_descriptors_may_move_within_the_noise_floor():
     summary = soak(fds_growth=0.2, fds=10)  # 10.75 → 12.25 descriptors: the load generator's keep-alive connections
     assert summary["passed"], summary["failures"]
     assert summary["growth"]["postprocess@d:5000"]["open_fds"]["growth"] > 0.1
+
+
+def test_the_p99_baseline_is_the_median_of_the_first_third_of_measured_windows():
+    result = SoakResult("t", 70, 35, 420, 60, 60)
+    p99s = [300.0, 60.0, 90.0, 200.0, 70.0, 65.0, 105.0]  # warm-up, then six measured minutes
+    result.windows = [{"end_s": 60.0 * (i + 1), "sent": 1, "statuses": {"200": 1}, "p50_ms": 1.0, "p99_ms": p}
+                      for i, p in enumerate(p99s)]
+    result.samples = [{"t_s": t, "processes": {"m@a": {"rss_bytes": 1e8, "open_fds": 20}}} for t in range(0, 421, 5)]
+    summary = result.summary()
+    assert summary["p99_first_ms"] == 75.0 and summary["p99_first_windows"] == 2  # median of 90 and 60
+    assert summary["passed"] and summary["p99_ratio"] == 1.4  # against the first minute alone: 1.75x, a failure

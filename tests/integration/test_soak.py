@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import COFFEE_JPG
-from ml_pipeline.soak import run_soak
+from ml_pipeline_bench.soak import run_soak
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""``ml-pipeline bench``: a closed-loop load generator for the pipeline's HTTP routes.
+"""``ml-pipeline-bench run``: a closed-loop (and open-loop) load generator for the pipeline's HTTP routes.
 
 Closed loop: ``concurrency`` workers each send a request, wait for its answer and send the next,
 so the offered load adapts to the service (throughput at saturation is what it measures). The

@@ -1,0 +1,1 @@
+"""The performance study's tools: load generator (``load``), soak, report. Not part of the services."""

@@ -1,0 +1,5 @@
+import sys
+
+from ml_pipeline_bench.cli import main
+
+sys.exit(main())
