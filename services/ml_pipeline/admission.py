@@ -19,7 +19,8 @@ import collections
 from typing import Any
 
 from ml_pipeline import deadline, metrics
-from ml_pipeline.errors import DeadlineExceeded, Overloaded, PipelineError, RequestTimeout, error_response
+from ml_pipeline.errors import DeadlineExceeded, Overloaded, PipelineError, RequestTimeout
+from ml_pipeline.http_errors import RaisedWhileReadingBody, error_response
 from ml_pipeline.telemetry import QUIET_PATHS
 
 RETRY_AFTER_S = 1.0
@@ -174,7 +175,7 @@ def _deadline_bound(receive):
             async with asyncio.timeout(max(left, 0)):
                 message = await receive()
         except TimeoutError:
-            raise RequestTimeout("the request body did not arrive before the request's deadline") from None
+            raise RaisedWhileReadingBody(RequestTimeout("the request body did not arrive before the request's deadline")) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             body_done = True
         return message

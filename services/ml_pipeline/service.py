@@ -15,7 +15,8 @@ from starlette.datastructures import MutableHeaders
 
 from ml_pipeline import __version__, metrics
 from ml_pipeline.admission import AdmissionControl
-from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge, error_response, install_error_handlers
+from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge
+from ml_pipeline.http_errors import RaisedWhileReadingBody, error_response, install_error_handlers
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import (
     RequestTelemetryMiddleware,
@@ -74,7 +75,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge(self._too_large(f"more than {received} bytes"))
+                    raise RaisedWhileReadingBody(PayloadTooLarge(self._too_large(f"more than {received} bytes")))
             return message
 
         await self.app(scope, limited_receive, send)

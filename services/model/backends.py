@@ -1,19 +1,38 @@
-"""Model backends: the real EfficientNet-Lite0 on ONNX Runtime, and the seeded fictitious one."""
+"""Model backends: the real EfficientNet-Lite0 on ONNX Runtime, and the seeded fictitious one.
+
+Pipeline core: numpy and onnxruntime only. What a backend needs to know comes as ``BackendOptions``,
+which the services' ``Settings`` satisfies (as would any object with these attributes).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from typing import Protocol
 
 import numpy as np
 
-from ml_pipeline.settings import Settings
 from model.convert import INPUT_NAME, INPUT_SIZE, MODEL_NAME, NUM_CLASSES, OUTPUT_NAME, ensure_model
 
 log = logging.getLogger("model.backends")
 
 INPUT_SHAPE = (3, INPUT_SIZE, INPUT_SIZE)
+
+
+class BackendOptions(Protocol):
+    """Read-only view of what the backends use (properties: any object with these attributes fits)."""
+
+    @property
+    def model_backend(self) -> str: ...  # "onnx" or "random"
+    @property
+    def model_path(self) -> str | os.PathLike[str]: ...  # the .onnx file, converted there when missing
+    @property
+    def ort_intra_op_threads(self) -> int: ...
+    @property
+    def ort_inter_op_threads(self) -> int: ...
+    @property
+    def ort_allow_spinning(self) -> bool: ...
 
 
 class Backend(Protocol):
@@ -28,7 +47,7 @@ class OnnxBackend:
     kind = "onnx"
     name = MODEL_NAME
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: BackendOptions):
         import onnxruntime as ort
 
         path = ensure_model(settings.model_path)  # converts once, then cached
@@ -54,7 +73,7 @@ class RandomBackend:
     kind = "random"
     name = "random-1000"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: BackendOptions):
         pass
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -72,7 +91,7 @@ def readiness(backend: Backend | None) -> tuple[bool, str]:
     return True, f"{backend.name} ({backend.kind}) loaded and warmed up"
 
 
-def load_backend(settings: Settings) -> Backend:
+def load_backend(settings: BackendOptions) -> Backend:
     backend: Backend = OnnxBackend(settings) if settings.model_backend == "onnx" else RandomBackend(settings)
     backend.predict(np.zeros((1, *INPUT_SHAPE), dtype=np.float32))  # warm-up: first run allocates
     return backend

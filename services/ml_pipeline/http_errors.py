@@ -1,0 +1,91 @@
+"""One error envelope for every failure of every service, mapped from ``ml_pipeline.errors``.
+
+Every error response is ``{"error": {"status", "code", "message", "service", "trace_id"}}`` with
+the status as the HTTP status. The only place exceptions become HTTP answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ml_pipeline.errors import PipelineError
+from ml_pipeline.telemetry import TRACE_ID_HEADER, current_trace_id
+
+log = logging.getLogger("ml_pipeline.errors")
+
+
+class RaisedWhileReadingBody(StarletteHTTPException):
+    """Carries a ``PipelineError`` raised while FastAPI parses the request body (the body-size
+    limit, the body deadline): FastAPI turns anything but an ``HTTPException`` raised there into
+    a generic 400."""
+
+    def __init__(self, error: PipelineError):
+        self.error = error
+        super().__init__(status_code=error.status, detail=error.message)
+
+
+def envelope(status: int, code: str, message: str, service: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "error": {
+            "status": status,
+            "code": code,
+            "message": message,
+            "service": service,
+            "trace_id": current_trace_id(),
+            **extra,
+        }
+    }
+
+
+def error_response(
+    status: int, code: str, message: str, service: str, retry_after_s: float | None = None, **extra: Any
+) -> JSONResponse:
+    if retry_after_s is not None:
+        extra["retry_after_s"] = retry_after_s
+    body = envelope(status, code, message, service, **extra)
+    headers = {TRACE_ID_HEADER: body["error"]["trace_id"]} if body["error"]["trace_id"] else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds (RFC 9110)
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def install_error_handlers(app: FastAPI, service: str) -> None:
+    """Route every exception of ``app`` through the one envelope."""
+
+    async def pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("request failed: %s (%s)", exc.message, exc.code, extra={"status": exc.status})
+        return error_response(exc.status, exc.code, exc.message, exc.service or service, exc.retry_after_s)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RaisedWhileReadingBody):
+            return await pipeline_error(request, exc.error)
+        code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        return error_response(exc.status_code, code, str(exc.detail), service)
+
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = "invalid request: " + "; ".join(problems)
+        return error_response(422, "invalid_request", message, service, details=problems)
+
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}", service)
+
+    app.add_exception_handler(PipelineError, pipeline_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)
