@@ -46,3 +46,31 @@ def test_dashboard_answers_what_the_issue_asks():
     for path in DASHBOARDS:
         for panel in panels(json.loads(path.read_text())):
             assert panel["type"] == "row" or panel.get("description"), f"{panel['title']} has no description"
+
+
+def _generator():
+    """grafana/dashboard.py, loaded by path (it is a script beside the files it writes)."""
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("grafana_dashboard", ROOT / "grafana" / "dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_dashboard_is_what_the_generator_builds():
+    generator = _generator()
+    assert generator.OUTPUT.read_text(encoding="utf-8") == generator.render(), (
+        "grafana/dashboards/ml-pipeline.json differs from grafana/dashboard.py: python grafana/dashboard.py --write")
+    assert generator.main(["--check"]) == 0
+
+
+def test_the_generated_dashboard_uses_only_the_provisioned_prometheus():
+    dashboard = json.loads(_generator().render())
+    targets = [t for p in panels(dashboard) for t in p.get("targets", [])]
+    assert len(targets) >= 15
+    assert {(t["datasource"]["type"], t["datasource"]["uid"]) for t in targets} == {("prometheus", "prometheus")}
