@@ -34,17 +34,28 @@ FDS_NOISE_FLOOR = 2
 MAX_P99_RATIO = 1.5
 
 
-async def process_resources(client: httpx.AsyncClient, prometheus_url: str, jobs=SERVICE_JOBS) -> dict[str, dict[str, float]]:
-    """``{"model@10.0.0.5:5000": {"rss_bytes": …, "open_fds": …}, …}``: the latest scrape of every process."""
-    processes: dict[str, dict[str, float]] = {}
-    selector = "|".join(jobs)
-    for key, metric in RESOURCES.items():
-        r = await client.get(f"{prometheus_url}/api/v1/query", params={"query": f'{metric}{{job=~"{selector}"}}'})
+async def _latest_per_process(client: httpx.AsyncClient, prometheus_url: str, queries: dict[str, str]) -> dict[str, dict[str, float]]:
+    """``{"<job>@<instance>": {key: value of that query's series, …}, …}`` for ``{key: PromQL}``."""
+    found: dict[str, dict[str, float]] = {}
+    for key, query in queries.items():
+        r = await client.get(f"{prometheus_url}/api/v1/query", params={"query": query})
         r.raise_for_status()
         for series in r.json()["data"]["result"]:
             name = f"{series['metric']['job']}@{series['metric']['instance']}"
-            processes.setdefault(name, {})[key] = float(series["value"][1])
-    return processes
+            found.setdefault(name, {})[key] = float(series["value"][1])
+    return found
+
+
+async def process_resources(client: httpx.AsyncClient, prometheus_url: str, jobs=SERVICE_JOBS) -> dict[str, dict[str, float]]:
+    """``{"model@10.0.0.5:5000": {"rss_bytes": …, "open_fds": …}, …}``: the latest scrape of every process."""
+    selector = "|".join(jobs)
+    return await _latest_per_process(client, prometheus_url,
+                                     {key: f'{metric}{{job=~"{selector}"}}' for key, metric in RESOURCES.items()})
+
+
+def measured_windows(windows: list[dict[str, Any]], window_s: float, warmup_s: float) -> list[dict[str, Any]]:
+    """The windows that start after the warm-up (their ends drift a little past each minute)."""
+    return [w for w in windows if w["end_s"] - window_s >= warmup_s - 1]
 
 
 # Not judged, shown beside the services: the observability processes sharing the machine. Jaeger
@@ -57,14 +68,7 @@ CONTEXT_CPU = ('rate({__name__=~"process_cpu_seconds_total|otelcol_process_cpu_s
 
 async def context_resources(client: httpx.AsyncClient, prometheus_url: str) -> dict[str, dict[str, float]]:
     """``{"jaeger@…": {"rss_bytes": …, "cpu_cores": …}, "model@…": {"cpu_cores": …}, …}``."""
-    found: dict[str, dict[str, float]] = {}
-    for key, query in (("rss_bytes", CONTEXT_RSS), ("cpu_cores", CONTEXT_CPU)):
-        r = await client.get(f"{prometheus_url}/api/v1/query", params={"query": query})
-        r.raise_for_status()
-        for series in r.json()["data"]["result"]:
-            name = f"{series['metric']['job']}@{series['metric']['instance']}"
-            found.setdefault(name, {})[key] = float(series["value"][1])
-    return found
+    return await _latest_per_process(client, prometheus_url, {"rss_bytes": CONTEXT_RSS, "cpu_cores": CONTEXT_CPU})
 
 
 def count_files(directory: Path | None) -> int | None:
@@ -94,8 +98,7 @@ class SoakResult:
         return float(min(values)) if key == "open_fds" else float(np.mean(values))
 
     def summary(self) -> dict[str, Any]:
-        # Windows that start after the warm-up (their ends drift a little past each minute).
-        measured = [w for w in self.windows if w["end_s"] - self.window_s >= self.warmup_s - 1]
+        measured = measured_windows(self.windows, self.window_s, self.warmup_s)
         first, last = (measured[0], measured[-1]) if measured else (None, None)
         processes = sorted({name for s in self.samples for name in s["processes"]})
         growth: dict[str, dict[str, Any]] = {}
@@ -306,7 +309,7 @@ def render(report: dict[str, Any], plot_path: str) -> str:
 
 
 def context_table(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    measured = [w for w in summary["windows"] if w["end_s"] - summary["window_s"] >= summary["warmup_s"] - 1]
+    measured = measured_windows(summary["windows"], summary["window_s"], summary["warmup_s"])
     if not measured:
         return []
     spans = [(measured[0]["end_s"] - summary["window_s"], measured[0]["end_s"]),
