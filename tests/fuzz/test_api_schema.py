@@ -1,7 +1,7 @@
 """Schemathesis against each service's own OpenAPI schema, the apps in this process (random backend).
 
 For every operation of every service (model, preprocess, postprocess — postprocess and preprocess
-with their downstream apps wired in-process as in ``conftest.running_chain``), Schemathesis generates
+with their downstream apps wired in-process as in ``support.apps.running_chain``), Schemathesis generates
 ``FUZZ_EXAMPLES`` requests (default 50) from the schema, positive (schema-valid) and negative
 (schema-violating), seeded with ``FUZZ_SEED`` (default 1) so a failure reproduces, and checks:
 
@@ -45,7 +45,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import load_all_checks
 from schemathesis.python import asgi as schemathesis_asgi
 
-from conftest import COFFEE_JPG, NetworkASGITransport, make_settings
+from support.apps import NetworkASGITransport, make_settings
+from support.data import COFFEE_JPG
 from fuzz_targets import SEEDS, Choices, json_from_choices, npy_from_choices
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))

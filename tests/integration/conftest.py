@@ -54,7 +54,7 @@ def collector(stack) -> str:
 def stack_control(stack):
     """Docker control of the stack's containers (failover and backpressure tests)."""
     project = _required("STACK_COMPOSE_PROJECT")
-    from integration.stack_control import StackControl  # needs the `docker` package, only installed for tests
+    from support.stack_control import StackControl  # needs the `docker` package, only installed for tests
 
     control = StackControl(project)
     control.docker.ping()

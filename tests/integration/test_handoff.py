@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import CHELSEA_JPG, COFFEE_JPG
+from support.data import CHELSEA_JPG, COFFEE_JPG
 from ml_pipeline import codec
 
 pytestmark = pytest.mark.integration

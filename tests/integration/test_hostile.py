@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COFFEE_JPG
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
 

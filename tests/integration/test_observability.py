@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG
-from dashboards import panel_queries
+from support.data import COFFEE_JPG
+from support.dashboards import panel_queries
 
 pytestmark = pytest.mark.integration
 SERVICES = ("postprocess", "preprocess", "model")

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_locks import pins
+from support.locks import pins
 
 pytestmark = pytest.mark.integration
 

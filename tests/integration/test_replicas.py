@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COFFEE_JPG
+from support.data import COFFEE_JPG
 from ml_pipeline_bench.soak import run_soak
 
 pytestmark = pytest.mark.integration

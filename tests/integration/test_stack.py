@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import COFFEE_JPG, ESPRESSO
+from support.data import COFFEE_JPG, ESPRESSO
 from ml_pipeline import codec
 from preprocess import imaging
 

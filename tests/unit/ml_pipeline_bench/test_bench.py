@@ -6,7 +6,8 @@ import shutil
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG, NetworkASGITransport, make_settings, running_chain
+from support.apps import free_port, NetworkASGITransport, make_settings, running_chain
+from support.data import COFFEE_JPG
 from ml_pipeline_bench.load import closed_loop, format_table, multipart_body, run_http, write_results
 
 pytestmark = pytest.mark.anyio
@@ -163,7 +164,6 @@ def http_server():
     from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import JSONResponse
 
-    from conftest import free_port
     from ml_pipeline.cli import uvicorn_config
 
     app = FastAPI()
@@ -308,7 +308,7 @@ async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
     assert (await missing())[0] == 404
     ok.close()
     with pytest.raises(OSError):
-        await RawHttpSender(f"http://127.0.0.1:{__import__('conftest').free_port()}/x", b"", "a/b")()
+        await RawHttpSender(f"http://127.0.0.1:{free_port()}/x", b"", "a/b")()
 
 
 async def test_the_raw_sender_resends_once_on_a_connection_the_server_closed(http_server):

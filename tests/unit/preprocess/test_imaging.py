@@ -1,12 +1,13 @@
 """Preprocessing numerics against an independent NumPy reference, and every bad-input case."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COFFEE_JPG, image_bytes
+from support.data import COFFEE_JPG, image_bytes
 from ml_pipeline.errors import PipelineError
 from preprocess import imaging
 
@@ -181,7 +182,8 @@ def test_a_scaled_decode_gives_nearly_the_same_tensor():
 @pytest.mark.slow
 def test_labels_of_upscaled_photos_survive_the_scaled_decode():
     """Tolerance: the same top-1 class, its probability within 0.05 of the full decode's."""
-    from conftest import CHELSEA_JPG, make_settings
+    from support.apps import make_settings
+    from support.data import CHELSEA_JPG
     from model.backends import load_backend
 
     backend = load_backend(make_settings(model_backend="onnx"))
@@ -216,7 +218,7 @@ def test_two_dozen_huge_claims_at_once_stay_small_in_memory():
 
     script = f"""
 import concurrent.futures, resource, sys
-sys.path[:0] = {[str(COFFEE_JPG.parent / "tests"), str(COFFEE_JPG.parent / "services")]!r}
+sys.path[:0] = {[str(Path(__file__).parent), str(COFFEE_JPG.parent / "tests"), str(COFFEE_JPG.parent / "services")]!r}
 from test_imaging import huge_claim_jpeg, imaging, BIG
 data = huge_claim_jpeg()
 imaging.normalize(imaging.resize_crop(imaging.decode(data, BIG)))  # imports and first-use allocations

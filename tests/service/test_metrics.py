@@ -9,7 +9,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as parse_text_format
 
-from conftest import COFFEE_JPG, make_settings, running_chain
+from support.apps import make_settings, running_chain
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.anyio
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

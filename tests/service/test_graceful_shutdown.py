@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import free_port
+from support.apps import free_port
 from ml_pipeline import codec
 
 pytestmark = pytest.mark.slow

@@ -329,7 +329,7 @@ def two_model_replicas():
 
     import uvicorn
 
-    from conftest import free_port, make_settings
+    from support.apps import free_port, make_settings
     from ml_pipeline.cli import uvicorn_config
     from model.app import create_app
 

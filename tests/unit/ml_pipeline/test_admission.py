@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from conftest import free_port, make_settings
+from support.apps import free_port, make_settings
 from ml_pipeline import deadline, metrics
 from ml_pipeline.cli import uvicorn_config
 from ml_pipeline.service import build_app

@@ -16,9 +16,10 @@ import time
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG, free_port, make_settings
+from support.apps import free_port, make_settings
+from support.data import COFFEE_JPG
 from ml_pipeline.cli import uvicorn_config
-from traces import assert_complete_chain, by_trace
+from support.traces import assert_complete_chain, by_trace
 
 pytestmark = pytest.mark.slow
 

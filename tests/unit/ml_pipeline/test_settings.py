@@ -5,7 +5,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from conftest import ROOT
+from support.data import ROOT
 from ml_pipeline.settings import Settings
 
 

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from conftest import ROOT
+from support.data import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PRIVATE = "${BIND_ADDRESS:-127.0.0.1}:"

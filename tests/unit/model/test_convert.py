@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO
+from support.data import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO
 from ml_pipeline.settings import Settings
 from model import convert
 from preprocess import imaging

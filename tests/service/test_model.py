@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import make_settings
+from support.apps import make_settings
 from ml_pipeline import codec
 from model.app import create_app
 
@@ -109,7 +109,7 @@ def test_startup_objects_are_frozen_out_of_the_garbage_collector():
 import gc, sys
 sys.path.insert(0, "tests")
 from fastapi.testclient import TestClient
-from conftest import make_settings
+from support.apps import make_settings
 from model.app import create_app
 app = create_app(make_settings())
 before = gc.get_freeze_count()

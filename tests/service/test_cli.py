@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import COFFEE_JPG
+from support.data import COFFEE_JPG
 from ml_pipeline.settings import DEFAULT_PORTS
 
 pytestmark = pytest.mark.slow

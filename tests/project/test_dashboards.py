@@ -3,7 +3,7 @@ tests/integration/test_observability.py)."""
 
 import json
 
-from dashboards import DASHBOARDS, GRAFANA_VARIABLES, panel_queries, panels, provisioned_datasources, unresolved_variables
+from support.dashboards import DASHBOARDS, GRAFANA_VARIABLES, panel_queries, panels, provisioned_datasources, unresolved_variables
 
 
 def test_datasources_have_fixed_uids_and_exemplars_link_to_jaeger():
@@ -53,7 +53,7 @@ def _generator():
     import importlib.util
     import sys
 
-    from conftest import ROOT
+    from support.data import ROOT
 
     spec = importlib.util.spec_from_file_location("grafana_dashboard", ROOT / "grafana" / "dashboard.py")
     module = importlib.util.module_from_spec(spec)

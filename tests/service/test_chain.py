@@ -7,18 +7,9 @@ import pytest
 from opentelemetry.trace import SpanKind
 from PIL import Image
 
-from conftest import (
-    CAT_CLASSES,
-    CHELSEA_JPG,
-    COFFEE_JPG,
-    ESPRESSO,
-    NetworkASGITransport,
-    free_port,
-    image_bytes,
-    make_settings,
-    running_chain,
-)
-from traces import assert_complete_chain, by_trace, service
+from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
+from support.data import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO, image_bytes
+from support.traces import assert_complete_chain, by_trace, service
 
 pytestmark = pytest.mark.anyio
 

@@ -5,21 +5,11 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from support.data import ROOT
+from support.locks import normalized, pins
 
 LOCKS = ["services/model/requirements.lock", "services/model/requirements-convert.lock",
          "services/preprocess/requirements.lock", "services/postprocess/requirements.lock", "tests/requirements.lock"]
-PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)", re.M)
-
-
-def normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()
-
-
-def pins(text: str) -> dict[str, str]:
-    return {normalized(name): version for name, version in PIN.findall(text)}
-
-
 @pytest.mark.parametrize("lock", LOCKS)
 def test_lock_pins_what_its_requirement_files_ask_for(lock):
     text = (ROOT / lock).read_text()
