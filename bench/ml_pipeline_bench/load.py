@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ml_pipeline.telemetry import SERVER_TIMING_HEADER, parse_server_timing
+from ml_pipeline.telemetry import parse_server_timing
+from ml_pipeline.wire import SERVER_TIMING_HEADER
 
 # One request: returns (HTTP status, stage timings in ms).
 Send = Callable[[], Awaitable[tuple[int, dict[str, float]]]]
@@ -179,10 +180,10 @@ async def run_inprocess(
     progress: bool = True,
 ) -> list[RunResult]:
     """Closed-loop runs of the in-process pipeline (same preprocessing and model, no HTTP)."""
-    from ml_pipeline.settings import Settings
-    from monolith.app import InProcessPipeline
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from monolith.pipeline import InProcessPipeline
 
-    send = inprocess_sender(InProcessPipeline(Settings()), image.read_bytes())
+    send = inprocess_sender(InProcessPipeline(load_settings(MonolithSettings)), image.read_bytes())
     return [
         await closed_loop(send, concurrency=c, requests=requests, duration_s=duration_s, warmup=warmup,
                           target="inprocess", progress=progress)

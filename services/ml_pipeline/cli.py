@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from ml_pipeline.settings import DEFAULT_PORTS, Settings
+from ml_pipeline.settings import DEFAULT_PORTS, SETTINGS_BY_SERVICE, load_settings
 
 
 # The benchmark's one-hop baseline runs like a service but is not part of the chain.
@@ -53,7 +53,7 @@ def run(service: str, host: str, port: int) -> int:
 
     from ml_pipeline.telemetry import setup_logging
 
-    setup_logging(service, Settings())
+    setup_logging(service, load_settings(SETTINGS_BY_SERVICE[service]))
     uvicorn.Server(uvicorn_config(f"{service}.app:create_app", host, port)).run()
     return 0
 

@@ -33,7 +33,9 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from ml_pipeline import deadline, metrics
 from ml_pipeline.balancer import Balancer, Endpoint, Resolver, resolve_dns
 from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable, PipelineError
+from ml_pipeline.settings import DownstreamSettings
 from ml_pipeline.telemetry import instrument_client
+from ml_pipeline.wire import REQUEST_TIMEOUT_HEADER, Attr
 
 RETRYABLE_5XX = frozenset({500, 502, 503, 504})
 # Pause before a retry: uniform in [0, min(cap, base * 2^(attempt-1))] seconds.
@@ -185,7 +187,7 @@ class Downstream:
             attempt_s = min(remaining, self._attempt_timeout_s or remaining)
             timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
             # The next hop learns how long we will wait, and stops working when we would stop waiting.
-            headers = {**caller_headers, deadline.TIMEOUT_HEADER: deadline.header_value(remaining)}
+            headers = {**caller_headers, REQUEST_TIMEOUT_HEADER: deadline.header_value(remaining)}
             endpoint.outstanding += 1
             try:
                 # httpx times each socket operation; this bounds the attempt as a whole.
@@ -234,7 +236,7 @@ class Downstream:
         """Another attempt only within the retry budget, after a jittered pause that fits the deadline."""
         if not self.retry_budget.try_spend():
             metrics.DOWNSTREAM_RETRIES.labels(self.name, "budget_exhausted").inc()
-            trace.get_current_span().set_attribute("downstream.retry_budget_exhausted", True)
+            trace.get_current_span().set_attribute(Attr.DOWNSTREAM_RETRY_BUDGET_EXHAUSTED, True)
             return False
         metrics.DOWNSTREAM_RETRIES.labels(self.name, reason).inc()
         # "Full jitter": replicas that failed together are not all retried in the same instant.
@@ -248,7 +250,7 @@ class Downstream:
         if eject:
             self.balancer.failed(endpoint)
         span = trace.get_current_span()
-        span.add_event("downstream.attempt_failed", {"downstream.endpoint": endpoint.base_url, "reason": reason})
+        span.add_event(Attr.ATTEMPT_FAILED_EVENT, {Attr.DOWNSTREAM_ENDPOINT: endpoint.base_url, Attr.ERROR_TYPE: reason})
         self._annotate(endpoint, attempts)
 
     def _timed_out(self, url: str, request_deadline: bool) -> PipelineError:
@@ -260,8 +262,8 @@ class Downstream:
     def _annotate(endpoint: Endpoint, attempts: int) -> None:
         """On the caller's current span (the hop's stage): which replica answered, after how many tries."""
         span = trace.get_current_span()
-        span.set_attribute("downstream.endpoint", endpoint.base_url)
-        span.set_attribute("downstream.attempts", attempts)
+        span.set_attribute(Attr.DOWNSTREAM_ENDPOINT, endpoint.base_url)
+        span.set_attribute(Attr.DOWNSTREAM_ATTEMPTS, attempts)
 
     def _error_from(self, response: httpx.Response) -> PipelineError:
         status = response.status_code
@@ -273,3 +275,25 @@ class Downstream:
         if (status < 500 and self._pass_client_errors) or status in (503, 504):
             return PipelineError(message, status=status, code=code, service=service)
         return BadGateway(f"{self.name} answered HTTP {status}: {message}", service=None)
+
+
+def downstream_from_settings(
+    name: str,
+    base_url: str,
+    settings: DownstreamSettings,
+    tracer_provider: trace.TracerProvider,
+    **call_options: Any,
+) -> Downstream:
+    """The one way a service builds its client for the next hop: balancing, ejection, connect
+    timeout and retry budget from the shared settings; ``call_options`` (timeouts, attempts,
+    which answers to retry, a test transport) are the hop's own."""
+    return Downstream(
+        name,
+        base_url,
+        connect_timeout_s=settings.downstream_connect_timeout_s,
+        tracer_provider=tracer_provider,
+        retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min),
+        resolve_interval_s=settings.downstream_resolve_interval_s,
+        eject_s=settings.downstream_eject_s,
+        **call_options,
+    )

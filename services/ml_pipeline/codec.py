@@ -15,7 +15,6 @@ import numpy as np
 
 from ml_pipeline.errors import BadRequest
 
-NPY_MEDIA_TYPE = "application/x-npy"
 _MAX_HEADER_BYTES = 10_000
 MAX_DIMS = 32
 MAX_DIM_SIZE = 2**31

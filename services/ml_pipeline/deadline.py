@@ -13,8 +13,8 @@ import contextvars
 import time
 
 from ml_pipeline.errors import BadRequest, DeadlineExceeded
+from ml_pipeline.wire import REQUEST_TIMEOUT_HEADER
 
-TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("ml_pipeline_deadline", default=None)
 
@@ -28,7 +28,7 @@ def parse_timeout_header(value: str | None) -> float | None:
     except ValueError:
         ms = float("nan")
     if not ms > 0 or ms == float("inf"):  # also catches NaN
-        raise BadRequest(f"{TIMEOUT_HEADER} must be a positive number of milliseconds, not {value[:40]!r}")
+        raise BadRequest(f"{REQUEST_TIMEOUT_HEADER} must be a positive number of milliseconds, not {value[:40]!r}")
     return ms / 1000
 
 

@@ -28,10 +28,6 @@ import numpy as np
 from ml_pipeline import codec
 from ml_pipeline.errors import BadRequest
 
-TRANSPORTS = ("http", "json", "volume")
-JSON_MEDIA_TYPE = "application/json"
-REFERENCE_MEDIA_TYPE = "application/vnd.ml-pipeline.tensor-ref+json"
-TRANSPORT_HEADER = "X-Tensor-Transport"
 
 _NAME = re.compile(r"[0-9a-f]{32}\.npy")  # what write_tensor generates, and nothing else
 _TMP_PREFIX = ".tmp-"

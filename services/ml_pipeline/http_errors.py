@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_pipeline.errors import PipelineError
-from ml_pipeline.telemetry import TRACE_ID_HEADER, current_trace_id
+from ml_pipeline.telemetry import current_trace_id
+from ml_pipeline.wire import TRACE_ID_HEADER
 
 log = logging.getLogger("ml_pipeline.errors")
 

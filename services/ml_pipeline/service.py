@@ -18,7 +18,7 @@ from ml_pipeline import __version__, metrics
 from ml_pipeline.admission import AdmissionControl
 from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge
 from ml_pipeline.http_errors import RaisedWhileReadingBody, error_response, install_error_handlers
-from ml_pipeline.settings import Settings
+from ml_pipeline.settings import ServiceSettings, UploadSettings
 from ml_pipeline.telemetry import (
     RequestTelemetryMiddleware,
     instrument_app,
@@ -132,7 +132,7 @@ def freeze_startup_objects() -> None:
 
 def build_app(
     service: str,
-    settings: Settings,
+    settings: ServiceSettings,
     *,
     description: str,
     tracer_provider: trace.TracerProvider,
@@ -203,7 +203,7 @@ def build_app(
     return app
 
 
-async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+async def read_upload(file: UploadFile, settings: UploadSettings) -> bytes:
     """The uploaded file's bytes, refusing empty and oversized files with a clear error."""
     data = await file.read()
     if not data:
@@ -211,3 +211,15 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"the uploaded file is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
     return data
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refused with 413 past ``limit`` bytes: at once when Content-Length
+    says so, else once read (the app-wide middleware has already bounded what is read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    return body

@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -30,18 +30,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import NoOpTracerProvider, Tracer
-from starlette.datastructures import MutableHeaders
+from opentelemetry.util.types import AttributeValue
 
 from ml_pipeline import __version__, metrics
+from ml_pipeline.wire import TRACE_ID_HEADER, Attr
 
 if TYPE_CHECKING:
     import httpx
     from fastapi import FastAPI
 
-    from ml_pipeline.settings import Settings
+    from ml_pipeline.settings import ServiceSettings
 
-TRACE_ID_HEADER = "X-Trace-Id"
-SERVER_TIMING_HEADER = "Server-Timing"
 # Probes and scrapes: no spans, no request log lines.
 QUIET_PATHS = ("/health", "/ready", "/metrics")
 # The status recorded for a request that got no response because its client hung up (nginx's 499).
@@ -59,7 +58,7 @@ def current_trace_id() -> str | None:
 
 
 def create_tracer_provider(
-    service: str, settings: Settings, exporter: SpanExporter | None = None
+    service: str, settings: ServiceSettings, exporter: SpanExporter | None = None
 ) -> trace.TracerProvider:
     """A provider for ``service``; ``exporter`` (tests) replaces the OTLP exporter and exports synchronously."""
     if not settings.tracing_enabled:
@@ -155,7 +154,8 @@ class StageTimer:
         self.timings_ms: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def stage(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
+    def stage(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[trace.Span]:
+        """A span named ``name`` (keys from ``ml_pipeline.wire.Attr``) and its duration recorded."""
         start = time.perf_counter()
         with self._tracer.start_as_current_span(name, attributes=attributes) as span:
             try:
@@ -229,7 +229,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def setup_logging(service: str, settings: Settings) -> None:
+def setup_logging(service: str, settings: ServiceSettings) -> None:
     """Send every logger (uvicorn's included) through one JSON handler on stdout."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service, settings.service_instance_id))
@@ -262,6 +262,9 @@ def route_template(scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+_TRACE_ID_KEY = TRACE_ID_HEADER.lower().encode("latin-1")  # ASGI header names are lower-case bytes
+
+
 class RequestTelemetryMiddleware:
     """Adds ``X-Trace-Id`` to every traced response, logs one line per request and records the
     request metrics (count, duration with the trace id as exemplar, in-flight).
@@ -286,14 +289,14 @@ class RequestTelemetryMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 trace_id = current_trace_id()
-                headers = MutableHeaders(scope=message)
-                if trace_id and TRACE_ID_HEADER.lower() not in headers:
-                    headers.append(TRACE_ID_HEADER, trace_id)
+                headers = list(message.get("headers", ()))
+                if trace_id and all(name.lower() != _TRACE_ID_KEY for name, _ in headers):
+                    message["headers"] = [*headers, (_TRACE_ID_KEY, trace_id.encode("latin-1"))]
             await send(message)
 
         caller = scope.get("state", {}).get(CALLER_CONTEXT_KEY)
         if caller is not None:  # see distrust_incoming_trace_context
-            trace.get_current_span().add_link(caller, {"ml_pipeline.link": "untrusted_caller"})
+            trace.get_current_span().add_link(caller, {Attr.LINK_KIND: "untrusted_caller"})
         in_flight = metrics.IN_FLIGHT.labels(self.service)
         if not quiet:
             in_flight.inc()

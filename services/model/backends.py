@@ -1,7 +1,7 @@
 """Model backends: the real EfficientNet-Lite0 on ONNX Runtime, and the seeded fictitious one.
 
 Pipeline core: numpy and onnxruntime only. What a backend needs to know comes as ``BackendOptions``,
-which the services' ``Settings`` satisfies (as would any object with these attributes).
+which the services' ``InferenceSettings`` satisfy (as would any object with these attributes).
 """
 
 from __future__ import annotations
@@ -73,9 +73,6 @@ class RandomBackend:
     kind = "random"
     name = "random-1000"
 
-    def __init__(self, settings: BackendOptions):
-        pass
-
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = np.empty((batch.shape[0], NUM_CLASSES), dtype=np.float32)
         for i, sample in enumerate(batch):
@@ -92,6 +89,6 @@ def readiness(backend: Backend | None) -> tuple[bool, str]:
 
 
 def load_backend(settings: BackendOptions) -> Backend:
-    backend: Backend = OnnxBackend(settings) if settings.model_backend == "onnx" else RandomBackend(settings)
+    backend: Backend = OnnxBackend(settings) if settings.model_backend == "onnx" else RandomBackend()
     backend.predict(np.zeros((1, *INPUT_SHAPE), dtype=np.float32))  # warm-up: first run allocates
     return backend

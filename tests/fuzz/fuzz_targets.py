@@ -7,7 +7,7 @@ crash: a 500 that the service would answer for that body.
 * ``image``: ``preprocess.imaging.decode`` → ``resize_crop`` → ``normalize`` (what ``/process``
   does with an upload); the result must be a ``[1,3,224,224]`` float32 tensor.
 * ``npy``: ``ml_pipeline.codec.decode`` (the ``application/x-npy`` body of ``/predict``, and the
-  model's answer in postprocess), then ``model.app.validate_batch`` as ``/predict`` does next.
+  model's answer in postprocess), then ``model.dataplane.validate_batch`` as ``/predict`` does next.
 * ``json``: ``ml_pipeline.handoff.decode_json`` (the ``application/json`` body of ``/predict``),
   then ``validate_batch``.
 
@@ -80,7 +80,7 @@ def check_image(data: bytes) -> None:
 def _check_batch(decode: Callable[[bytes], object], data: bytes) -> None:
     import numpy as np
 
-    from model.app import validate_batch
+    from model.dataplane import validate_batch
 
     try:
         array = decode(data)

@@ -63,7 +63,7 @@ def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
         model_process = trace["processes"][servers["model"]["processID"]]
         assert tags(model_process)["service.instance.id"] == model_instance  # the replica that served it
         preprocess_stage = parent(parent(servers["model"]))
-        assert tags(preprocess_stage)["downstream.endpoint"].endswith(":5000")  # its address, chosen per request
+        assert tags(preprocess_stage)["ml_pipeline.downstream.endpoint"].endswith(":5000")  # its address, chosen per request
 
 
 def test_the_public_edge_starts_its_own_trace_and_links_the_callers(client, jaeger):

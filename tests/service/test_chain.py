@@ -56,11 +56,11 @@ async def test_one_complete_trace_per_request(exporter, coffee_bytes):
         assert servers["model"].resource.attributes["service.instance.id"]
     spans = traces[client_ids[0]]
     inference = next(s for s in spans if s.name == "inference")
-    assert inference.attributes["model.backend"] == "random" and inference.attributes["batch.size"] == 1
+    assert inference.attributes["ml_pipeline.model.backend"] == "random" and inference.attributes["ml_pipeline.batch.size"] == 1
     handoff = next(s for s in spans if s.name == "handoff")
-    assert handoff.attributes["tensor.bytes"] > 600_000 and handoff.attributes["handoff.transport"] == "http"
+    assert handoff.attributes["ml_pipeline.tensor.bytes"] > 600_000 and handoff.attributes["ml_pipeline.handoff.transport"] == "http"
     decode = next(s for s in spans if s.name == "decode")
-    assert (decode.attributes["image.width"], decode.attributes["image.height"]) == (600, 400)
+    assert (decode.attributes["ml_pipeline.image.width"], decode.attributes["ml_pipeline.image.height"]) == (600, 400)
 
 
 async def test_probes_make_no_spans(exporter):
@@ -194,7 +194,7 @@ async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_b
     and a model asked after the deadline does not run inference."""
     import httpx
 
-    from ml_pipeline import codec, deadline
+    from ml_pipeline import codec, wire
     from postprocess.app import create_app as create_post
     from preprocess.app import create_app as create_pre
 
@@ -206,23 +206,23 @@ async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_b
             self.name = name
 
         async def handle_async_request(self, request):
-            told[self.name] = int(request.headers[deadline.TIMEOUT_HEADER])
+            told[self.name] = int(request.headers[wire.REQUEST_TIMEOUT_HEADER])
             return await super().handle_async_request(request)
 
     def model(request: httpx.Request) -> httpx.Response:
-        told["model"] = int(request.headers[deadline.TIMEOUT_HEADER])
+        told["model"] = int(request.headers[wire.REQUEST_TIMEOUT_HEADER])
         return httpx.Response(200, content=codec.encode(np.zeros((1, 1000), np.float32)),
-                              headers={"Content-Type": codec.NPY_MEDIA_TYPE})
+                              headers={"Content-Type": wire.NPY_MEDIA_TYPE})
 
     settings = make_settings()
     pre = create_pre(settings, model_transport=httpx.MockTransport(model))
     post = create_post(settings, preprocess_transport=Recording("preprocess", app=pre))
     async with pre.router.lifespan_context(pre), post.router.lifespan_context(post):
         async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://p") as client:
-            ok = await client.post("/finalize", files=upload(coffee_bytes), headers={deadline.TIMEOUT_HEADER: "3000"})
+            ok = await client.post("/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "3000"})
             told_ok = dict(told)
             told.clear()
-            late = await client.post("/finalize", files=upload(coffee_bytes), headers={deadline.TIMEOUT_HEADER: "1"})
+            late = await client.post("/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "1"})
             told_late = dict(told)
             default = await client.post("/finalize", files=upload(coffee_bytes))
     assert ok.status_code == 200, ok.text

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from support.apps import free_port
-from ml_pipeline import codec
+from ml_pipeline import codec, wire
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(tmp_path):
     try:
         wait_ready(port, proc)
         body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
-        head = (f"POST /predict HTTP/1.1\r\nHost: model\r\nContent-Type: {codec.NPY_MEDIA_TYPE}\r\n"
+        head = (f"POST /predict HTTP/1.1\r\nHost: model\r\nContent-Type: {wire.NPY_MEDIA_TYPE}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         in_flight = socket.create_connection(("127.0.0.1", port))
         in_flight.sendall(head + body[:100_000])  # a request being received when the signal comes

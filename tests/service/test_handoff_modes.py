@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ml_pipeline import codec, handoff
+from ml_pipeline import codec, handoff, wire
 from support.apps import NetworkASGITransport, make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 
@@ -23,7 +23,7 @@ async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_pa
     answers = {}
     async with running_chain(settings, exporter) as client:
         pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
-        for mode in handoff.TRANSPORTS:
+        for mode in wire.TRANSPORTS:
             for photo in (COFFEE_JPG, CHELSEA_JPG):
                 r = await pre.post("/process", params={"transport": mode}, files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")})
                 assert r.status_code == 200 and r.headers["x-tensor-transport"] == mode, r.text
@@ -35,14 +35,14 @@ async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_pa
         np.testing.assert_array_equal(answers["volume", photo.name], answers["http", photo.name])
     assert final["transport"] == "http"  # the TRANSPORT default
     assert os.listdir(tmp_path) == []
-    handoff_spans = {s.attributes["handoff.transport"]: s for s in exporter.get_finished_spans() if s.name == "handoff"}
-    assert set(handoff_spans) == set(handoff.TRANSPORTS)
-    assert handoff_spans["volume"].attributes["handoff.file.write_ms"] > 0
-    assert handoff_spans["volume"].attributes["tensor.bytes"] == handoff_spans["http"].attributes["tensor.bytes"]
-    assert handoff_spans["volume"].attributes["handoff.body.bytes"] < 100
-    assert handoff_spans["json"].attributes["tensor.bytes"] > 2 * handoff_spans["http"].attributes["tensor.bytes"]
-    reads = [s for s in exporter.get_finished_spans() if s.name == "tensor_decode" and s.attributes["handoff.transport"] == "volume"]
-    assert reads and reads[0].attributes["handoff.file.read_ms"] >= 0
+    handoff_spans = {s.attributes["ml_pipeline.handoff.transport"]: s for s in exporter.get_finished_spans() if s.name == "handoff"}
+    assert set(handoff_spans) == set(wire.TRANSPORTS)
+    assert handoff_spans["volume"].attributes["ml_pipeline.handoff.file.write_ms"] > 0
+    assert handoff_spans["volume"].attributes["ml_pipeline.tensor.bytes"] == handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
+    assert handoff_spans["volume"].attributes["ml_pipeline.handoff.body.bytes"] < 100
+    assert handoff_spans["json"].attributes["ml_pipeline.tensor.bytes"] > 2 * handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
+    reads = [s for s in exporter.get_finished_spans() if s.name == "tensor_decode" and s.attributes["ml_pipeline.handoff.transport"] == "volume"]
+    assert reads and reads[0].attributes["ml_pipeline.handoff.file.read_ms"] >= 0
 
 
 @pytest.mark.anyio
@@ -102,5 +102,5 @@ def test_model_refuses_bad_references_with_400(tmp_path):
         for body, code in [(handoff.encode_reference("../etc/passwd"), "invalid_reference"),
                            (handoff.encode_reference(f"{'d' * 32}.npy"), "invalid_reference"),
                            (handoff.encode_reference(f"{'c' * 32}.npy"), "invalid_tensor")]:
-            r = client.post("/predict", content=body, headers={"Content-Type": handoff.REFERENCE_MEDIA_TYPE})
+            r = client.post("/predict", content=body, headers={"Content-Type": wire.TENSOR_REFERENCE_MEDIA_TYPE})
             assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text

@@ -5,10 +5,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from support.apps import make_settings
-from ml_pipeline import codec
+from ml_pipeline import codec, wire
 from model.app import create_app
 
-NPY = {"Content-Type": codec.NPY_MEDIA_TYPE}
+NPY = {"Content-Type": wire.NPY_MEDIA_TYPE}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tensor(n=1, seed=0, dtype=np.float32, shape=(3, 224, 224)):
 def test_predict_answers_logits_as_npy(client):
     r = client.post("/predict", content=codec.encode(tensor(2)), headers=NPY)
     assert r.status_code == 200
-    assert r.headers["content-type"] == codec.NPY_MEDIA_TYPE
+    assert r.headers["content-type"] == wire.NPY_MEDIA_TYPE
     assert r.headers["x-model-backend"] == "random"
     logits = codec.decode(r.content)
     assert logits.shape == (2, 1000) and logits.dtype == np.float32
@@ -50,7 +50,6 @@ def test_health_and_readiness(client):
 
 def test_not_ready_before_the_model_is_loaded():
     app = create_app(make_settings())  # lifespan not started: nothing loaded
-    app.state.backend = None
     r = TestClient(app).get("/ready")
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
 
@@ -96,7 +95,7 @@ def test_unknown_route_and_method_use_the_envelope(client):
 
 def test_openapi_documents_the_binary_body(client):
     spec = client.get("/openapi.json").json()
-    assert codec.NPY_MEDIA_TYPE in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert wire.NPY_MEDIA_TYPE in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
 def test_startup_objects_are_frozen_out_of_the_garbage_collector():

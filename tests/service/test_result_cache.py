@@ -35,9 +35,9 @@ async def test_a_repeated_image_is_answered_from_the_cache(exporter):
     hit_trace = traces[again["trace_id"]]
     assert {service(s) for s in hit_trace} == {"postprocess"}  # the chain was skipped
     lookup = next(s for s in hit_trace if s.name == "cache_lookup")
-    assert lookup.attributes["cache.hit"] is True
+    assert lookup.attributes["ml_pipeline.cache.hit"] is True
     miss_lookup = next(s for s in traces[first["trace_id"]] if s.name == "cache_lookup")
-    assert miss_lookup.attributes["cache.hit"] is False
+    assert miss_lookup.attributes["ml_pipeline.cache.hit"] is False
     assert {"preprocess", "model"} <= {service(s) for s in traces[first["trace_id"]]}
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ml_pipeline.settings import Settings
+from ml_pipeline.settings import PipelineSettings
 
 
 def free_port() -> int:
@@ -21,7 +21,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_settings(**overrides) -> Settings:
+def make_settings(**overrides) -> PipelineSettings:
     """Settings for in-process tests: never the environment's URLs, never an OTLP export."""
     values = {
         "model_backend": "random",
@@ -30,7 +30,7 @@ def make_settings(**overrides) -> Settings:
         "preprocess_url": "http://preprocess.test",
     }
     values.update(overrides)
-    return Settings(**values)
+    return PipelineSettings(**values)
 
 
 class NetworkASGITransport(httpx.ASGITransport):
@@ -45,7 +45,7 @@ class NetworkASGITransport(httpx.ASGITransport):
 
 @contextlib.asynccontextmanager
 async def running_chain(
-    settings: Settings, exporter: InMemorySpanExporter | None = None
+    settings: PipelineSettings, exporter: InMemorySpanExporter | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """postprocess → preprocess → model as three apps in this process (each with its lifespan),
     joined by ``NetworkASGITransport``; yields a client for postprocess."""

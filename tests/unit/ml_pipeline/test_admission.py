@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from support.apps import free_port, make_settings
-from ml_pipeline import deadline, metrics
+from ml_pipeline import deadline, metrics, wire
 from ml_pipeline.cli import uvicorn_config
 from ml_pipeline.service import build_app
 from ml_pipeline.telemetry import create_tracer_provider
@@ -134,13 +134,13 @@ async def test_the_deadline_is_the_callers_if_shorter_and_is_passed_on():
     app = slow_app("adm-dl", request_timeout_s=10)
     async with client(app) as c:
         default = (await c.post("/work")).json()["remaining_s"]
-        asked = (await c.post("/work", headers={deadline.TIMEOUT_HEADER: "1500"})).json()["remaining_s"]
-        longer = (await c.post("/work", headers={deadline.TIMEOUT_HEADER: "60000"})).json()["remaining_s"]
-        bad = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "soon"})
-        negative = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "-5"})
+        asked = (await c.post("/work", headers={wire.REQUEST_TIMEOUT_HEADER: "1500"})).json()["remaining_s"]
+        longer = (await c.post("/work", headers={wire.REQUEST_TIMEOUT_HEADER: "60000"})).json()["remaining_s"]
+        bad = await c.post("/work", headers={wire.REQUEST_TIMEOUT_HEADER: "soon"})
+        negative = await c.post("/work", headers={wire.REQUEST_TIMEOUT_HEADER: "-5"})
     assert 9 < default <= 10 and 1 < asked <= 1.5 and 9 < longer <= 10  # a caller can shorten, never lengthen
     assert bad.status_code == 400 and negative.status_code == 400
-    assert deadline.TIMEOUT_HEADER in bad.json()["error"]["message"]
+    assert wire.REQUEST_TIMEOUT_HEADER in bad.json()["error"]["message"]
 
 
 async def test_a_deadline_that_passes_in_the_queue_is_a_504_not_work():
@@ -149,7 +149,7 @@ async def test_a_deadline_that_passes_in_the_queue_is_a_504_not_work():
     async with client(app) as c:
         first = asyncio.create_task(c.post("/work"))
         await started(app)
-        late = await c.post("/work", headers={deadline.TIMEOUT_HEADER: "100"})
+        late = await c.post("/work", headers={wire.REQUEST_TIMEOUT_HEADER: "100"})
         hold.set()
         await first
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from opentelemetry.trace import NoOpTracerProvider
 
-from ml_pipeline import deadline, metrics
+from ml_pipeline import deadline, metrics, wire
 from ml_pipeline.balancer import Balancer
 from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
 from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable
@@ -205,7 +205,7 @@ async def test_all_attempts_share_one_deadline_which_the_next_hop_is_told():
     sent_timeouts = []
 
     async def handle(request: httpx.Request) -> httpx.Response:
-        sent_timeouts.append(int(request.headers[deadline.TIMEOUT_HEADER]))
+        sent_timeouts.append(int(request.headers[wire.REQUEST_TIMEOUT_HEADER]))
         await asyncio.sleep(5)  # every replica hangs
         return httpx.Response(200)
 
@@ -303,8 +303,8 @@ async def test_retries_are_counted_and_the_attempts_are_on_the_span():
     with provider.get_tracer("t").start_as_current_span("handoff"):
         await d.post("/predict", content=b"x")
     (span,) = exporter.get_finished_spans()
-    assert span.attributes["downstream.attempts"] == 2
-    assert [e.attributes["reason"] for e in span.events if e.name == "downstream.attempt_failed"] == ["connect_error"]
+    assert span.attributes["ml_pipeline.downstream.attempts"] == 2
+    assert [e.attributes["error.type"] for e in span.events if e.name == "ml_pipeline.downstream.attempt_failed"] == ["connect_error"]
     assert metrics.DOWNSTREAM_RETRIES.labels("model", "connect_error")._value.get() == before + 1
 
 
@@ -359,7 +359,7 @@ async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(t
                    tracer_provider=NoOpTracerProvider(), pass_client_errors=False, max_attempts=3,
                    retry_statuses=RETRYABLE_5XX, eject_s=30, resolver=static_resolver(["127.0.0.1", "127.0.0.2"]))
     body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
-    headers = {"Content-Type": codec.NPY_MEDIA_TYPE}
+    headers = {"Content-Type": wire.NPY_MEDIA_TYPE}
 
     async def classify():
         return (await d.post("/predict", content=body, headers=headers)).headers["X-Model-Instance"]

@@ -89,7 +89,7 @@ async def test_monolith_answers_like_the_chain(coffee_bytes):
 
 
 def test_in_process_pipeline_is_the_same_computation(coffee_bytes):
-    from monolith.app import InProcessPipeline
+    from monolith.pipeline import InProcessPipeline
 
     top, timings = InProcessPipeline(make_settings())(coffee_bytes)
     assert len(top) == 5 and top[0].score >= top[1].score
@@ -98,7 +98,7 @@ def test_in_process_pipeline_is_the_same_computation(coffee_bytes):
 
 async def test_in_process_runs_and_failures_count():
     from ml_pipeline_bench.load import closed_loop, inprocess_sender
-    from monolith.app import InProcessPipeline
+    from monolith.pipeline import InProcessPipeline
 
     send = inprocess_sender(InProcessPipeline(make_settings()), COFFEE_JPG.read_bytes())
     ok = await closed_loop(send, concurrency=2, requests=4, warmup=1, progress=False)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from support.data import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO
-from ml_pipeline.settings import Settings
+from ml_pipeline.settings import PipelineSettings
 from model import convert
 from preprocess import imaging
 
@@ -24,7 +24,7 @@ def state_dict():
 
 @pytest.fixture(scope="module")
 def onnx_path():
-    return convert.ensure_model(Settings().model_path)
+    return convert.ensure_model(PipelineSettings().model_path)
 
 
 def test_state_dict_has_the_lite0_layout(state_dict):
@@ -348,7 +348,7 @@ def test_onnx_threads_do_not_spin_unless_asked(onnx_path, monkeypatch, env, expe
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    options = OnnxBackend(Settings(model_path=onnx_path))._session.get_session_options()
+    options = OnnxBackend(PipelineSettings(model_path=onnx_path))._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected
 

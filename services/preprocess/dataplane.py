@@ -1,0 +1,127 @@
+"""preprocess's data plane: image bytes → normalized tensor → the model's scores.
+
+No web framework here: the routes in ``preprocess.app`` read the upload and write the response;
+the monolith and the in-process benchmark reuse ``image_to_tensor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import numpy as np
+from opentelemetry.trace import Span
+
+from ml_pipeline import codec, deadline, handoff, metrics
+from ml_pipeline.client import Downstream
+from ml_pipeline.errors import BadRequest
+from ml_pipeline.settings import ImageSettings, PreprocessSettings
+from ml_pipeline.telemetry import StageTimer
+from ml_pipeline.wire import (
+    JSON_TENSOR_MEDIA_TYPE,
+    MODEL_HEADERS,
+    NPY_MEDIA_TYPE,
+    SERVER_TIMING_HEADER,
+    TENSOR_REFERENCE_MEDIA_TYPE,
+    TENSOR_TRANSPORT_HEADER,
+    Attr,
+)
+from preprocess import imaging
+
+log = logging.getLogger("ml_pipeline.preprocess")
+
+
+def image_to_tensor(data: bytes, settings: ImageSettings, timer: StageTimer) -> np.ndarray:
+    """The CPU-bound part, run in a worker thread: decode → resize/crop → normalize."""
+    deadline.check("decoding the image")  # it may have waited for a decode slot
+    with timer.stage("decode", {Attr.IMAGE_BYTES: len(data)}) as span:
+        img = imaging.decode(data, settings.max_image_pixels, settings.max_full_decode_pixels)
+        span.set_attribute(Attr.IMAGE_WIDTH, img.width)
+        span.set_attribute(Attr.IMAGE_HEIGHT, img.height)
+    with timer.stage("resize", {Attr.RESIZE_SHORT_SIDE: imaging.RESIZE_SHORT_SIDE, Attr.CROP_SIZE: imaging.CROP_SIZE}):
+        img = imaging.resize_crop(img)
+    with timer.stage("normalize") as span:
+        tensor = imaging.normalize(img)
+        span.set_attribute(Attr.TENSOR_SHAPE, list(tensor.shape))
+    return tensor
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The model's answer as preprocess passes it on: the ``.npy`` body and the headers to forward."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+class Preprocessor:
+    """Decodes with at most ``MAX_CONCURRENT_DECODES`` images at once (their own worker threads:
+    that bounds decode memory) and hands tensors to the model the configured way."""
+
+    def __init__(self, settings: PreprocessSettings, model: Downstream):
+        self.settings = settings
+        self.model = model
+        self._decode_slots = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+
+    def transport(self, requested: str | None) -> str:
+        """The hand-off for one request: ``TRANSPORT``, or what it asked for where that is allowed."""
+        if requested is None:
+            return self.settings.transport
+        if not self.settings.allow_transport_override:
+            raise BadRequest(
+                "choosing the hand-off per request (?transport=) is turned off; set ALLOW_TRANSPORT_OVERRIDE=true to allow it",
+                code="transport_override_disabled",
+            )
+        return requested
+
+    async def tensor(self, data: bytes, timer: StageTimer) -> np.ndarray:
+        return await anyio.to_thread.run_sync(image_to_tensor, data, self.settings, timer, limiter=self._decode_slots)
+
+    async def scores(self, tensor: np.ndarray, transport: str, timer: StageTimer) -> Scores:
+        with timer.stage("handoff", {Attr.HANDOFF_TRANSPORT: transport, Attr.TENSOR_SHAPE: list(tensor.shape)}) as span:
+            response = await self._hand_off(tensor, transport, span)
+        timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
+        headers = {h: response.headers[h] for h in MODEL_HEADERS if h in response.headers}
+        headers[SERVER_TIMING_HEADER] = timer.header()
+        headers[TENSOR_TRANSPORT_HEADER] = transport
+        return Scores(response.content, headers)
+
+    async def _hand_off(self, tensor: np.ndarray, transport: str, span: Span) -> httpx.Response:
+        """Send ``tensor`` to the model the ``transport`` way; the model's answer."""
+        shared_dir = self.settings.shared_data_dir
+        if transport == "http":
+            body, media_type = codec.encode(tensor), NPY_MEDIA_TYPE
+        elif transport == "json":
+            body = await anyio.to_thread.run_sync(handoff.encode_json, tensor)  # tens of ms of float formatting
+            media_type = JSON_TENSOR_MEDIA_TYPE
+        else:
+            start = time.perf_counter()
+            name, size = await anyio.to_thread.run_sync(handoff.write_tensor, shared_dir, tensor)
+            span.set_attribute(Attr.HANDOFF_FILE_WRITE_MS, (time.perf_counter() - start) * 1000)
+            span.set_attribute(Attr.HANDOFF_FILE_BYTES, size)
+            body, media_type = handoff.encode_reference(name), TENSOR_REFERENCE_MEDIA_TYPE
+        tensor_bytes = size if transport == "volume" else len(body)
+        span.set_attribute(Attr.TENSOR_BYTES, tensor_bytes)
+        span.set_attribute(Attr.HANDOFF_BODY_BYTES, len(body))
+        metrics.HANDOFF_BYTES.labels(transport).observe(tensor_bytes)
+        try:
+            return await self.model.post("/predict", content=body, headers={"Content-Type": media_type})
+        finally:
+            if transport == "volume":  # answered or failed (after any retries on other replicas): done with it
+                await anyio.to_thread.run_sync(handoff.remove, shared_dir, name)
+
+    async def sweep_forever(self) -> None:
+        """Remove hand-off files a crash left behind (older than the TTL), every half TTL."""
+        shared_dir, ttl_s = self.settings.shared_data_dir, self.settings.handoff_file_ttl_s
+        while True:
+            try:
+                removed = await anyio.to_thread.run_sync(handoff.sweep, shared_dir, ttl_s)
+                if removed:
+                    log.warning("swept %d orphaned hand-off file(s) from %s", removed, shared_dir)
+            except OSError as exc:
+                log.warning("sweeping %s failed: %s", shared_dir, exc)
+            await asyncio.sleep(ttl_s / 2)
