@@ -175,7 +175,9 @@ def _deadline_bound(receive):
             async with asyncio.timeout(max(left, 0)):
                 message = await receive()
         except TimeoutError:
-            raise RaisedWhileReadingBody(RequestTimeout("the request body did not arrive before the request's deadline")) from None
+            raise RaisedWhileReadingBody(
+                RequestTimeout("the request body did not arrive before the request's deadline")
+            ) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             body_done = True
         return message

@@ -16,7 +16,8 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 log = logging.getLogger("ml_pipeline.balancer")
@@ -30,7 +31,7 @@ MAX_EJECT_FACTOR = 8  # a replica that keeps failing is retried at most every 8 
 async def resolve_dns(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 @dataclass(eq=False)
@@ -42,7 +43,6 @@ class Endpoint:
     outstanding: int = 0
     failures: int = 0  # consecutive
     ejected_until: float = 0.0
-    served: int = field(default=0)
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -74,7 +74,7 @@ class Balancer:
         self._clock = clock
         self._endpoints: dict[str, Endpoint] = {}
         self._resolved_at = float("-inf")
-        self._refreshing: asyncio.Task | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         if resolver is None:
             self._endpoints[self.url] = Endpoint(self.url, self.url)
 
@@ -114,7 +114,7 @@ class Balancer:
         ):
             self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
 
-    def pick(self, exclude: set[Endpoint] = frozenset()) -> Endpoint | None:
+    def pick(self, exclude: AbstractSet[Endpoint] = frozenset()) -> Endpoint | None:
         """The replica for the next attempt: fewest outstanding requests among those not ejected
         (random among equals); if every candidate is ejected, the one whose cooldown ends first."""
         now = self._clock()
@@ -130,7 +130,6 @@ class Balancer:
     def succeeded(self, endpoint: Endpoint) -> None:
         endpoint.failures = 0
         endpoint.ejected_until = 0.0
-        endpoint.served += 1
 
     def failed(self, endpoint: Endpoint) -> None:
         """Eject for the cooldown, doubled for each consecutive failure (half-open afterwards)."""

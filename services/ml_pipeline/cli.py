@@ -19,7 +19,6 @@ from typing import Any
 
 from ml_pipeline.settings import DEFAULT_PORTS, SETTINGS_BY_SERVICE, load_settings
 
-
 # The benchmark's one-hop baseline runs like a service but is not part of the chain.
 RUNNABLE_PORTS = {**DEFAULT_PORTS, "monolith": 5004}
 
@@ -65,10 +64,22 @@ def serve(host: str, wait_ready_s: float) -> int:
     env.setdefault("PREPROCESS_URL", f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
     children = []
     for service in ("model", "preprocess", "postprocess"):
-        cmd = [sys.executable, "-m", "ml_pipeline", "run", service, "--host", host, "--port", str(DEFAULT_PORTS[service])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ml_pipeline",
+            "run",
+            service,
+            "--host",
+            host,
+            "--port",
+            str(DEFAULT_PORTS[service]),
+        ]
         # Own session: a terminal Ctrl-C reaches only us, and each child gets exactly one SIGINT.
         children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-    print(f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in DEFAULT_PORTS.items())}; Ctrl-C stops", flush=True)
+    print(
+        f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in DEFAULT_PORTS.items())}; Ctrl-C stops", flush=True
+    )
 
     def stop(*_):
         raise KeyboardInterrupt
@@ -108,7 +119,10 @@ def _wait_ready(timeout_s: float) -> None:
     while time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=1).status_code == 200:
-                print(f"ml-pipeline: ready — curl -F file=@test.jpg http://localhost:{DEFAULT_PORTS['postprocess']}/finalize", flush=True)
+                print(
+                    f"ml-pipeline: ready — curl -F file=@test.jpg http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
+                    flush=True,
+                )
                 return
         except httpx.HTTPError:
             pass

@@ -164,9 +164,9 @@ class Downstream:
         deadline.check(f"calling {self.name}")
         hop_deadline = time.monotonic() + self._timeout_s
         left = deadline.remaining()
-        request_bound = left is not None and left < self._timeout_s  # the caller's deadline comes first
-        if request_bound:
-            hop_deadline = time.monotonic() + left
+        request_bound = False
+        if left is not None and left < self._timeout_s:  # the caller's deadline comes first
+            hop_deadline, request_bound = time.monotonic() + left, True
         self.retry_budget.record_request()
         tried: set[Endpoint] = set()
         failure: PipelineError | None = None
@@ -250,7 +250,9 @@ class Downstream:
         if eject:
             self.balancer.failed(endpoint)
         span = trace.get_current_span()
-        span.add_event(Attr.ATTEMPT_FAILED_EVENT, {Attr.DOWNSTREAM_ENDPOINT: endpoint.base_url, Attr.ERROR_TYPE: reason})
+        span.add_event(
+            Attr.ATTEMPT_FAILED_EVENT, {Attr.DOWNSTREAM_ENDPOINT: endpoint.base_url, Attr.ERROR_TYPE: reason}
+        )
         self._annotate(endpoint, attempts)
 
     def _timed_out(self, url: str, request_deadline: bool) -> PipelineError:

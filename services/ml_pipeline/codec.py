@@ -60,7 +60,9 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     # type(d) is int: a bool passes isinstance(d, int); the size bound: with another dimension 0 the
     # byte count cannot catch a dimension numpy itself refuses.
     if len(shape) > MAX_DIMS or any(type(d) is not int or not 0 <= d <= MAX_DIM_SIZE for d in shape):
-        raise TensorDecodeError(f"tensor shape {list(shape)[:8]} is not up to {MAX_DIMS} non-negative dimensions (each ≤ 2^31)")
+        raise TensorDecodeError(
+            f"tensor shape {list(shape)[:8]} is not up to {MAX_DIMS} non-negative dimensions (each ≤ 2^31)"
+        )
     count = math.prod(shape)
     expected = count * dtype.itemsize
     offset = stream.tell()

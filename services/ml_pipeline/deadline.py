@@ -15,7 +15,6 @@ import time
 from ml_pipeline.errors import BadRequest, DeadlineExceeded
 from ml_pipeline.wire import REQUEST_TIMEOUT_HEADER
 
-
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("ml_pipeline_deadline", default=None)
 
 
@@ -32,12 +31,12 @@ def parse_timeout_header(value: str | None) -> float | None:
     return ms / 1000
 
 
-def start(timeout_s: float) -> contextvars.Token:
+def start(timeout_s: float) -> contextvars.Token[float | None]:
     """Set the current request's deadline ``timeout_s`` from now; ``reset`` with the token after."""
     return _deadline.set(time.monotonic() + timeout_s)
 
 
-def reset(token: contextvars.Token) -> None:
+def reset(token: contextvars.Token[float | None]) -> None:
     _deadline.reset(token)
 
 

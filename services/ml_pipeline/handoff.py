@@ -28,7 +28,6 @@ import numpy as np
 from ml_pipeline import codec
 from ml_pipeline.errors import BadRequest
 
-
 _NAME = re.compile(r"[0-9a-f]{32}\.npy")  # what write_tensor generates, and nothing else
 _TMP_PREFIX = ".tmp-"
 
@@ -46,7 +45,9 @@ def decode_json(body: bytes) -> np.ndarray:
         doc = json.loads(body)
         shape, dtype, data = doc["shape"], doc["dtype"], doc["data"]
     except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested thousands deep
-        raise BadRequest('send {"shape": [...], "dtype": "float32", "data": [...]} as JSON', code="invalid_tensor") from None
+        raise BadRequest(
+            'send {"shape": [...], "dtype": "float32", "data": [...]} as JSON', code="invalid_tensor"
+        ) from None
     if dtype != "float32":
         raise BadRequest(f"tensor dtype {dtype!r} is not float32", code="invalid_tensor")
     if not isinstance(shape, list) or len(shape) > codec.MAX_DIMS:
@@ -115,7 +116,9 @@ def read_tensor(root: Path, name: str, max_bytes: int) -> np.ndarray:
         if not stat.S_ISREG(info.st_mode):
             raise BadRequest(f"hand-off file {name!r} is not a regular file", code="invalid_reference")
         if info.st_size > max_bytes:
-            raise BadRequest(f"hand-off file {name!r} has {info.st_size} bytes, more than {max_bytes}", code="invalid_reference")
+            raise BadRequest(
+                f"hand-off file {name!r} has {info.st_size} bytes, more than {max_bytes}", code="invalid_reference"
+            )
         with os.fdopen(fd, "rb") as f:
             fd = -1  # the file object owns it now
             data = f.read(max_bytes + 1)

@@ -86,7 +86,8 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         log.exception("unhandled error")
         return error_response(500, "internal_error", f"internal error: {type(exc).__name__}", service)
 
-    app.add_exception_handler(PipelineError, pipeline_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # Starlette types every handler as taking `Exception`; each is registered for its own class.
+    app.add_exception_handler(PipelineError, pipeline_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected_error)

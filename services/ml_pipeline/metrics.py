@@ -95,7 +95,9 @@ def exemplar(trace_id: str | None) -> dict[str, str] | None:
 
 def register_service(service: str, instance_id: str) -> None:
     """Publish the build info and zero the in-flight gauge so every series exists from the start."""
-    BUILD_INFO.labels(service).info({"version": __version__, "python": platform.python_version(), "replica": instance_id})
+    BUILD_INFO.labels(service).info(
+        {"version": __version__, "python": platform.python_version(), "replica": instance_id}
+    )
     IN_FLIGHT.labels(service)
 
 

@@ -65,7 +65,9 @@ class BodySizeLimitMiddleware:
         send = body.draining_before(send)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, PayloadTooLarge.code, self._too_large(f"{int(declared)} bytes"), self.service)
+            response = error_response(
+                413, PayloadTooLarge.code, self._too_large(f"{int(declared)} bytes"), self.service
+            )
             await response(scope, body.receive, send)
             return
         received = 0
@@ -112,10 +114,9 @@ class _BodyTracker:
 
     def draining_before(self, send):
         async def send_after_drain(message):
-            if message["type"] == "http.response.start" and not self.complete and not self._expects_continue:
-                if not await self.drain():
-                    headers = MutableHeaders(scope=message)
-                    headers["connection"] = "close"
+            answering = message["type"] == "http.response.start"
+            if answering and not self.complete and not self._expects_continue and not await self.drain():
+                MutableHeaders(scope=message)["connection"] = "close"  # the rest is not worth waiting for
             await send(message)
 
         return send_after_drain
@@ -191,8 +192,14 @@ def build_app(
         tags=["probes"],
         summary="Prometheus metrics (OpenMetrics with exemplars when asked for)",
         response_class=Response,
-        responses={200: {"content": {metrics.TEXT_CONTENT_TYPE: {"schema": {"type": "string"}},
-                                     metrics.OPENMETRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+        responses={
+            200: {
+                "content": {
+                    metrics.TEXT_CONTENT_TYPE: {"schema": {"type": "string"}},
+                    metrics.OPENMETRICS_CONTENT_TYPE: {"schema": {"type": "string"}},
+                }
+            }
+        },
     )
     async def prometheus_metrics(request: Request) -> Response:  # async: never queued behind worker threads
         body, content_type = metrics.exposition(request.headers.get("accept"))

@@ -21,8 +21,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -81,7 +81,9 @@ def create_tracer_provider(
             endpoint=settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces",
             timeout=settings.otel_export_timeout_s,
         )
-        provider.add_span_processor(BatchSpanProcessor(otlp, export_timeout_millis=settings.otel_export_timeout_s * 1000))
+        provider.add_span_processor(
+            BatchSpanProcessor(otlp, export_timeout_millis=settings.otel_export_timeout_s * 1000)
+        )
     return provider
 
 
@@ -125,7 +127,7 @@ def distrust_incoming_trace_context(app: FastAPI) -> None:
 
         return untrusted
 
-    app.build_middleware_stack = build_middleware_stack
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]  # wrapping it is the point
 
 
 def instrument_client(client: httpx.AsyncClient, provider: trace.TracerProvider) -> None:
@@ -182,10 +184,8 @@ def parse_server_timing(value: str | None) -> dict[str, float]:
         for param in params:
             key, _, raw = param.partition("=")
             if name and key == "dur":
-                try:
+                with contextlib.suppress(ValueError):
                     timings[name] = float(raw)
-                except ValueError:
-                    pass
     return timings
 
 
@@ -197,7 +197,21 @@ _STANDARD_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, Non
     "asctime",
     "taskName",
     "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+    "otel_span",
 }
+
+
+def _record_with_span(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A log record factory that remembers the span current where the line was logged, so a
+    handler formatting it later or on another thread (a QueueHandler's listener) still finds it."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.otel_span = trace.get_current_span()
+        return record
+
+    make.with_span = True  # type: ignore[attr-defined]  # installed once, however often logging is set up
+    return make
 
 
 class JsonFormatter(logging.Formatter):
@@ -209,12 +223,12 @@ class JsonFormatter(logging.Formatter):
         self._instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
-        span = trace.get_current_span()
+        span = getattr(record, "otel_span", None) or trace.get_current_span()
         ctx = span.get_span_context()
         resource = getattr(span, "resource", None)  # SDK spans know which service made them
         attrs = resource.attributes if resource is not None else {}
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": attrs.get("service.name", self._service),
             "instance": attrs.get("service.instance.id", self._instance),
@@ -223,7 +237,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS})
+        # A call's `extra` fields join the line but never replace the ones above.
+        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS and k not in line})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
@@ -231,6 +246,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(service: str, settings: ServiceSettings) -> None:
     """Send every logger (uvicorn's included) through one JSON handler on stdout."""
+    if not getattr(logging.getLogRecordFactory(), "with_span", False):
+        logging.setLogRecordFactory(_record_with_span(logging.getLogRecordFactory()))
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service, settings.service_instance_id))
     root = logging.getLogger()

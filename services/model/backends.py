@@ -63,8 +63,8 @@ class OnnxBackend:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe and releases the GIL.
-        (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return logits
+        outputs: list[np.ndarray] = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        return outputs[0]
 
 
 class RandomBackend:
@@ -76,7 +76,9 @@ class RandomBackend:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = np.empty((batch.shape[0], NUM_CLASSES), dtype=np.float32)
         for i, sample in enumerate(batch):
-            seed = int.from_bytes(hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=8).digest(), "little")
+            seed = int.from_bytes(
+                hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=8).digest(), "little"
+            )
             out[i] = np.random.default_rng(seed).standard_normal(NUM_CLASSES, dtype=np.float32) * 3
         return out
 

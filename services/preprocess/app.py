@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from enum import Enum
+from enum import StrEnum
 
 import httpx
 from fastapi import FastAPI, File, Query, Response, UploadFile
@@ -31,12 +31,12 @@ from preprocess.dataplane import Preprocessor
 SERVICE = "preprocess"
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     scores = "scores"
     tensor = "tensor"
 
 
-class Transport(str, Enum):
+class Transport(StrEnum):
     http = "http"
     json = "json"
     volume = "volume"
@@ -100,7 +100,8 @@ def create_app(
         file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
         transport: Transport | None = Query(
-            None, description="the tensor hand-off for this request (default: `TRANSPORT`); needs `ALLOW_TRANSPORT_OVERRIDE`"
+            None,
+            description="the tensor hand-off for this request (default: `TRANSPORT`); needs `ALLOW_TRANSPORT_OVERRIDE`",
         ),
     ) -> Response:
         preprocessor: Preprocessor = app.state.preprocessor
@@ -109,7 +110,9 @@ def create_app(
         timer = StageTimer(app.state.tracer, SERVICE)
         tensor = await preprocessor.tensor(data, timer)
         if output is Output.tensor:
-            return Response(codec.encode(tensor), media_type=NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()})
+            return Response(
+                codec.encode(tensor), media_type=NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()}
+            )
         scores = await preprocessor.scores(tensor, mode, timer)
         return Response(scores.body, media_type=NPY_MEDIA_TYPE, headers=scores.headers)
 

@@ -59,7 +59,9 @@ def decode(data: bytes, max_pixels: int, max_full_decode_pixels: int | None = No
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise UnsupportedMediaType("the upload is not a JPEG, PNG or WebP image", code="unsupported_image_format") from None
+        raise UnsupportedMediaType(
+            "the upload is not a JPEG, PNG or WebP image", code="unsupported_image_format"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}", code="too_many_pixels") from None
     except MemoryError:
@@ -81,7 +83,9 @@ def _load_rgb(img: Image.Image, max_pixels: int, full_limit: int) -> Image.Image
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", code="too_many_pixels"
         )
     if img.mode not in SUPPORTED_MODES:
-        raise UnsupportedImageMode(f"image mode {img.mode!r} is not supported (8-bit greyscale, palette, RGB, RGBA or CMYK)")
+        raise UnsupportedImageMode(
+            f"image mode {img.mode!r} is not supported (8-bit greyscale, palette, RGB, RGBA or CMYK)"
+        )
     if img.format == "JPEG":
         img.draft(None, (RESIZE_SHORT_SIDE, RESIZE_SHORT_SIDE))  # smallest DCT scale keeping both sides >= 256
     decoded_w, decoded_h = img.size
@@ -102,8 +106,8 @@ def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
         new_w, new_h = RESIZE_SHORT_SIDE, int(RESIZE_SHORT_SIDE * height / width)
     else:
         new_w, new_h = int(RESIZE_SHORT_SIDE * width / height), RESIZE_SHORT_SIDE
-    left = int(round((new_w - CROP_SIZE) / 2.0))
-    top = int(round((new_h - CROP_SIZE) / 2.0))
+    left = round((new_w - CROP_SIZE) / 2.0)
+    top = round((new_h - CROP_SIZE) / 2.0)
     sx, sy = width / new_w, height / new_h
     return (left * sx, top * sy, (left + CROP_SIZE) * sx, (top + CROP_SIZE) * sy)
 

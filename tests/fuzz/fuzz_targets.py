@@ -132,11 +132,36 @@ class Choices:
 
 # (descr literal, itemsize): plain numbers, and what a .npy header may also name
 _DESCRS = [
-    ("'<f4'", 4), ("'<f4'", 4), ("'<f4'", 4), ("'>f4'", 4), ("'<f8'", 8), ("'<f2'", 2), ("'|u1'", 1),
-    ("'<i8'", 8), ("'|b1'", 1), ("'<c8'", 8), ("'f4'", 4), ("'float32'", 4), ("'|V0'", 0), ("'|S0'", 0),
-    ("'<U0'", 0), ("'|V4'", 4), ("'|S4'", 4), ("'<M8[s]'", 8), ("'<m8[D]'", 8), ("'|O'", 8),
-    ("('<f4', (2,))", 8), ("('<f4', (0,))", 0), ("[('a', '<f4')]", 4), ("[('a', '<f4', (0,))]", 0),
-    ("[('a', '<f4'), ('b', '|u1')]", 5), ("'<f4 '", 4), ("'<x'", 0), ("1", 0), ("None", 0), ("{}", 0),
+    ("'<f4'", 4),
+    ("'<f4'", 4),
+    ("'<f4'", 4),
+    ("'>f4'", 4),
+    ("'<f8'", 8),
+    ("'<f2'", 2),
+    ("'|u1'", 1),
+    ("'<i8'", 8),
+    ("'|b1'", 1),
+    ("'<c8'", 8),
+    ("'f4'", 4),
+    ("'float32'", 4),
+    ("'|V0'", 0),
+    ("'|S0'", 0),
+    ("'<U0'", 0),
+    ("'|V4'", 4),
+    ("'|S4'", 4),
+    ("'<M8[s]'", 8),
+    ("'<m8[D]'", 8),
+    ("'|O'", 8),
+    ("('<f4', (2,))", 8),
+    ("('<f4', (0,))", 0),
+    ("[('a', '<f4')]", 4),
+    ("[('a', '<f4', (0,))]", 0),
+    ("[('a', '<f4'), ('b', '|u1')]", 5),
+    ("'<f4 '", 4),
+    ("'<x'", 0),
+    ("1", 0),
+    ("None", 0),
+    ("{}", 0),
 ]
 _DIMS = [0, 1, 1, 2, 3, 224, -1, -2, 2**31, 2**32 + 1, 2**63 - 1, 2**63, 2**64, 10**30]
 
@@ -171,8 +196,23 @@ def npy_from_choices(c: Choices) -> bytes:
     return b"\x93NUMPY" + bytes(version) + length + header + payload[:nbytes]
 
 
-_FLOATS = ["0.0", "-0.0", "1.5", "-2.5e-3", "3.4e38", "3.5e38", "1e308", "1e999", "-1e999", "5e-324",
-           "NaN", "Infinity", "-Infinity", "1E400", "0e0"]
+_FLOATS = [
+    "0.0",
+    "-0.0",
+    "1.5",
+    "-2.5e-3",
+    "3.4e38",
+    "3.5e38",
+    "1e308",
+    "1e999",
+    "-1e999",
+    "5e-324",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1E400",
+    "0e0",
+]
 
 
 def _json_scalar(c: Choices) -> str:
@@ -207,10 +247,7 @@ def json_from_choices(c: Choices) -> bytes:
     """A JSON tensor body built from choices: regular or ragged data, huge or deep values, odd fields."""
     ndim = c.pick([0, 1, 2, 3, 4, 4, 40])
     shape = [c.byte() % 4 for _ in range(ndim)] if ndim < 5 else [1] * ndim
-    if c.byte() % 3 == 0:
-        data = _json_value(c, 0)
-    else:
-        data = _json_regular(c, shape if len(shape) < 5 else [])
+    data = _json_value(c, 0) if c.byte() % 3 == 0 else _json_regular(c, shape if len(shape) < 5 else [])
     shape_text = "[" + ", ".join(map(str, shape)) + "]"
     if c.byte() % 8 == 0:
         shape_text = c.pick(["{}", '"1,2"', "null", "[1.5]", "[-1]", "[" + "1" + "0" * 400 + "]", "[[1]]"])
@@ -255,7 +292,7 @@ def failure_signature(exc: BaseException) -> str:
 def _short_traceback(exc: BaseException) -> str:
     lines = traceback.format_exception(exc)
     if len(lines) > 40:  # RecursionError
-        lines = lines[:12] + ["  ...\n"] + lines[-12:]
+        lines = [*lines[:12], "  ...\n", *lines[-12:]]
     return "".join(lines)
 
 

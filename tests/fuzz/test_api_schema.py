@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from fuzz_targets import SEEDS, Choices, json_from_choices, npy_from_choices
 from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -47,7 +48,6 @@ from schemathesis.python import asgi as schemathesis_asgi
 
 from support.apps import NetworkASGITransport, make_settings
 from support.data import COFFEE_JPG
-from fuzz_targets import SEEDS, Choices, json_from_choices, npy_from_choices
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SEED = int(os.environ.get("FUZZ_SEED", "1"))
@@ -87,8 +87,8 @@ schemathesis.serializer.alias(NPY, "application/octet-stream")
 def use_fuzz_bodies(schema) -> None:
     """Uploads and ``/predict`` bodies from the seed corpora (and test.jpg's real tensor), as is,
     mutated, or random, instead of the random strings Schemathesis would make of them."""
-    uploads = mutated(_seed_files("image") + [COFFEE_JPG.read_bytes()])
-    tensors = mutated(_seed_files("npy") + [_real_tensor()])
+    uploads = mutated([*_seed_files("image"), COFFEE_JPG.read_bytes()])
+    tensors = mutated([*_seed_files("npy"), _real_tensor()])
 
     @schema.hook
     def flatmap_body(ctx, body):
@@ -142,8 +142,12 @@ def _checks() -> list:
     load_all_checks()
     from schemathesis import checks
 
-    found = [checks.not_a_server_error, checks.content_type_conformance, checks.response_schema_conformance,
-             checks.response_headers_conformance]
+    found = [
+        checks.not_a_server_error,
+        checks.content_type_conformance,
+        checks.response_schema_conformance,
+        checks.response_headers_conformance,
+    ]
     if STRICT:
         found += [checks.status_code_conformance, checks.positive_data_acceptance]
     return found
@@ -151,7 +155,9 @@ def _checks() -> list:
 
 def _run_operation(operation, mode: GenerationMode, checks: list) -> None:
     @seed(SEED)
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=PHASES)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=PHASES
+    )
     @given(case=operation.as_strategy(mode))
     def run(case):
         case.call_and_validate(checks=checks)
@@ -239,7 +245,9 @@ def model_client(tmp_path_factory):
 
 
 @seed(SEED)
-@settings(max_examples=EXAMPLES * 4, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=PHASES)
+@settings(
+    max_examples=EXAMPLES * 4, deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=PHASES
+)
 @given(
     req=st.one_of(
         st.tuples(st.just(NPY), st.one_of(mutated(_seed_files("npy")), _built(npy_from_choices))),

@@ -16,9 +16,8 @@ import sys
 from base64 import b64encode
 from pathlib import Path
 
-import pytest
-
 import fuzz_targets
+import pytest
 from fuzz_targets import REGRESSIONS, SEEDS, TARGETS, run_input
 
 HERE = Path(__file__).resolve().parent
@@ -49,12 +48,22 @@ def test_fuzz_target(target, tmp_path):
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     command = [
-        sys.executable, fuzz_targets.__file__, target, f"-runs={RUNS}", f"-seed={SEED}", "-timeout=30",
-        "-rss_limit_mb=2048", f"-artifact_prefix={artifacts}/", "-print_final_stats=1", *EXTRA_FLAGS[target],
+        sys.executable,
+        fuzz_targets.__file__,
+        target,
+        f"-runs={RUNS}",
+        f"-seed={SEED}",
+        "-timeout=30",
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={artifacts}/",
+        "-print_final_stats=1",
+        *EXTRA_FLAGS[target],
         str(corpus),
     ]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S, cwd=tmp_path)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S, cwd=tmp_path
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{target}: {RUNS} runs took more than {TIMEOUT_S} s\n{(exc.stderr or b'')[-3000:]!r}")
     found = _files(artifacts)

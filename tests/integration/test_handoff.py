@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from support.data import CHELSEA_JPG, COFFEE_JPG
 from ml_pipeline import codec
+from support.data import CHELSEA_JPG, COFFEE_JPG
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +67,13 @@ def test_every_transport_answers_the_same(stack, shared_volume):
 
 def test_200_concurrent_different_images_through_the_volume(stack, shared_volume):
     images = distinct_images(200)
-    with httpx.Client(base_url=stack["preprocess"], timeout=120) as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with (
+        httpx.Client(base_url=stack["preprocess"], timeout=120) as client,
+        concurrent.futures.ThreadPoolExecutor(8) as pool,
+    ):
         expected = list(pool.map(lambda img: scores(client, img, "http"), images))
         through_volume = list(pool.map(lambda img: scores(client, img, "volume"), images))
-    for i, (want, got) in enumerate(zip(expected, through_volume)):
+    for i, (want, got) in enumerate(zip(expected, through_volume, strict=True)):
         assert got.argmax() == want.argmax(), f"image {i} got another image's answer"
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"image {i}")
     assert len({int(s.argmax()) for s in expected}) > 1  # the images really differ in what they show
@@ -84,7 +87,9 @@ def test_finalize_says_which_handoff_served_it(client):
 
 def test_the_shared_volume_is_on_disk_or_in_ram_as_chosen(shared_volume):
     """SHARED_DATA_VOLUME=shared-data-ram selects the tmpfs-backed named volume."""
-    mounts = {fields[1]: fields[2] for fields in (line.split() for line in Path("/proc/mounts").read_text().splitlines())}
+    mounts = {
+        fields[1]: fields[2] for fields in (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+    }
     fs_type = mounts[str(shared_volume)]
     if os.environ.get("STACK_SHARED_DATA_VOLUME") == "shared-data-ram":
         assert fs_type == "tmpfs"

@@ -40,7 +40,7 @@ def huge_claim_jpeg(width: int = 7000, height: int = 5000) -> bytes:
     Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=30)
     data = bytearray(buf.getvalue())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
 
 
@@ -63,12 +63,17 @@ HOSTILE_UPLOADS = {
 def test_hostile_uploads_are_4xx_from_preprocess_passed_through_unchanged(stack):
     with httpx.Client(timeout=30) as client:
         for name, data in HOSTILE_UPLOADS.items():
-            r = client.post(f"{stack['postprocess']}/finalize", files={"file": (name, data, "application/octet-stream")})
+            r = client.post(
+                f"{stack['postprocess']}/finalize", files={"file": (name, data, "application/octet-stream")}
+            )
             if r.status_code == 200:  # Pillow may decode a damaged image with gaps: fine, still no 5xx
                 continue
             assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
             err = r.json()["error"]
-            assert err["service"] == "preprocess" and err["code"] in {"corrupt_image", "unsupported_image_format"}, (name, err)
+            assert err["service"] == "preprocess" and err["code"] in {"corrupt_image", "unsupported_image_format"}, (
+                name,
+                err,
+            )
             direct = client.post(f"{stack['preprocess']}/process", files={"file": (name, data)})
             assert (direct.status_code, direct.json()["error"]["code"]) == (r.status_code, err["code"])
 
@@ -83,9 +88,15 @@ def test_malformed_tensors_are_400_at_the_model(stack):
     deep = b'{"shape": [1], "dtype": "float32", "data": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     bodies = {
         "syntax": (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,"), "application/x-npy"),
-        "negative-dims": (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -1)}", b"\0" * 4), "application/x-npy"),
+        "negative-dims": (
+            _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -1)}", b"\0" * 4),
+            "application/x-npy",
+        ),
         "zero-size-void": (_npy("{'descr': '|V0', 'fortran_order': False, 'shape': (5,)}"), "application/x-npy"),
-        "70-dims": (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 70), b"\0" * 4), "application/x-npy"),
+        "70-dims": (
+            _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 70), b"\0" * 4),
+            "application/x-npy",
+        ),
         "json-nested-50000-deep": (deep, "application/json"),
     }
     with httpx.Client(base_url=stack["model"], timeout=30) as client:
@@ -118,8 +129,13 @@ def test_two_dozen_small_files_claiming_huge_images_stay_under_1_gb(stack, stack
     png = io.BytesIO()
     Image.new("RGB", (4000, 4000)).save(png, "PNG")  # 16 Mpx in ~50 kB: the full-decode budget's worst case
     uploads = [data] * 24 + [png.getvalue()] * 8
-    with httpx.Client(base_url=stack["preprocess"], timeout=60) as client, concurrent.futures.ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda d: client.post("/process", params={"output": "tensor"}, files={"file": ("h", d)}), uploads))
+    with (
+        httpx.Client(base_url=stack["preprocess"], timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(32) as pool,
+    ):
+        answers = list(
+            pool.map(lambda d: client.post("/process", params={"output": "tensor"}, files={"file": ("h", d)}), uploads)
+        )
     done.set()
     sampler.join(30)
     statuses = [a.status_code for a in answers]
@@ -128,7 +144,9 @@ def test_two_dozen_small_files_claiming_huge_images_stay_under_1_gb(stack, stack
     peak = max(peak_seen)
     time.sleep(2)
     after, _ = _memory(container)
-    print(f"preprocess memory: baseline {baseline / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
+    print(
+        f"preprocess memory: baseline {baseline / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB"
+    )
     assert peak < 1024 * 2**20
     assert after < baseline + 150 * 2**20  # back to (near) where it started
 
@@ -136,7 +154,11 @@ def test_two_dozen_small_files_claiming_huge_images_stay_under_1_gb(stack, stack
 def test_an_over_limit_body_without_expect_continue_reads_the_413(stack):
     """A one-shot client (Connection: close, no Expect) streaming 30 MB on the stack's network."""
     parts = urlsplit(stack["postprocess"])
-    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n" + b"\xff" * 30_000_000 + b"\r\n--b--\r\n"
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        + b"\xff" * 30_000_000
+        + b"\r\n--b--\r\n"
+    )
     with socket.create_connection((parts.hostname, parts.port or 80), timeout=60) as s:
         s.sendall(
             b"POST /finalize HTTP/1.1\r\nHost: postprocess\r\nConnection: close\r\n"
@@ -167,7 +189,9 @@ def test_a_burst_beyond_capacity_is_refused_fast_and_nothing_admitted_fails(stac
         after = client.post("/finalize", files={"file": ("c.jpg", photo, "image/jpeg")})
     statuses = [r.status_code for r, _ in results]
     refused = [(r, t) for r, t in results if r.status_code == 503]
-    assert set(statuses) <= {200, 503}, [(r.status_code, r.text[:200]) for r, _ in results if r.status_code not in (200, 503)]
+    assert set(statuses) <= {200, 503}, [
+        (r.status_code, r.text[:200]) for r, _ in results if r.status_code not in (200, 503)
+    ]
     assert refused, "60 at once should exceed what one instance admits"
     assert statuses.count(200) >= 8
     for r, _ in refused:

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from support.data import COFFEE_JPG
 from support.dashboards import panel_queries
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
 SERVICES = ("postprocess", "preprocess", "model")
@@ -42,7 +42,9 @@ def instant(prometheus: str, expr: str) -> list[dict]:
 
 def exemplars(prometheus: str, expr: str, lookback_s: float = 900) -> list[dict]:
     now = time.time()
-    r = httpx.post(f"{prometheus}/api/v1/query_exemplars", data={"query": expr, "start": now - lookback_s, "end": now}, timeout=10)
+    r = httpx.post(
+        f"{prometheus}/api/v1/query_exemplars", data={"query": expr, "start": now - lookback_s, "end": now}, timeout=10
+    )
     assert r.status_code == 200, f"{expr}: {r.text}"
     return [e for series in r.json()["data"] for e in series["exemplars"]]
 
@@ -56,7 +58,10 @@ def counted(prometheus: str, minimum: int) -> bool:
     from the services' own counters and from the collector's spanmetrics."""
     for service in SERVICES:
         own = instant(prometheus, f'sum(ml_pipeline_requests_total{{service="{service}", status="200"}})')
-        spans = instant(prometheus, f'sum(traces_span_metrics_calls_total{{service_name="{service}", span_kind="SPAN_KIND_SERVER"}})')
+        spans = instant(
+            prometheus,
+            f'sum(traces_span_metrics_calls_total{{service_name="{service}", span_kind="SPAN_KIND_SERVER"}})',
+        )
         if not own or not spans or min(float(own[0]["value"][1]), float(spans[0]["value"][1])) < minimum:
             return False
     return True
@@ -84,7 +89,7 @@ def test_prometheus_scrapes_every_replica_of_every_service(prometheus, load):
         host = urlsplit(f"http://{service}:5000").hostname
         replicas = {f"{info[4][0]}:5000" for info in socket.getaddrinfo(host, 5000, type=socket.SOCK_STREAM)}
         up = {s["metric"]["instance"]: s["value"][1] for s in instant(prometheus, f'up{{job="{service}"}}')}
-        assert up == {r: "1" for r in replicas}, f"{service}: DNS has {replicas}, Prometheus scrapes {up}"
+        assert up == dict.fromkeys(replicas, "1"), f"{service}: DNS has {replicas}, Prometheus scrapes {up}"
         cpu = poll(lambda: instant(prometheus, f'process_cpu_seconds_total{{job="{service}"}}'), f"{service} CPU")
         assert {s["metric"]["instance"] for s in cpu} == replicas
         assert all(float(s["value"][1]) > 0 for s in cpu)
@@ -92,15 +97,23 @@ def test_prometheus_scrapes_every_replica_of_every_service(prometheus, load):
 
 def test_spanmetrics_for_every_hop(prometheus, load):
     def server_calls():
-        result = instant(prometheus, 'sum by (service_name, span_name) (traces_span_metrics_calls_total{span_kind="SPAN_KIND_SERVER"})')
+        result = instant(
+            prometheus,
+            'sum by (service_name, span_name) (traces_span_metrics_calls_total{span_kind="SPAN_KIND_SERVER"})',
+        )
         return {s["metric"]["service_name"]: s["metric"]["span_name"] for s in result}
 
     calls = poll(lambda: (c := server_calls()) and set(SERVICES) <= set(c) and c, "spanmetrics server calls")
     for service, route in SERVER_ROUTES.items():
         assert calls[service] == f"POST {route}"
-    buckets = instant(prometheus, 'sum by (service_name) (traces_span_metrics_duration_milliseconds_bucket{span_kind="SPAN_KIND_SERVER", le="+Inf"})')
+    buckets = instant(
+        prometheus,
+        'sum by (service_name) (traces_span_metrics_duration_milliseconds_bucket{span_kind="SPAN_KIND_SERVER", le="+Inf"})',
+    )
     assert {s["metric"]["service_name"] for s in buckets} >= set(SERVICES)
-    per_replica = instant(prometheus, 'count by (service_instance_id) (traces_span_metrics_calls_total{service_name="model"})')
+    per_replica = instant(
+        prometheus, 'count by (service_instance_id) (traces_span_metrics_calls_total{service_name="model"})'
+    )
     assert per_replica and all(s["metric"].get("service_instance_id") for s in per_replica)
 
 
@@ -116,6 +129,7 @@ def test_exemplars_are_traces_jaeger_returns(prometheus, jaeger, load, selector)
     found = poll(lambda: exemplars(prometheus, selector), f"exemplars of {selector}")
     trace_ids = {e["labels"]["trace_id"] for e in found}
     for trace_id in sorted(trace_ids)[:5]:
+
         def in_jaeger():
             r = httpx.get(f"{jaeger}/api/traces/{trace_id}", timeout=5)
             return r.status_code == 200 and r.json().get("data")
@@ -126,7 +140,14 @@ def test_exemplars_are_traces_jaeger_returns(prometheus, jaeger, load, selector)
 @pytest.mark.parametrize("service", SERVICES)
 def test_jaeger_service_performance_monitoring(jaeger, load, service):
     def latencies():
-        params = {"service": service, "quantile": 0.95, "endTs": int(time.time() * 1000), "lookback": 900_000, "step": 5_000, "ratePer": 600_000}
+        params = {
+            "service": service,
+            "quantile": 0.95,
+            "endTs": int(time.time() * 1000),
+            "lookback": 900_000,
+            "step": 5_000,
+            "ratePer": 600_000,
+        }
         r = httpx.get(f"{jaeger}/api/metrics/latencies", params=params, timeout=10)
         assert r.status_code == 200, r.text
         # Protobuf JSON: a double is a number, or a string for NaN (no calls in that step).
@@ -139,7 +160,9 @@ def test_jaeger_service_performance_monitoring(jaeger, load, service):
 
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda q: f"{q.panel}/{q.ref_id}")
 def test_every_dashboard_panel_query_returns_data(prometheus, load, query):
-    result = poll(lambda: instant(prometheus, query.promql()), f"dashboard panel '{query.panel}' {query.ref_id}: {query.expr}")
+    result = poll(
+        lambda: instant(prometheus, query.promql()), f"dashboard panel '{query.panel}' {query.ref_id}: {query.expr}"
+    )
     assert all(s["value"][1] not in ("NaN", "+Inf", "-Inf") for s in result), result
     if query.exemplar:
         assert poll(lambda: exemplars(prometheus, query.promql()), f"exemplars for panel '{query.panel}'")
@@ -168,13 +191,16 @@ def test_pipeline_serves_at_normal_latency_with_the_collector_stopped(stack, sta
         stack_control.start(stopped)
         for container in stopped:
             stack_control.wait_healthy(container)
-    print(f"collector stopped: median {statistics.median(during):.1f} ms (before: {before:.1f} ms), max {max(during):.1f} ms")
+    print(
+        f"collector stopped: median {statistics.median(during):.1f} ms (before: {before:.1f} ms), max {max(during):.1f} ms"
+    )
     # Generous for a noisy 2-core machine, still far below any export timeout (2 s) or retry.
     assert statistics.median(during) <= 1.5 * before + 25, (before, during)
     assert max(during) < 1000, during
 
     # And tracing recovers once the collector is back.
     with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
+
         def traced_again():
             trace_id = finalize(client).json()["trace_id"]
             time.sleep(3)

@@ -20,10 +20,25 @@ def test_prometheus_cannot_be_stopped_over_http(prometheus):
 def _spans(service: str, names: range) -> dict:
     """OTLP/JSON with one span per name, as anybody who can reach the collector may send."""
     now = time.time_ns()
-    spans = [{"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": f"injected-{i}", "kind": 2,
-              "startTimeUnixNano": str(now - 1_000_000), "endTimeUnixNano": str(now)} for i in names]
-    return {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-                               "scopeSpans": [{"scope": {"name": "attacker"}, "spans": spans}]}]}
+    spans = [
+        {
+            "traceId": f"{i + 1:032x}",
+            "spanId": f"{i + 1:016x}",
+            "name": f"injected-{i}",
+            "kind": 2,
+            "startTimeUnixNano": str(now - 1_000_000),
+            "endTimeUnixNano": str(now),
+        }
+        for i in names
+    ]
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeSpans": [{"scope": {"name": "attacker"}, "spans": spans}],
+            }
+        ]
+    }
 
 
 def test_injected_span_names_cannot_explode_span_metric_series(prometheus, collector):
@@ -31,6 +46,7 @@ def test_injected_span_names_cannot_explode_span_metric_series(prometheus, colle
     for start in range(0, 3000, 500):  # 3000 distinct span names, over the limit of 1000
         r = httpx.post(f"{collector}/v1/traces", json=_spans(service, range(start, start + 500)), timeout=30)
         assert r.status_code == 200, r.text
+
     def value(promql: str) -> float:
         result = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=10).json()["data"]["result"]
         return float(result[0]["value"][1]) if result else 0.0
@@ -60,12 +76,18 @@ def test_every_container_is_locked_down(stack_control, service):
     for container in containers:
         host = container.attrs["HostConfig"]
         assert host["ReadonlyRootfs"] is True, f"{container.name}: writable root filesystem"
-        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), f"{container.name}: capabilities {host['CapDrop']}"
+        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), (
+            f"{container.name}: capabilities {host['CapDrop']}"
+        )
         assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), container.name
         assert host["Memory"] > 0 and host["PidsLimit"] and host["PidsLimit"] > 0, container.name
         assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"].get("max-size"), container.name
         assert not host.get("Privileged"), container.name
-        uid = container.exec_run(["sh", "-c", "id -u"], user="") if service in ("model", "preprocess", "postprocess") else None
+        uid = (
+            container.exec_run(["sh", "-c", "id -u"], user="")
+            if service in ("model", "preprocess", "postprocess")
+            else None
+        )
         if uid is not None:
             assert uid.exit_code == 0 and uid.output.strip() != b"0", f"{container.name} runs as root"
         else:
@@ -85,11 +107,24 @@ def test_grafana_password_init_writes_a_secret_only_grafana_can_read(stack_contr
     image = stack_control.containers("model")[0].image  # any image with Python: the script needs nothing else
     script = (Path(__file__).resolve().parents[2] / "grafana" / "admin-password.py").read_text()
     volume = client.volumes.create()
-    locked = dict(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"], network_mode="none")
+    locked = {
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "network_mode": "none",
+    }
     try:
+
         def run(user: str, command: list[str], mode: str = "rw") -> tuple[int, str]:
-            container = client.containers.run(image, command, user=user, detach=True, entrypoint=[],
-                                              volumes={volume.name: {"bind": "/var/tmp", "mode": mode}}, **locked)
+            container = client.containers.run(
+                image,
+                command,
+                user=user,
+                detach=True,
+                entrypoint=[],
+                volumes={volume.name: {"bind": "/var/tmp", "mode": mode}},
+                **locked,
+            )
             try:
                 status = container.wait(timeout=60)["StatusCode"]
                 return status, container.logs().decode()

@@ -28,7 +28,10 @@ def replica_ids(stack_control) -> dict[str, object]:
 def test_requests_spread_over_every_replica(stack, stack_control):
     replicas = replica_ids(stack_control)
     assert len(replicas) >= 2, f"the stack runs {len(replicas)} model replica(s); compose asks for 2"
-    with httpx.Client(base_url=stack["postprocess"], timeout=30) as client, concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with (
+        httpx.Client(base_url=stack["postprocess"], timeout=30) as client,
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+    ):
         answers = list(pool.map(lambda _: finalize(client), range(200)))
     assert [a.status_code for a in answers] == [200] * 200
     served = collections.Counter(a.json()["model_instance"] for a in answers)

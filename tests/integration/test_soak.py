@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from support.data import COFFEE_JPG
 from ml_pipeline_bench.soak import run_soak
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +20,34 @@ def test_steady_half_load_leaves_memory_descriptors_latency_and_volume_flat(stac
     shared = os.environ.get("STACK_SHARED_DATA_DIR")
     if not shared:
         pytest.fail("STACK_SHARED_DATA_DIR is not set: the test run mounts the hand-off volume there")
-    result = asyncio.run(run_soak(f"{stack['postprocess']}/finalize", COFFEE_JPG, prometheus_url=prometheus,
-                                  duration_s=seconds, warmup_s=seconds / 3, window_s=seconds / 3,
-                                  shared_dir=Path(shared)))
+    result = asyncio.run(
+        run_soak(
+            f"{stack['postprocess']}/finalize",
+            COFFEE_JPG,
+            prometheus_url=prometheus,
+            duration_s=seconds,
+            warmup_s=seconds / 3,
+            window_s=seconds / 3,
+            shared_dir=Path(shared),
+        )
+    )
     summary = result.summary()
-    print(json.dumps({k: summary[k] for k in ("rate_rps", "p99_first_ms", "p99_last_ms", "statuses", "growth",
-                                              "shared_files_after", "failures")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "rate_rps",
+                    "p99_first_ms",
+                    "p99_last_ms",
+                    "statuses",
+                    "growth",
+                    "shared_files_after",
+                    "failures",
+                )
+            },
+            indent=1,
+        )
+    )
     assert summary["passed"], summary["failures"]
     assert len(summary["growth"]) >= 4  # two model replicas, preprocess, postprocess

@@ -7,9 +7,9 @@ import httpx
 import numpy as np
 import pytest
 
-from support.data import COFFEE_JPG, ESPRESSO
 from ml_pipeline import codec, wire
 from preprocess import imaging
+from support.data import COFFEE_JPG, ESPRESSO
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,9 @@ def test_concurrent_requests_all_succeed(stack):
 
 def test_preprocess_returns_the_tensor_standalone(stack):
     data = COFFEE_JPG.read_bytes()
-    r = httpx.post(f"{stack['preprocess']}/process", params={"output": "tensor"}, files={"file": ("t.jpg", data)}, timeout=30)
+    r = httpx.post(
+        f"{stack['preprocess']}/process", params={"output": "tensor"}, files={"file": ("t.jpg", data)}, timeout=30
+    )
     assert r.status_code == 200 and r.headers["content-type"] == wire.NPY_MEDIA_TYPE
     tensor = codec.decode(r.content)
     assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == np.float32
@@ -72,9 +74,13 @@ def test_bad_input_through_the_stack(client):
 
 def test_model_speaks_npy(stack):
     x = np.zeros((1, 3, 224, 224), np.float32)
-    r = httpx.post(f"{stack['model']}/predict", content=codec.encode(x), headers={"Content-Type": wire.NPY_MEDIA_TYPE}, timeout=30)
+    r = httpx.post(
+        f"{stack['model']}/predict", content=codec.encode(x), headers={"Content-Type": wire.NPY_MEDIA_TYPE}, timeout=30
+    )
     assert r.status_code == 200 and codec.decode(r.content).shape == (1, 1000)
     bad = httpx.post(f"{stack['model']}/predict", content=b"1,2,3", headers={"Content-Type": "text/csv"}, timeout=30)
     assert bad.status_code == 415 and bad.json()["error"]["service"] == "model"
-    naive = httpx.post(f"{stack['model']}/predict", content=b"[1, 2, 3]", headers={"Content-Type": "application/json"}, timeout=30)
+    naive = httpx.post(
+        f"{stack['model']}/predict", content=b"[1, 2, 3]", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert naive.status_code == 400 and naive.json()["error"]["code"] == "invalid_tensor"

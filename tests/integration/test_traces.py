@@ -37,7 +37,7 @@ def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
     answers = [client.post("/finalize", files={"file": ("t.jpg", photo, "image/jpeg")}).json() for _ in range(4)]
     trace_ids = [a["trace_id"] for a in answers]
     assert len(set(trace_ids)) == 4
-    for trace_id, model_instance in zip(trace_ids, (a["model_instance"] for a in answers)):
+    for trace_id, model_instance in zip(trace_ids, (a["model_instance"] for a in answers), strict=True):
         trace = fetch_trace(jaeger, trace_id)
         spans = {s["spanID"]: s for s in trace["spans"]}
         service = {sid: trace["processes"][s["processID"]]["serviceName"] for sid, s in spans.items()}
@@ -59,18 +59,32 @@ def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):
             assert service[client_span["spanID"]] == upstream
         assert parent(parent(servers["model"]))["operationName"] == "handoff"
         names = {s["operationName"] for s in spans.values()}
-        assert {"forward", "decode", "resize", "normalize", "handoff", "tensor_decode", "inference", "postprocess"} <= names
+        assert {
+            "forward",
+            "decode",
+            "resize",
+            "normalize",
+            "handoff",
+            "tensor_decode",
+            "inference",
+            "postprocess",
+        } <= names
         model_process = trace["processes"][servers["model"]["processID"]]
         assert tags(model_process)["service.instance.id"] == model_instance  # the replica that served it
         preprocess_stage = parent(parent(servers["model"]))
-        assert tags(preprocess_stage)["ml_pipeline.downstream.endpoint"].endswith(":5000")  # its address, chosen per request
+        assert tags(preprocess_stage)["ml_pipeline.downstream.endpoint"].endswith(
+            ":5000"
+        )  # its address, chosen per request
 
 
 def test_the_public_edge_starts_its_own_trace_and_links_the_callers(client, jaeger):
     """A client's traceparent (even with sampling off) neither sets the trace id nor drops the trace."""
     caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-    r = client.post("/finalize", files={"file": ("t.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")},
-                    headers={"traceparent": f"00-{caller_trace}-{caller_span}-00"})
+    r = client.post(
+        "/finalize",
+        files={"file": ("t.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")},
+        headers={"traceparent": f"00-{caller_trace}-{caller_span}-00"},
+    )
     assert r.status_code == 200
     trace_id = r.json()["trace_id"]
     assert trace_id != caller_trace

@@ -3,7 +3,14 @@ tests/integration/test_observability.py)."""
 
 import json
 
-from support.dashboards import DASHBOARDS, GRAFANA_VARIABLES, panel_queries, panels, provisioned_datasources, unresolved_variables
+from support.dashboards import (
+    DASHBOARDS,
+    GRAFANA_VARIABLES,
+    panel_queries,
+    panels,
+    provisioned_datasources,
+    unresolved_variables,
+)
 
 
 def test_datasources_have_fixed_uids_and_exemplars_link_to_jaeger():
@@ -32,14 +39,25 @@ def test_every_panel_query_is_concrete_promql():
     assert len(queries) >= 12
     for query in queries:
         leftover = unresolved_variables(query.promql())
-        assert not leftover, f"{query.panel}: variables without a test value {leftover} (known: {list(GRAFANA_VARIABLES)})"
+        assert not leftover, (
+            f"{query.panel}: variables without a test value {leftover} (known: {list(GRAFANA_VARIABLES)})"
+        )
 
 
 def test_dashboard_answers_what_the_issue_asks():
     titles = {p["title"] for path in DASHBOARDS for p in panels(json.loads(path.read_text()))}
-    for needed in ("Request rate per hop", "Server error ratio per hop (5xx)", "p50 latency per hop", "p95 latency per hop",
-                   "p99 latency per hop", "Share of model requests per replica", "CPU per replica",
-                   "Resident memory per replica", "In-flight requests per replica", "Tensor bytes handed off per request"):
+    for needed in (
+        "Request rate per hop",
+        "Server error ratio per hop (5xx)",
+        "p50 latency per hop",
+        "p95 latency per hop",
+        "p99 latency per hop",
+        "Share of model requests per replica",
+        "CPU per replica",
+        "Resident memory per replica",
+        "In-flight requests per replica",
+        "Tensor bytes handed off per request",
+    ):
         assert needed in titles
     latency = [q for q in panel_queries() if "latency" in q.panel]
     assert latency and all(q.exemplar for q in latency), "latency panels show exemplars"
@@ -65,7 +83,8 @@ def _generator():
 def test_the_committed_dashboard_is_what_the_generator_builds():
     generator = _generator()
     assert generator.OUTPUT.read_text(encoding="utf-8") == generator.render(), (
-        "grafana/dashboards/ml-pipeline.json differs from grafana/dashboard.py: python grafana/dashboard.py --write")
+        "grafana/dashboards/ml-pipeline.json differs from grafana/dashboard.py: python grafana/dashboard.py --write"
+    )
     assert generator.main(["--check"]) == 0
 
 

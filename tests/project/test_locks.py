@@ -6,10 +6,17 @@ import re
 import pytest
 
 from support.data import ROOT
-from support.locks import normalized, pins
+from support.locks import pins
 
-LOCKS = ["services/model/requirements.lock", "services/model/requirements-convert.lock",
-         "services/preprocess/requirements.lock", "services/postprocess/requirements.lock", "tests/requirements.lock"]
+LOCKS = [
+    "services/model/requirements.lock",
+    "services/model/requirements-convert.lock",
+    "services/preprocess/requirements.lock",
+    "services/postprocess/requirements.lock",
+    "tests/requirements.lock",
+]
+
+
 @pytest.mark.parametrize("lock", LOCKS)
 def test_lock_pins_what_its_requirement_files_ask_for(lock):
     text = (ROOT / lock).read_text()
@@ -21,10 +28,14 @@ def test_lock_pins_what_its_requirement_files_ask_for(lock):
     locked = pins(text)
     for source in sources:
         for name, version in pins((ROOT / source).read_text()).items():
-            assert locked.get(name) == version, f"{lock}: {name} is {locked.get(name)}, {source} wants {version}: run bash scripts/lock.sh"
+            assert locked.get(name) == version, (
+                f"{lock}: {name} is {locked.get(name)}, {source} wants {version}: run bash scripts/lock.sh"
+            )
     for constraint in constraints:  # a constraint pins only what the lock holds anyway
         for name, version in pins((ROOT / constraint).read_text()).items():
-            assert locked.get(name, version) == version, f"{lock}: {name} is {locked[name]}, {constraint} wants {version}"
+            assert locked.get(name, version) == version, (
+                f"{lock}: {name} is {locked[name]}, {constraint} wants {version}"
+            )
 
 
 def test_a_package_has_one_version_across_every_lock():
@@ -44,8 +55,15 @@ def test_every_locked_package_has_hashes(lock):
             assert "--hash=sha256:" in entry, f"{lock}: no hash for {entry.splitlines()[0]}"
 
 
-@pytest.mark.parametrize("dockerfile", ["services/model/Dockerfile", "services/preprocess/Dockerfile",
-                                        "services/postprocess/Dockerfile", "tests/Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        "services/model/Dockerfile",
+        "services/preprocess/Dockerfile",
+        "services/postprocess/Dockerfile",
+        "tests/Dockerfile",
+    ],
+)
 def test_images_install_only_their_lock_with_required_hashes(dockerfile):
     text = (ROOT / dockerfile).read_text()
     installs = [line for line in text.splitlines() if "pip install" in line and "--no-deps -e ." not in line]

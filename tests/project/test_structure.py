@@ -12,11 +12,33 @@ import pytest
 from support.data import ROOT
 
 # The core: what turns bytes into tensors into scores, with numpy, Pillow and onnxruntime only.
-CORE = ["ml_pipeline.errors", "ml_pipeline.codec", "ml_pipeline.handoff", "ml_pipeline.deadline", "ml_pipeline.wire",
-        "ml_pipeline.cache", "ml_pipeline.balancer", "preprocess.imaging", "model.backends", "model.convert",
-        "postprocess.scoring"]
-WEB_AND_TELEMETRY = {"fastapi", "starlette", "uvicorn", "httpx", "httpcore", "anyio", "pydantic", "pydantic_settings",
-                     "opentelemetry", "prometheus_client", "multipart", "python_multipart"}
+CORE = [
+    "ml_pipeline.errors",
+    "ml_pipeline.codec",
+    "ml_pipeline.handoff",
+    "ml_pipeline.deadline",
+    "ml_pipeline.wire",
+    "ml_pipeline.cache",
+    "ml_pipeline.balancer",
+    "preprocess.imaging",
+    "model.backends",
+    "model.convert",
+    "postprocess.scoring",
+]
+WEB_AND_TELEMETRY = {
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "httpcore",
+    "anyio",
+    "pydantic",
+    "pydantic_settings",
+    "opentelemetry",
+    "prometheus_client",
+    "multipart",
+    "python_multipart",
+}
 # The data planes: the services' work behind thin routes; telemetry and HTTP clients, no web server.
 DATA_PLANES = ["preprocess.dataplane", "model.dataplane", "postprocess.dataplane", "monolith.pipeline"]
 WEB_FRAMEWORK = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart"}
@@ -62,7 +84,11 @@ def imported_modules(path) -> set[str]:
 def test_no_service_imports_another_services_web_module(service):
     foreign_apps = {f"{other}.app" for other in SERVICES if other != service}
     for path in sorted((ROOT / "services" / service).glob("*.py")):
-        assert imported_modules(path) & foreign_apps == set(), f"{path.relative_to(ROOT)} imports {imported_modules(path) & foreign_apps}"
+        assert imported_modules(path) & foreign_apps == set(), (
+            f"{path.relative_to(ROOT)} imports {imported_modules(path) & foreign_apps}"
+        )
     bench = ROOT / "bench" / "ml_pipeline_bench"
     for path in sorted(bench.glob("*.py")):
-        assert not {f"{s}.app" for s in SERVICES} & imported_modules(path), f"{path.relative_to(ROOT)} imports a web module"
+        assert not {f"{s}.app" for s in SERVICES} & imported_modules(path), (
+            f"{path.relative_to(ROOT)} imports a web module"
+        )

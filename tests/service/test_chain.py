@@ -24,7 +24,7 @@ async def test_random_backend_answers_deterministically(coffee_bytes):
         again = (await client.post("/finalize", files=upload(coffee_bytes))).json()
     assert first["backend"] == "random" and first["model"] == "random-1000"
     assert (first["class_id"], first["score"]) == (again["class_id"], again["score"])
-    assert [p["class_id"] for p in first["top5"]][0] == first["class_id"]
+    assert next(p["class_id"] for p in first["top5"]) == first["class_id"]
     assert first["trace_id"] != again["trace_id"]
 
 
@@ -34,12 +34,26 @@ async def test_real_model_classifies_photos(coffee_bytes):
         cat = await client.post("/finalize", files=upload(CHELSEA_JPG.read_bytes()))
     assert coffee.status_code == 200, coffee.text
     body = coffee.json()
-    assert (body["class_id"], body["label"], body["model"], body["backend"]) == (ESPRESSO, "espresso", "efficientnet-lite0", "onnx")
+    assert (body["class_id"], body["label"], body["model"], body["backend"]) == (
+        ESPRESSO,
+        "espresso",
+        "efficientnet-lite0",
+        "onnx",
+    )
     assert body["score"] == pytest.approx(0.96, abs=0.03)
     assert len(body["top5"]) == 5 and sum(p["score"] for p in body["top5"]) <= 1.0
     assert cat.json()["class_id"] in CAT_CLASSES
-    stages = {"preprocess.decode", "preprocess.resize", "preprocess.normalize", "preprocess.handoff",
-              "model.tensor_decode", "model.inference", "postprocess.forward", "postprocess.postprocess", "postprocess.total"}
+    stages = {
+        "preprocess.decode",
+        "preprocess.resize",
+        "preprocess.normalize",
+        "preprocess.handoff",
+        "model.tensor_decode",
+        "model.inference",
+        "postprocess.forward",
+        "postprocess.postprocess",
+        "postprocess.total",
+    }
     assert stages == set(body["timings_ms"]) and all(v >= 0 for v in body["timings_ms"].values())
     assert body["timings_ms"]["postprocess.total"] >= body["timings_ms"]["model.inference"]
 
@@ -56,9 +70,15 @@ async def test_one_complete_trace_per_request(exporter, coffee_bytes):
         assert servers["model"].resource.attributes["service.instance.id"]
     spans = traces[client_ids[0]]
     inference = next(s for s in spans if s.name == "inference")
-    assert inference.attributes["ml_pipeline.model.backend"] == "random" and inference.attributes["ml_pipeline.batch.size"] == 1
+    assert (
+        inference.attributes["ml_pipeline.model.backend"] == "random"
+        and inference.attributes["ml_pipeline.batch.size"] == 1
+    )
     handoff = next(s for s in spans if s.name == "handoff")
-    assert handoff.attributes["ml_pipeline.tensor.bytes"] > 600_000 and handoff.attributes["ml_pipeline.handoff.transport"] == "http"
+    assert (
+        handoff.attributes["ml_pipeline.tensor.bytes"] > 600_000
+        and handoff.attributes["ml_pipeline.handoff.transport"] == "http"
+    )
     decode = next(s for s in spans if s.name == "decode")
     assert (decode.attributes["ml_pipeline.image.width"], decode.attributes["ml_pipeline.image.height"]) == (600, 400)
 
@@ -77,7 +97,11 @@ async def test_trusted_callers_trace_context_is_continued(exporter, coffee_bytes
     async with running_chain(make_settings(trust_client_trace_context=True), exporter) as client:
         r = await client.post("/finalize", files=upload(coffee_bytes), headers=headers)
     assert r.json()["trace_id"] == parent_trace
-    assert {service(s) for s in by_trace(exporter.get_finished_spans())[parent_trace]} == {"postprocess", "preprocess", "model"}
+    assert {service(s) for s in by_trace(exporter.get_finished_spans())[parent_trace]} == {
+        "postprocess",
+        "preprocess",
+        "model",
+    }
 
 
 @pytest.mark.parametrize("flags", ["01", "00"], ids=["sampled", "not-sampled"])
@@ -94,7 +118,9 @@ async def test_the_edge_starts_its_own_trace_and_links_the_callers(exporter, cof
     assert caller_trace not in traces
     servers = assert_complete_chain(traces[trace_id])  # sampled and complete, whatever the flags said
     links = servers["postprocess"].links
-    assert [(format(l.context.trace_id, "032x"), format(l.context.span_id, "016x")) for l in links] == [(caller_trace, caller_span)]
+    assert [(format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) for link in links] == [
+        (caller_trace, caller_span)
+    ]
     assert servers["postprocess"].parent is None
 
 
@@ -106,12 +132,36 @@ BAD_UPLOADS = [
     # (id, request kwargs, status, code, service that rejected it)
     ("no-body", {}, 422, "invalid_request", "postprocess"),
     ("wrong-field", {"files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 422, "invalid_request", "postprocess"),
-    ("not-multipart", {"content": b"\xff\xd8raw-jpeg", "headers": {"Content-Type": "image/jpeg"}}, 422, "invalid_request", "postprocess"),
+    (
+        "not-multipart",
+        {"content": b"\xff\xd8raw-jpeg", "headers": {"Content-Type": "image/jpeg"}},
+        422,
+        "invalid_request",
+        "postprocess",
+    ),
     ("empty-file", {"files": upload(b"")}, 400, "empty_file", "postprocess"),
-    ("not-an-image", {"files": upload(b"%PDF-1.4 not an image", "doc.pdf", "application/pdf")}, 415, "unsupported_image_format", "preprocess"),
+    (
+        "not-an-image",
+        {"files": upload(b"%PDF-1.4 not an image", "doc.pdf", "application/pdf")},
+        415,
+        "unsupported_image_format",
+        "preprocess",
+    ),
     ("truncated", {"files": upload(COFFEE_JPG.read_bytes()[:20_000])}, 400, "corrupt_image", "preprocess"),
-    ("16-bit", {"files": upload(image_bytes(Image.fromarray(np.zeros((32, 32), np.uint16))), "a.png", "image/png")}, 422, "unsupported_image_mode", "preprocess"),
-    ("too-many-pixels", {"files": upload(_png("1", (5000, 5000)), "big.png", "image/png")}, 413, "too_many_pixels", "preprocess"),
+    (
+        "16-bit",
+        {"files": upload(image_bytes(Image.fromarray(np.zeros((32, 32), np.uint16))), "a.png", "image/png")},
+        422,
+        "unsupported_image_mode",
+        "preprocess",
+    ),
+    (
+        "too-many-pixels",
+        {"files": upload(_png("1", (5000, 5000)), "big.png", "image/png")},
+        413,
+        "too_many_pixels",
+        "preprocess",
+    ),
     ("too-large-file", {"files": upload(COFFEE_JPG.read_bytes() * 3)}, 413, "payload_too_large", "postprocess"),
     ("body-too-large", {"files": upload(b"\xff" * 400_000)}, 413, "payload_too_large", "postprocess"),
 ]
@@ -172,7 +222,12 @@ async def test_errors_are_traced_with_the_trace_id_returned(exporter):
     trace_id = r.json()["error"]["trace_id"]
     spans = by_trace(exporter.get_finished_spans())[trace_id]
     pre_server = next(s for s in spans if service(s) == "preprocess" and s.kind == SpanKind.SERVER)
-    assert pre_server.attributes["http.response.status_code" if "http.response.status_code" in pre_server.attributes else "http.status_code"] == 415
+    assert (
+        pre_server.attributes[
+            "http.response.status_code" if "http.response.status_code" in pre_server.attributes else "http.status_code"
+        ]
+        == 415
+    )
 
 
 async def test_collector_down_never_fails_a_request(coffee_bytes):
@@ -211,18 +266,23 @@ async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_b
 
     def model(request: httpx.Request) -> httpx.Response:
         told["model"] = int(request.headers[wire.REQUEST_TIMEOUT_HEADER])
-        return httpx.Response(200, content=codec.encode(np.zeros((1, 1000), np.float32)),
-                              headers={"Content-Type": wire.NPY_MEDIA_TYPE})
+        return httpx.Response(
+            200, content=codec.encode(np.zeros((1, 1000), np.float32)), headers={"Content-Type": wire.NPY_MEDIA_TYPE}
+        )
 
     settings = make_settings()
     pre = create_pre(settings, model_transport=httpx.MockTransport(model))
     post = create_post(settings, preprocess_transport=Recording("preprocess", app=pre))
     async with pre.router.lifespan_context(pre), post.router.lifespan_context(post):
         async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://p") as client:
-            ok = await client.post("/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "3000"})
+            ok = await client.post(
+                "/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "3000"}
+            )
             told_ok = dict(told)
             told.clear()
-            late = await client.post("/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "1"})
+            late = await client.post(
+                "/finalize", files=upload(coffee_bytes), headers={wire.REQUEST_TIMEOUT_HEADER: "1"}
+            )
             told_late = dict(told)
             default = await client.post("/finalize", files=upload(coffee_bytes))
     assert ok.status_code == 200, ok.text

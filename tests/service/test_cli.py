@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from support.data import COFFEE_JPG
 from ml_pipeline.settings import DEFAULT_PORTS
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +59,26 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
         # The load generator against the real servers: two runs, every request answered.
         results = tmp_path / "bench.json"
         bench = subprocess.run(
-            [sys.executable, "-m", "ml_pipeline_bench", "run", "-c", "1,2", "-n", "6", "--warmup", "1",
-             "--image", str(COFFEE_JPG), "--out", str(results), "--no-progress"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "ml_pipeline_bench",
+                "run",
+                "-c",
+                "1,2",
+                "-n",
+                "6",
+                "--warmup",
+                "1",
+                "--image",
+                str(COFFEE_JPG),
+                "--out",
+                str(results),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert bench.returncode == 0, bench.stderr
         runs = json.loads(results.read_text())["runs"]

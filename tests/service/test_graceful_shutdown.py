@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from support.apps import free_port
 from ml_pipeline import codec, wire
+from support.apps import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +36,19 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(tmp_path):
     port = free_port()
     env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "LOG_LEVEL": "INFO"}
     log = (tmp_path / "model.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ml_pipeline", "run", "model", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml_pipeline", "run", "model", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(port, proc)
         body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
-        head = (f"POST /predict HTTP/1.1\r\nHost: model\r\nContent-Type: {wire.NPY_MEDIA_TYPE}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: model\r\nContent-Type: {wire.NPY_MEDIA_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         in_flight = socket.create_connection(("127.0.0.1", port))
         in_flight.sendall(head + body[:100_000])  # a request being received when the signal comes
         time.sleep(0.3)

@@ -16,41 +16,66 @@ from support.data import CHELSEA_JPG, COFFEE_JPG
 def tensor(seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
 
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("backend", ["random", "onnx"])
 async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_path, exporter, backend):
     settings = make_settings(model_backend=backend, shared_data_dir=tmp_path, allow_transport_override=True)
     answers = {}
     async with running_chain(settings, exporter) as client:
-        pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
+        pre = httpx.AsyncClient(
+            transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
+        )
         for mode in wire.TRANSPORTS:
             for photo in (COFFEE_JPG, CHELSEA_JPG):
-                r = await pre.post("/process", params={"transport": mode}, files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")})
+                r = await pre.post(
+                    "/process", params={"transport": mode}, files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")}
+                )
                 assert r.status_code == 200 and r.headers["x-tensor-transport"] == mode, r.text
                 answers[mode, photo.name] = codec.decode(r.content)
         await pre.aclose()
-        final = (await client.post("/finalize", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})).json()
+        final = (
+            await client.post("/finalize", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+        ).json()
     for photo in (COFFEE_JPG, CHELSEA_JPG):
         np.testing.assert_array_equal(answers["json", photo.name], answers["http", photo.name])
         np.testing.assert_array_equal(answers["volume", photo.name], answers["http", photo.name])
     assert final["transport"] == "http"  # the TRANSPORT default
     assert os.listdir(tmp_path) == []
-    handoff_spans = {s.attributes["ml_pipeline.handoff.transport"]: s for s in exporter.get_finished_spans() if s.name == "handoff"}
+    handoff_spans = {
+        s.attributes["ml_pipeline.handoff.transport"]: s for s in exporter.get_finished_spans() if s.name == "handoff"
+    }
     assert set(handoff_spans) == set(wire.TRANSPORTS)
     assert handoff_spans["volume"].attributes["ml_pipeline.handoff.file.write_ms"] > 0
-    assert handoff_spans["volume"].attributes["ml_pipeline.tensor.bytes"] == handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
+    assert (
+        handoff_spans["volume"].attributes["ml_pipeline.tensor.bytes"]
+        == handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
+    )
     assert handoff_spans["volume"].attributes["ml_pipeline.handoff.body.bytes"] < 100
-    assert handoff_spans["json"].attributes["ml_pipeline.tensor.bytes"] > 2 * handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
-    reads = [s for s in exporter.get_finished_spans() if s.name == "tensor_decode" and s.attributes["ml_pipeline.handoff.transport"] == "volume"]
+    assert (
+        handoff_spans["json"].attributes["ml_pipeline.tensor.bytes"]
+        > 2 * handoff_spans["http"].attributes["ml_pipeline.tensor.bytes"]
+    )
+    reads = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "tensor_decode" and s.attributes["ml_pipeline.handoff.transport"] == "volume"
+    ]
     assert reads and reads[0].attributes["ml_pipeline.handoff.file.read_ms"] >= 0
 
 
 @pytest.mark.anyio
 async def test_transport_setting_chooses_the_default_and_bad_values_are_422(tmp_path):
     async with running_chain(make_settings(transport="volume", shared_data_dir=tmp_path)) as client:
-        answer = (await client.post("/finalize", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})).json()
-        pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
-        bad = await pre.post("/process", params={"transport": "carrier-pigeon"}, files={"file": ("c.jpg", b"x", "image/jpeg")})
+        answer = (
+            await client.post("/finalize", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+        ).json()
+        pre = httpx.AsyncClient(
+            transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
+        )
+        bad = await pre.post(
+            "/process", params={"transport": "carrier-pigeon"}, files={"file": ("c.jpg", b"x", "image/jpeg")}
+        )
         await pre.aclose()
     assert answer["transport"] == "volume" and answer["class_id"] >= 0
     assert bad.status_code == 422 and "transport" in bad.json()["error"]["message"]
@@ -60,8 +85,12 @@ async def test_transport_setting_chooses_the_default_and_bad_values_are_422(tmp_
 @pytest.mark.anyio
 async def test_choosing_the_transport_per_request_is_off_unless_allowed(tmp_path):
     async with running_chain(make_settings(shared_data_dir=tmp_path)) as client:
-        pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
-        refused = await pre.post("/process", params={"transport": "volume"}, files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+        pre = httpx.AsyncClient(
+            transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
+        )
+        refused = await pre.post(
+            "/process", params={"transport": "volume"}, files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")}
+        )
         plain = await pre.post("/process", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
         await pre.aclose()
     assert refused.status_code == 400, refused.text
@@ -81,7 +110,10 @@ async def test_a_model_that_dies_mid_request_leaves_no_file(tmp_path):
 
     settings = make_settings(transport="volume", shared_data_dir=tmp_path, model_max_attempts=2)
     app = create_app(settings, model_transport=httpx.MockTransport(crash))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p.test") as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p.test") as c,
+    ):
         r = await c.post("/process", files={"file": ("c.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
     assert r.status_code == 503 and r.json()["error"]["code"] == "downstream_unavailable"
     assert os.listdir(tmp_path) == []
@@ -99,8 +131,10 @@ def test_model_refuses_bad_references_with_400(tmp_path):
 
     (tmp_path / f"{'c' * 32}.npy").write_bytes(codec.encode(tensor().astype(np.float64)))
     with TestClient(create_app(make_settings(shared_data_dir=tmp_path))) as client:
-        for body, code in [(handoff.encode_reference("../etc/passwd"), "invalid_reference"),
-                           (handoff.encode_reference(f"{'d' * 32}.npy"), "invalid_reference"),
-                           (handoff.encode_reference(f"{'c' * 32}.npy"), "invalid_tensor")]:
+        for body, code in [
+            (handoff.encode_reference("../etc/passwd"), "invalid_reference"),
+            (handoff.encode_reference(f"{'d' * 32}.npy"), "invalid_reference"),
+            (handoff.encode_reference(f"{'c' * 32}.npy"), "invalid_tensor"),
+        ]:
             r = client.post("/predict", content=body, headers={"Content-Type": wire.TENSOR_REFERENCE_MEDIA_TYPE})
             assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text

@@ -16,9 +16,9 @@ import time
 import httpx
 import pytest
 
+from ml_pipeline.cli import uvicorn_config
 from support.apps import free_port, make_settings
 from support.data import COFFEE_JPG
-from ml_pipeline.cli import uvicorn_config
 from support.traces import assert_complete_chain, by_trace
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,9 @@ def run_keepalive_requests(exporter, count: int, **config_overrides) -> list[str
     assert len(photo) > 64 * 1024  # the leak needs bodies over 64 KiB (every hop here carries one)
     with serving(apps, ports, **config_overrides):  # leaving it joins the servers: every span has ended
         # One connection for all requests: keep-alive on every hop.
-        with httpx.Client(base_url=f"http://127.0.0.1:{ports['postprocess']}", limits=httpx.Limits(max_connections=1)) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{ports['postprocess']}", limits=httpx.Limits(max_connections=1)
+        ) as client:
             trace_ids = []
             for _ in range(count):
                 r = client.post("/finalize", files={"file": ("coffee.jpg", photo, "image/jpeg")})

@@ -35,7 +35,9 @@ async def test_requests_stages_and_exemplars_are_recorded(coffee_bytes):
     async with running_chain(make_settings()) as client:
         apps = client.apps
         before = {name: samples((await scrape(app)).text) for name, app in apps.items()}
-        responses = [await client.post("/finalize", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")}) for _ in range(3)]
+        responses = [
+            await client.post("/finalize", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")}) for _ in range(3)
+        ]
         bad = await client.post("/finalize", files={"file": ("n.txt", b"not an image", "text/plain")})
         for path in ("/health", "/ready"):
             assert (await client.get(path)).status_code == 200
@@ -71,7 +73,9 @@ async def test_requests_stages_and_exemplars_are_recorded(coffee_bytes):
         if s.name == "ml_pipeline_request_duration_seconds_bucket" and s.exemplar and s.labels["status"] == "200"
     }
     assert exemplar_ids & trace_ids
-    stage_exemplars = [s for s in after["model"] if s.name == "ml_pipeline_stage_duration_seconds_bucket" and s.exemplar]
+    stage_exemplars = [
+        s for s in after["model"] if s.name == "ml_pipeline_stage_duration_seconds_bucket" and s.exemplar
+    ]
     assert {s.exemplar.labels["trace_id"] for s in stage_exemplars} & trace_ids
 
 

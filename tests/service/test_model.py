@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from support.apps import make_settings
 from ml_pipeline import codec, wire
 from model.app import create_app
+from support.apps import make_settings
 
 NPY = {"Content-Type": wire.NPY_MEDIA_TYPE}
 
@@ -70,8 +70,20 @@ def test_not_ready_before_the_model_is_loaded():
         (codec.encode(np.full((1, 3, 224, 224), np.nan, np.float32)), NPY, 400, "invalid_tensor", "NaN"),
         (codec.encode(tensor(5)), NPY, 413, "payload_too_large", "exceeds the limit"),
     ],
-    ids=["csv-type", "npy-as-json", "no-type", "empty", "garbage", "truncated", "small-image", "3d", "float64", "batch0", "nan",
-         "batch-over-max"],
+    ids=[
+        "csv-type",
+        "npy-as-json",
+        "no-type",
+        "empty",
+        "garbage",
+        "truncated",
+        "small-image",
+        "3d",
+        "float64",
+        "batch0",
+        "nan",
+        "batch-over-max",
+    ],
 )
 def test_bad_tensors_get_the_envelope(client, body, headers, status, code, words):
     r = client.post("/predict", content=body, headers=headers)

@@ -25,13 +25,24 @@ async def test_the_services_set_only_the_attributes_wire_defines(tmp_path, expor
     async with running_chain(settings, exporter) as client:
         for _ in range(2):  # a cache miss, then a hit
             assert (await client.post("/finalize", files=upload)).status_code == 200
-        pre = httpx.AsyncClient(transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test")
+        pre = httpx.AsyncClient(
+            transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
+        )
         for mode in wire.TRANSPORTS:
             assert (await pre.post("/process", params={"transport": mode}, files=upload)).status_code == 200
         await pre.aclose()
     spans = own_spans(exporter)
-    assert {s.name for s in spans} >= {"decode", "resize", "normalize", "handoff", "tensor_decode", "inference",
-                                        "cache_lookup", "forward", "postprocess"}
+    assert {s.name for s in spans} >= {
+        "decode",
+        "resize",
+        "normalize",
+        "handoff",
+        "tensor_decode",
+        "inference",
+        "cache_lookup",
+        "forward",
+        "postprocess",
+    }
     used = {key for s in spans for key in s.attributes}
     used |= {key for s in spans for event in s.events for key in [event.name, *event.attributes]}
     assert used - known == set(), f"span attributes not defined in ml_pipeline.wire: {sorted(used - known)}"

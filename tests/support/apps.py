@@ -56,7 +56,13 @@ async def running_chain(
     model = create_model(settings, span_exporter=exporter)
     pre = create_preprocess(settings, span_exporter=exporter, model_transport=NetworkASGITransport(app=model))
     post = create_postprocess(settings, span_exporter=exporter, preprocess_transport=NetworkASGITransport(app=pre))
-    async with model.router.lifespan_context(model), pre.router.lifespan_context(pre), post.router.lifespan_context(post):
-        async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://postprocess.test") as client:
+    async with (
+        model.router.lifespan_context(model),
+        pre.router.lifespan_context(pre),
+        post.router.lifespan_context(post),
+    ):
+        async with httpx.AsyncClient(
+            transport=NetworkASGITransport(app=post), base_url="http://postprocess.test"
+        ) as client:
             client.apps = {"model": model, "preprocess": pre, "postprocess": post}
             yield client

@@ -55,7 +55,9 @@ def panel_queries() -> list[PanelQuery]:
             for target in panel.get("targets", []):
                 uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid", "")
                 queries.append(
-                    PanelQuery(path.name, panel["title"], target["refId"], uid, target["expr"], bool(target.get("exemplar")))
+                    PanelQuery(
+                        path.name, panel["title"], target["refId"], uid, target["expr"], bool(target.get("exemplar"))
+                    )
                 )
     return queries
 

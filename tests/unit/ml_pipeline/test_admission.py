@@ -15,16 +15,18 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from support.apps import free_port, make_settings
 from ml_pipeline import deadline, metrics, wire
 from ml_pipeline.cli import uvicorn_config
 from ml_pipeline.service import build_app
 from ml_pipeline.telemetry import create_tracer_provider
+from support.apps import free_port, make_settings
 
 pytestmark = pytest.mark.anyio
 
 
-def slow_app(service: str = "adm", *, hold: asyncio.Event | None = None, max_body: int = 1_000_000, **overrides) -> FastAPI:
+def slow_app(
+    service: str = "adm", *, hold: asyncio.Event | None = None, max_body: int = 1_000_000, **overrides
+) -> FastAPI:
     """An app on the services' skeleton whose ``/work`` waits for ``hold`` (or answers at once)
     and reports the deadline it saw; ``/upload`` reads a body."""
     settings = make_settings(**overrides)
@@ -36,8 +38,15 @@ def slow_app(service: str = "adm", *, hold: asyncio.Event | None = None, max_bod
     async def ready(_):
         return True, "ok"
 
-    app = build_app(service, settings, description="test", tracer_provider=create_tracer_provider(service, settings),
-                    resources=resources, ready=ready, max_body_bytes=max_body)
+    app = build_app(
+        service,
+        settings,
+        description="test",
+        tracer_provider=create_tracer_provider(service, settings),
+        resources=resources,
+        ready=ready,
+        max_body_bytes=max_body,
+    )
     app.state.started = 0
 
     @app.post("/work")
@@ -232,7 +241,9 @@ async def test_an_over_limit_body_is_answered_413_not_reset(http, chunked, conne
     right after its answer, and unread body bytes turn that close into a reset."""
     app = slow_app("adm-413")
     with served(app, http) as port:
-        answer = await anyio.to_thread.run_sync(lambda: raw_post(port, "/upload", 8_000_000, chunked=chunked, extra=connection))
+        answer = await anyio.to_thread.run_sync(
+            lambda: raw_post(port, "/upload", 8_000_000, chunked=chunked, extra=connection)
+        )
         ok = await anyio.to_thread.run_sync(lambda: httpx.post(f"http://127.0.0.1:{port}/upload", content=b"abc"))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b'"code":"payload_too_large"' in answer
@@ -247,7 +258,9 @@ async def test_a_refusal_is_read_by_a_client_still_sending_its_body():
         busy = threading.Thread(target=lambda: httpx.post(f"http://127.0.0.1:{port}/work", timeout=30), daemon=True)
         busy.start()
         await started(app)
-        answer = await anyio.to_thread.run_sync(lambda: raw_post(port, "/work", 8_000_000, extra=b"Connection: close\r\n"))
+        answer = await anyio.to_thread.run_sync(
+            lambda: raw_post(port, "/work", 8_000_000, extra=b"Connection: close\r\n")
+        )
         hold.set()
         busy.join(10)
     assert answer.startswith(b"HTTP/1.1 503"), answer[:200]

@@ -10,7 +10,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from ml_pipeline import deadline, metrics, wire
 from ml_pipeline.balancer import Balancer
 from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
-from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable
+from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable, PipelineError
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +31,9 @@ def static_resolver(addresses: list[str]):
 
 
 async def test_least_outstanding_spreads_evenly_and_prefers_the_idle():
-    balancer = Balancer("http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["10.0.0.1", "10.0.0.2"]))
+    balancer = Balancer(
+        "http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["10.0.0.1", "10.0.0.2"])
+    )
     await balancer.ensure_fresh()
     assert sorted(e.base_url for e in balancer.endpoints) == ["http://10.0.0.1:5000", "http://10.0.0.2:5000"]
     counts = collections.Counter(balancer.pick().address for _ in range(1000))
@@ -68,7 +70,9 @@ async def test_refresh_adds_and_removes_replicas_and_keeps_their_state():
 
 async def test_a_failed_replica_is_ejected_then_tried_again_with_growing_cooldown():
     clock = Clock()
-    balancer = Balancer("http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["a", "b"]), clock=clock)
+    balancer = Balancer(
+        "http://model:5000", resolve_interval_s=2, eject_s=5, resolver=static_resolver(["a", "b"]), clock=clock
+    )
     await balancer.refresh()
     bad, good = balancer.endpoints
     balancer.failed(bad)
@@ -114,14 +118,23 @@ def replicas(behaviour: dict[str, object]):
         outcome = behaviour[host]
         if isinstance(outcome, Exception):
             raise outcome
-        return httpx.Response(outcome, json={"error": {"code": "x", "message": f"{host} says {outcome}"}} if outcome >= 400 else {"ok": host})
+        return httpx.Response(
+            outcome,
+            json={"error": {"code": "x", "message": f"{host} says {outcome}"}} if outcome >= 400 else {"ok": host},
+        )
 
     return httpx.MockTransport(handle), seen
 
 
 def downstream(transport, addresses, **overrides) -> Downstream:
-    options = dict(timeout_s=5, connect_timeout_s=1, tracer_provider=NoOpTracerProvider(), pass_client_errors=False,
-                   max_attempts=3, retry_statuses=RETRYABLE_5XX)
+    options = {
+        "timeout_s": 5,
+        "connect_timeout_s": 1,
+        "tracer_provider": NoOpTracerProvider(),
+        "pass_client_errors": False,
+        "max_attempts": 3,
+        "retry_statuses": RETRYABLE_5XX,
+    }
     options.update(overrides)
     return Downstream("model", "http://model:5000", transport=transport, resolver=static_resolver(addresses), **options)
 
@@ -172,7 +185,7 @@ async def test_every_replica_down_is_a_clear_503_and_no_address_too():
 
 
 async def test_a_read_timeout_uses_up_the_deadline_and_is_a_504():
-    transport, seen = replicas({"10.0.0.1": httpx.ReadTimeout("slow"), "10.0.0.2": 200})
+    transport, _seen = replicas({"10.0.0.1": httpx.ReadTimeout("slow"), "10.0.0.2": 200})
     with pytest.raises(DownstreamTimeout):
         await downstream(transport, ["10.0.0.1"]).post("/predict", content=b"x")
 
@@ -209,7 +222,9 @@ async def test_all_attempts_share_one_deadline_which_the_next_hop_is_told():
         await asyncio.sleep(5)  # every replica hangs
         return httpx.Response(200)
 
-    d = downstream(httpx.MockTransport(handle), [f"10.0.0.{i}" for i in range(1, 4)], timeout_s=0.6, attempt_timeout_s=0.25)
+    d = downstream(
+        httpx.MockTransport(handle), [f"10.0.0.{i}" for i in range(1, 4)], timeout_s=0.6, attempt_timeout_s=0.25
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(DownstreamTimeout):
@@ -250,14 +265,14 @@ async def test_the_retry_budget_bounds_retries_to_a_tenth_of_requests():
     budget = RetryBudget(0.1, 3, window_s=10, clock=clock)
     d = downstream(transport, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], retry_budget=budget)
     for _ in range(200):  # every replica failing: without a budget, 3 attempts each = 600 calls
-        with pytest.raises(Exception):
+        with pytest.raises(PipelineError):
             await d.post("/predict", content=b"x")
     retries = len(seen) - 200
     assert retries <= 3 + 0.1 * 200 and retries >= 0.1 * 200
     # A new window brings a new budget.
     clock.now += 11
     seen.clear()
-    with pytest.raises(Exception):
+    with pytest.raises(PipelineError):
         await d.post("/predict", content=b"x")
     assert len(seen) == 3
 
@@ -276,7 +291,9 @@ def test_retry_budget_window_slides():
 async def test_a_busy_replica_is_retried_elsewhere_but_not_ejected():
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.host == "10.0.0.1":
-            return httpx.Response(503, headers={"Retry-After": "1"}, json={"error": {"code": "overloaded", "message": "busy"}})
+            return httpx.Response(
+                503, headers={"Retry-After": "1"}, json={"error": {"code": "overloaded", "message": "busy"}}
+            )
         return httpx.Response(200, json={"ok": request.url.host})
 
     d = downstream(httpx.MockTransport(handle), ["10.0.0.1", "10.0.0.2"], retry_budget=RetryBudget(1.0, 10))
@@ -304,7 +321,9 @@ async def test_retries_are_counted_and_the_attempts_are_on_the_span():
         await d.post("/predict", content=b"x")
     (span,) = exporter.get_finished_spans()
     assert span.attributes["ml_pipeline.downstream.attempts"] == 2
-    assert [e.attributes["error.type"] for e in span.events if e.name == "ml_pipeline.downstream.attempt_failed"] == ["connect_error"]
+    assert [e.attributes["error.type"] for e in span.events if e.name == "ml_pipeline.downstream.attempt_failed"] == [
+        "connect_error"
+    ]
     assert metrics.DOWNSTREAM_RETRIES.labels("model", "connect_error")._value.get() == before + 1
 
 
@@ -329,9 +348,9 @@ def two_model_replicas():
 
     import uvicorn
 
-    from support.apps import free_port, make_settings
     from ml_pipeline.cli import uvicorn_config
     from model.app import create_app
+    from support.apps import free_port, make_settings
 
     port = free_port()
     servers = {}
@@ -355,9 +374,18 @@ async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(t
     from ml_pipeline import codec
 
     port, servers = two_model_replicas
-    d = Downstream("model", f"http://model.local:{port}", timeout_s=10, connect_timeout_s=1,
-                   tracer_provider=NoOpTracerProvider(), pass_client_errors=False, max_attempts=3,
-                   retry_statuses=RETRYABLE_5XX, eject_s=30, resolver=static_resolver(["127.0.0.1", "127.0.0.2"]))
+    d = Downstream(
+        "model",
+        f"http://model.local:{port}",
+        timeout_s=10,
+        connect_timeout_s=1,
+        tracer_provider=NoOpTracerProvider(),
+        pass_client_errors=False,
+        max_attempts=3,
+        retry_statuses=RETRYABLE_5XX,
+        eject_s=30,
+        resolver=static_resolver(["127.0.0.1", "127.0.0.2"]),
+    )
     body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
     headers = {"Content-Type": wire.NPY_MEDIA_TYPE}
 

@@ -6,7 +6,21 @@ import pytest
 
 from ml_pipeline import codec
 
-DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "uint64", "bool", "complex64", ">f4", "<i2"]
+DTYPES = [
+    "float32",
+    "float16",
+    "float64",
+    "int8",
+    "uint8",
+    "int16",
+    "int32",
+    "int64",
+    "uint64",
+    "bool",
+    "complex64",
+    ">f4",
+    "<i2",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -82,13 +96,30 @@ def _npy(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0)) -> b
         (_npy("{'descr': '<U4', 'fortran_order': False, 'shape': (1,)}", b"\0" * 16), "plain number"),
         (_npy("{'descr': '<M8[s]', 'fortran_order': False, 'shape': (1,)}", b"\0" * 8), "plain number"),
         (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 40), b"\0" * 4), "up to 32"),
-        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 70), b"\0" * 4), "not a .npy|up to 32"),
+        (
+            _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (%s)}" % ("1," * 70), b"\0" * 4),
+            "not a .npy|up to 32",
+        ),
         (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)}", b"\0" * 8, version=(9, 0)), "not a .npy"),
         (_npy("{'descr': '<f4', 'fortran_order': 'yes', 'shape': (2,)}", b"\0" * 8), "not a .npy"),
         (b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100, "not a .npy"),  # header longer than the body
     ],
-    ids=["syntax", "trailing", "tokenizer", "negative-dims-product-1", "negative-dim", "void-zero-size",
-         "structured", "unicode", "datetime", "33-dims", "70-dims", "version", "fortran-not-bool", "header-length"],
+    ids=[
+        "syntax",
+        "trailing",
+        "tokenizer",
+        "negative-dims-product-1",
+        "negative-dim",
+        "void-zero-size",
+        "structured",
+        "unicode",
+        "datetime",
+        "33-dims",
+        "70-dims",
+        "version",
+        "fortran-not-bool",
+        "header-length",
+    ],
 )
 def test_hostile_headers_are_400_whatever_numpy_raises(body, problem):
     with pytest.raises(codec.TensorDecodeError, match=problem) as info:

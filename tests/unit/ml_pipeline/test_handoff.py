@@ -55,8 +55,20 @@ def test_write_then_read_and_the_write_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == [other]
 
 
-@pytest.mark.parametrize("reference", ["../secret.npy", "/etc/passwd", "a/b.npy", "..", "", "input.npy",
-                                       "0" * 32 + ".npy/../x", "0" * 31 + ".npy", "0" * 32 + ".NPY"])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "../secret.npy",
+        "/etc/passwd",
+        "a/b.npy",
+        "..",
+        "",
+        "input.npy",
+        "0" * 32 + ".npy/../x",
+        "0" * 31 + ".npy",
+        "0" * 32 + ".NPY",
+    ],
+)
 def test_references_that_are_not_handoff_names_are_refused(tmp_path, reference):
     with pytest.raises(BadRequest) as err:
         handoff.decode_reference(handoff.encode_reference(reference))
@@ -95,11 +107,20 @@ def test_files_that_are_not_safe_regular_handoff_files_are_refused(tmp_path):
     (root / garbage).write_bytes(b"\x93NUMPY garbage")
     missing = next(names)
 
-    for name, words in [(link_out, "cannot be opened"), (link_in, "cannot be opened"), (fifo, "not a regular file"),
-                        (directory, "not a regular file"), (big, "more than"), (garbage, "not a .npy"), (missing, "no hand-off file")]:
+    for name, words in [
+        (link_out, "cannot be opened"),
+        (link_in, "cannot be opened"),
+        (fifo, "not a regular file"),
+        (directory, "not a regular file"),
+        (big, "more than"),
+        (garbage, "not a .npy"),
+        (missing, "no hand-off file"),
+    ]:
         with pytest.raises(BadRequest, match=words):
             handoff.read_tensor(root, name, LIMIT)
-    assert handoff.read_tensor(root, float64, 2 * LIMIT).dtype == np.float64  # the model's validation refuses it (below)
+    assert (
+        handoff.read_tensor(root, float64, 2 * LIMIT).dtype == np.float64
+    )  # the model's validation refuses it (below)
 
 
 def test_sweep_removes_only_old_handoff_files(tmp_path):
@@ -118,3 +139,30 @@ def test_sweep_removes_only_old_handoff_files(tmp_path):
     assert handoff.sweep(tmp_path, ttl_s=60) == 2
     assert sorted(os.listdir(tmp_path)) == sorted([fresh, "notes.txt", link.name])
     assert handoff.sweep(tmp_path / "absent", ttl_s=60) == 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "input.npy",
+        "A" * 32 + ".npy",
+        "0" * 32 + ".NPY",
+        "0" * 32 + ".npy.npy",
+        ".tmp-" + "0" * 32 + ".npy",
+        "sub/" + "0" * 32 + ".npy",
+        "../" + "0" * 32 + ".npy",
+    ],
+    ids=["other-name", "upper-hex", "upper-suffix", "double-suffix", "temporary", "subdirectory", "parent"],
+)
+def test_a_name_read_tensor_could_not_have_written_is_refused_even_when_that_file_is_valid(tmp_path, name):
+    """The name check alone guards the read: a well-formed tensor file of exactly that name exists
+    (a writer's temporary, a file in a subdirectory or beside the root), so the later open, type
+    and size checks would all let it through."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    target = root / name
+    target.write_bytes(codec.encode(tensor()))
+    assert target.resolve().is_file()
+    with pytest.raises(BadRequest) as err:
+        handoff.read_tensor(root, name, LIMIT)
+    assert err.value.code == "invalid_reference" and "is not a hand-off file name" in err.value.message

@@ -21,7 +21,9 @@ README_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z, ]+) \| (.*?) \| (.*) \|$"
 
 
 def readme_rows() -> dict[str, tuple[str, str]]:
-    return {name: (readers, meaning) for name, readers, _, meaning in README_ROW.findall((ROOT / "README.md").read_text())}
+    return {
+        name: (readers, meaning) for name, readers, _, meaning in README_ROW.findall((ROOT / "README.md").read_text())
+    }
 
 
 def test_the_readme_table_names_every_variable_who_reads_it_and_what_it_means():
@@ -35,7 +37,9 @@ def test_the_readme_table_names_every_variable_who_reads_it_and_what_it_means():
 
 def test_each_service_reads_only_what_it_uses():
     assert "model_backend" not in PreprocessSettings.model_fields and "model_backend" in ModelSettings.model_fields
-    assert "preprocess_url" not in PreprocessSettings.model_fields and "preprocess_url" in PostprocessSettings.model_fields
+    assert (
+        "preprocess_url" not in PreprocessSettings.model_fields and "preprocess_url" in PostprocessSettings.model_fields
+    )
     assert "max_upload_bytes" not in ModelSettings.model_fields  # the model takes tensors, never uploads
     assert {"max_in_flight", "otel_exporter_otlp_endpoint"} <= set(ModelSettings.model_fields)  # every service's
     every = set().union(*(model.model_fields for model in SETTINGS_BY_SERVICE.values()))
@@ -60,10 +64,14 @@ def test_a_prefix_keeps_services_apart_in_one_environment(monkeypatch):
     model = load_settings(ModelSettings)
     assert (model.max_in_flight, model.max_batch) == (5, 4)
     monkeypatch.setenv(ENV_PREFIX_VARIABLE, "PRE_")
-    assert load_settings(PreprocessSettings).max_in_flight == 8  # under a prefix, MAX_IN_FLIGHT is not read: the default
+    assert (
+        load_settings(PreprocessSettings).max_in_flight == 8
+    )  # under a prefix, MAX_IN_FLIGHT is not read: the default
 
 
-@pytest.mark.parametrize("name, value", [("MODEL_BACKEND", "tensorflow"), ("MAX_UPLOAD_BYTES", "-1"), ("ORT_INTRA_OP_THREADS", "0")])
+@pytest.mark.parametrize(
+    "name, value", [("MODEL_BACKEND", "tensorflow"), ("MAX_UPLOAD_BYTES", "-1"), ("ORT_INTRA_OP_THREADS", "0")]
+)
 def test_bad_values_fail_at_startup_with_the_field_named(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.lower()):

@@ -6,9 +6,9 @@ import shutil
 import httpx
 import pytest
 
-from support.apps import free_port, NetworkASGITransport, make_settings, running_chain
-from support.data import COFFEE_JPG
 from ml_pipeline_bench.load import closed_loop, format_table, multipart_body, run_http, write_results
+from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
+from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.anyio
 
@@ -16,11 +16,21 @@ pytestmark = pytest.mark.anyio
 async def test_runs_at_each_concurrency_with_the_stage_breakdown(tmp_path):
     async with running_chain(make_settings()) as client:
         transport = NetworkASGITransport(app=client.apps["postprocess"])
-        results = await run_http("http://postprocess.test/finalize", COFFEE_JPG, [1, 3], requests=9, warmup=2,
-                                 duration_s=None, transport=transport, progress=False)
+        results = await run_http(
+            "http://postprocess.test/finalize",
+            COFFEE_JPG,
+            [1, 3],
+            requests=9,
+            warmup=2,
+            duration_s=None,
+            transport=transport,
+            progress=False,
+        )
     summaries = [r.summary() for r in results]
     assert [(s["concurrency"], s["requests"], s["errors"], s["statuses"]) for s in summaries] == [
-        (1, 9, 0, {"200": 9}), (3, 9, 0, {"200": 9})]
+        (1, 9, 0, {"200": 9}),
+        (3, 9, 0, {"200": 9}),
+    ]
     for s in summaries:
         assert 0 < s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] and s["throughput_rps"] > 0
         assert {"preprocess.decode", "model.inference", "postprocess.total"} <= set(s["stages_mean_ms"])
@@ -33,15 +43,31 @@ async def test_runs_at_each_concurrency_with_the_stage_breakdown(tmp_path):
 async def test_error_answers_and_transport_failures_are_counted_not_fatal():
     async with running_chain(make_settings()) as client:
         transport = NetworkASGITransport(app=client.apps["postprocess"])
-        [missing] = await run_http("http://postprocess.test/nope", COFFEE_JPG, [2], requests=4, warmup=0,
-                                   duration_s=None, transport=transport, progress=False)
+        [missing] = await run_http(
+            "http://postprocess.test/nope",
+            COFFEE_JPG,
+            [2],
+            requests=4,
+            warmup=0,
+            duration_s=None,
+            transport=transport,
+            progress=False,
+        )
     assert (missing.errors, missing.statuses) == (4, {"404": 4})
 
     def refuse(request):
         raise httpx.ConnectError("refused", request=request)
 
-    [down] = await run_http("http://nowhere.test/finalize", COFFEE_JPG, [2], requests=5, warmup=1, duration_s=None,
-                            transport=httpx.MockTransport(refuse), progress=False)
+    [down] = await run_http(
+        "http://nowhere.test/finalize",
+        COFFEE_JPG,
+        [2],
+        requests=5,
+        warmup=1,
+        duration_s=None,
+        transport=httpx.MockTransport(refuse),
+        progress=False,
+    )
     assert (down.requests, down.errors, down.statuses) == (5, 5, {"transport:ConnectError": 5})
 
 
@@ -75,16 +101,19 @@ async def test_monolith_answers_like_the_chain(coffee_bytes):
 
     settings = make_settings()
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://monolith.test"
-    ) as mono:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://monolith.test") as mono,
+    ):
         one_hop = (await mono.post("/classify", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")})).json()
         bad = await mono.post("/classify", files={"file": ("n.txt", b"nope", "text/plain")})
     async with running_chain(settings) as chain:
         chained = (await chain.post("/finalize", files={"file": ("c.jpg", coffee_bytes, "image/jpeg")})).json()
     same = ("class_id", "label", "score", "top5", "model", "backend")
     assert {k: one_hop[k] for k in same} == {k: chained[k] for k in same}
-    assert {"monolith.decode", "monolith.inference", "monolith.postprocess", "monolith.total"} <= set(one_hop["timings_ms"])
+    assert {"monolith.decode", "monolith.inference", "monolith.postprocess", "monolith.total"} <= set(
+        one_hop["timings_ms"]
+    )
     assert bad.status_code == 415 and bad.json()["error"]["service"] == "monolith"
 
 
@@ -127,7 +156,9 @@ def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
 def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     from ml_pipeline_bench.cli import main
 
-    handoff = lambda ms: {"preprocess.decode": 5, "preprocess.handoff": 10 + ms, "model.inference": 10, "postprocess.total": 40}  # noqa: E731
+    def handoff(ms):
+        return {"preprocess.decode": 5, "preprocess.handoff": 10 + ms, "model.inference": 10, "postprocess.total": 40}
+
     _scenario(tmp_path, "inprocess", {1: 30, 4: 40}, {1: 30, 4: 90})
     _scenario(tmp_path, "chain-http", {1: 25, 4: 36}, {1: 34, 4: 110}, handoff(1.0))
     _scenario(tmp_path, "chain-http-wrk", {1: 26, 4: 36.5}, {1: 33.5, 4: 108})
@@ -141,10 +172,17 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["chain throughput at saturation (telemetry on) vs in-process"].endswith("| 0.90× (36.0 vs 40.0 req/s) | met |")
-    assert "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline-bench | met |" in rows[
-        "p50 at concurrency 1: chain vs in-process"]
-    assert "| 0.97× (median of 3 interleaved pairs: 0.97, 0.81, 1.03) | met |" in rows["telemetry on vs off (throughput at saturation)"]
+    assert rows["chain throughput at saturation (telemetry on) vs in-process"].endswith(
+        "| 0.90× (36.0 vs 40.0 req/s) | met |"
+    )
+    assert (
+        "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline-bench | met |"
+        in rows["p50 at concurrency 1: chain vs in-process"]
+    )
+    assert (
+        "| 0.97× (median of 3 interleaved pairs: 0.97, 0.81, 1.03) | met |"
+        in rows["telemetry on vs off (throughput at saturation)"]
+    )
     assert "| chain-http | 4 | 36.0 | 36.5 | 110.0 | 108.0 |" in text  # the load generators side by side
     assert "| 2 | 4 | 30.0 | 37.0 | 0.81 | 110.0 | 105.0 |" in text  # every interleaved pair
     assert "| telemetry-on-1 |" not in text  # repeats have their own table, not rows among the scenarios
@@ -254,8 +292,15 @@ async def test_overload_run_measures_capacity_then_reports_goodput_refusals_and_
     settings = make_settings(max_in_flight=2, max_queue=2, queue_timeout_s=0.2)
     async with running_chain(settings) as client:
         transport = NetworkASGITransport(app=client.apps["postprocess"])
-        capacity, results = await run_overload("http://postprocess.test/finalize", COFFEE_JPG, [1, 4], duration_s=1.0,
-                                               capacity_s=1.0, capacity_concurrencies=(2, 3), transport=transport)
+        capacity, results = await run_overload(
+            "http://postprocess.test/finalize",
+            COFFEE_JPG,
+            [1, 4],
+            duration_s=1.0,
+            capacity_s=1.0,
+            capacity_concurrencies=(2, 3),
+            transport=transport,
+        )
     assert capacity > 0 and len(results) == 2
     low, high = (r.summary() for r in results)
     assert low["load_x"] == pytest.approx(1) and high["load_x"] == pytest.approx(4)
@@ -271,20 +316,38 @@ def test_report_has_the_overload_section_targets_and_plot(tmp_path):
     from ml_pipeline_bench import report as bench_report
 
     def runs(goodput_at_2x, p99_at_2x):
-        return [{"load_x": x, "offered_rps": 50 * x, "sent": int(1500 * x), "goodput_rps": 50 * g, "goodput_x": g,
-                 "capacity_rps": 50.0, "admitted_p50_ms": 100, "admitted_p99_ms": p, "refused_p50_ms": 3.0,
-                 "refused_p99_ms": 9.0, "client_cpu_ms_per_request": 0.5, "statuses": {"200": 10, "503": 5}}
-                for x, g, p in [(1, 0.95, 300), (2, goodput_at_2x, p99_at_2x), (3, goodput_at_2x - 0.1, p99_at_2x)]]
+        return [
+            {
+                "load_x": x,
+                "offered_rps": 50 * x,
+                "sent": int(1500 * x),
+                "goodput_rps": 50 * g,
+                "goodput_x": g,
+                "capacity_rps": 50.0,
+                "admitted_p50_ms": 100,
+                "admitted_p99_ms": p,
+                "refused_p50_ms": 3.0,
+                "refused_p99_ms": 9.0,
+                "client_cpu_ms_per_request": 0.5,
+                "statuses": {"200": 10, "503": 5},
+            }
+            for x, g, p in [(1, 0.95, 300), (2, goodput_at_2x, p99_at_2x), (3, goodput_at_2x - 0.1, p99_at_2x)]
+        ]
 
     results = tmp_path / "results"
     results.mkdir()
     for name, (g, p) in {"overload": (0.9, 600), "overload-no-admission": (0.15, 9000)}.items():
-        (results / f"{name}.json").write_text(json.dumps({"meta": {"label": name, "capacity_rps": 50.0}, "overload": runs(g, p)}))
+        (results / f"{name}.json").write_text(
+            json.dumps({"meta": {"label": name, "capacity_rps": 50.0}, "overload": runs(g, p)})
+        )
     out = tmp_path / "docs" / "performance.md"
     assert bench_report.main([str(results), "--out", str(out)]) == 0
     report = out.read_text()
     assert "## Overload: open loop" in report and "![overload](perf/overload.png)" in report
-    assert "| goodput at 2× capacity (200 within 2 s, open loop) | ≥ 0.80× capacity | 0.90× (45.0 of 50.0 req/s); without admission control 0.15× | met |" in report
+    assert (
+        "| goodput at 2× capacity (200 within 2 s, open loop) | ≥ 0.80× capacity | 0.90× (45.0 of 50.0 req/s); without admission control 0.15× | met |"
+        in report
+    )
     assert "| p99 of admitted requests at 2× capacity | ≤ 1000 ms | 600 ms | met |" in report
     assert (out.parent / "perf" / "overload.png").stat().st_size > 10_000
 
@@ -320,7 +383,7 @@ async def test_the_raw_sender_resends_once_on_a_connection_the_server_closed(htt
     body, content_type = multipart_body(COFFEE_JPG)
     sender = RawHttpSender(f"{base}/ok", body, content_type)
     assert (await sender())[0] == 200
-    (reader, writer), = sender._idle
+    ((_reader, writer),) = sender._idle
     stale_reader = asyncio.StreamReader()
     stale_reader.feed_eof()  # as if the server had closed it while idle
     sender._idle = [(stale_reader, writer)]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.data import COFFEE_JPG, image_bytes
 from ml_pipeline.errors import PipelineError
 from preprocess import imaging
+from support.data import COFFEE_JPG, image_bytes
 
 BIG = 10**9  # a pixel limit that never triggers
 
@@ -41,7 +41,7 @@ def reference_tensor(rgb: np.ndarray) -> np.ndarray:
     """Short side → 256 (torchvision rounding), centre crop 224, (x-127)/128, NCHW."""
     h, w = rgb.shape[:2]
     new_w, new_h = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
-    left, top = int(round((new_w - 224) / 2)), int(round((new_h - 224) / 2))
+    left, top = round((new_w - 224) / 2), round((new_h - 224) / 2)
     sx, sy = w / new_w, h / new_h
     x = reference_resample(rgb.astype(np.float64), 224, left * sx, sx, axis=1)
     x = reference_resample(x, 224, top * sy, sy, axis=0)
@@ -79,8 +79,19 @@ def test_normalization_and_channel_order():
 
 @pytest.mark.parametrize(
     "mode, fmt",
-    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
-     ("LA", "PNG"), ("1", "PNG"), ("L", "PNG"), ("RGB", "WEBP"), ("RGBA", "WEBP")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("1", "PNG"),
+        ("L", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGBA", "WEBP"),
+    ],
 )
 def test_supported_modes_and_formats_decode_to_rgb(mode, fmt):
     img = smooth_image(320, 240).convert(mode)
@@ -159,13 +170,18 @@ def huge_claim_jpeg(width: int = 7000, height: int = 5000) -> bytes:
     its frame size patched (the data runs out long before the claimed pixels)."""
     data = bytearray(image_bytes(smooth_image(64, 48), "JPEG", quality=50))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
 
 
 def test_jpegs_decode_at_the_smallest_dct_scale_that_keeps_256():
-    for (w, h), expected in [((4000, 3000), (500, 375)), ((3000, 4000), (375, 500)), ((1200, 800), (600, 400)),
-                             ((600, 400), (600, 400)), ((520, 4000), (260, 2000))]:
+    for (w, h), expected in [
+        ((4000, 3000), (500, 375)),
+        ((3000, 4000), (375, 500)),
+        ((1200, 800), (600, 400)),
+        ((600, 400), (600, 400)),
+        ((520, 4000), (260, 2000)),
+    ]:
         img = imaging.decode(image_bytes(smooth_image(w, h), "JPEG", quality=90), BIG)
         assert img.size == expected and min(img.size) >= 256
 
@@ -182,9 +198,9 @@ def test_a_scaled_decode_gives_nearly_the_same_tensor():
 @pytest.mark.slow
 def test_labels_of_upscaled_photos_survive_the_scaled_decode():
     """Tolerance: the same top-1 class, its probability within 0.05 of the full decode's."""
+    from model.backends import load_backend
     from support.apps import make_settings
     from support.data import CHELSEA_JPG
-    from model.backends import load_backend
 
     backend = load_backend(make_settings(model_backend="onnx"))
 
