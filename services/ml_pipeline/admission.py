@@ -161,6 +161,11 @@ def _replaying(buffered: list[dict], receive):
     return replay
 
 
+def ends_body(message: dict[str, Any]) -> bool:
+    """Whether this ASGI ``receive`` message is the request body's last (or the client left)."""
+    return message["type"] != "http.request" or not message.get("more_body", False)
+
+
 def _deadline_bound(receive):
     """``receive`` that gives up with 408 when the body has not arrived by the deadline (a client
     trickling its upload would otherwise hold a slot for as long as it likes)."""
@@ -178,8 +183,7 @@ def _deadline_bound(receive):
             raise RaisedWhileReadingBody(
                 RequestTimeout("the request body did not arrive before the request's deadline")
             ) from None
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            body_done = True
+        body_done = ends_body(message)
         return message
 
     return bounded

@@ -57,31 +57,17 @@ def run(service: str, host: str, port: int) -> int:
     return 0
 
 
-def serve(host: str, wait_ready_s: float) -> int:
-    """Start the three services as child processes, wired to each other on localhost."""
-    env = dict(os.environ)
-    env.setdefault("MODEL_URL", f"http://127.0.0.1:{DEFAULT_PORTS['model']}")
-    env.setdefault("PREPROCESS_URL", f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
-    children = []
-    for service in ("model", "preprocess", "postprocess"):
-        cmd = [
-            sys.executable,
-            "-m",
-            "ml_pipeline",
-            "run",
-            service,
-            "--host",
-            host,
-            "--port",
-            str(DEFAULT_PORTS[service]),
-        ]
-        # Own session: a terminal Ctrl-C reaches only us, and each child gets exactly one SIGINT.
-        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-    print(
-        f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in DEFAULT_PORTS.items())}; Ctrl-C stops", flush=True
-    )
+SERVE_ORDER = ("model", "preprocess", "postprocess")  # each before the service that calls it
 
-    def stop(*_):
+
+def serve(host: str, wait_ready_s: float, base_port: int = DEFAULT_PORTS["preprocess"]) -> int:
+    """Start the three services as child processes, wired to each other on localhost: preprocess
+    on ``base_port``, the model on the next port, postprocess on the one after (5001/5002/5003)."""
+    ports = {service: base_port + offset for service, offset in (("preprocess", 0), ("model", 1), ("postprocess", 2))}
+    children = _start_children(host, ports)
+    print(f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in ports.items())}; Ctrl-C stops", flush=True)
+
+    def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
     # Installed explicitly: a shell starts background jobs with SIGINT ignored, and Python then
@@ -90,7 +76,7 @@ def serve(host: str, wait_ready_s: float) -> int:
     signal.signal(signal.SIGTERM, stop)
     status = 0
     try:
-        _wait_ready(wait_ready_s)
+        _wait_ready(ports["postprocess"], wait_ready_s)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         status = 1
@@ -98,31 +84,44 @@ def serve(host: str, wait_ready_s: float) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop_children(children)
     return status
 
 
-def _wait_ready(timeout_s: float) -> None:
+def _start_children(host: str, ports: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    env = dict(os.environ)
+    env.setdefault("MODEL_URL", f"http://127.0.0.1:{ports['model']}")
+    env.setdefault("PREPROCESS_URL", f"http://127.0.0.1:{ports['preprocess']}")
+    children = []
+    for service in SERVE_ORDER:
+        cmd = [sys.executable, "-m", "ml_pipeline", "run", service, "--host", host, "--port", str(ports[service])]
+        # Own session: a terminal Ctrl-C reaches only us, and each child gets exactly one SIGINT.
+        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    return children
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    for child in children:
+        try:
+            child.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _wait_ready(port: int, timeout_s: float) -> None:
     import httpx
 
-    url = f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/ready"
+    url = f"http://127.0.0.1:{port}/ready"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=1).status_code == 200:
-                print(
-                    f"ml-pipeline: ready — curl -F file=@test.jpg http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
-                    flush=True,
-                )
+                print(f"ml-pipeline: ready — curl -F file=@test.jpg http://localhost:{port}/finalize", flush=True)
                 return
         except httpx.HTTPError:
             pass
@@ -140,10 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run all three services as local processes")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--wait-ready", type=float, default=120, help="seconds to wait for readiness")
+    p_serve.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_PORTS["preprocess"],
+        help="preprocess's port; the model and postprocess take the next two (default: 5001, 5002, 5003)",
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.service, args.host, args.port or RUNNABLE_PORTS[args.service])
-    return serve(args.host, args.wait_ready)
+    return serve(args.host, args.wait_ready, args.base_port)
 
 
 if __name__ == "__main__":

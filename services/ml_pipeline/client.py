@@ -24,6 +24,7 @@ import collections
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -73,6 +74,17 @@ class RetryBudget:
             return False
         self._retries.append(now)
         return True
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """How one attempt on one replica went."""
+
+    response: httpx.Response | None = None  # an answer (a success, or a retryable error answer)
+    failure: PipelineError | None = None  # no answer: the error to raise if no other attempt succeeds
+    reason: str = ""  # why it failed: connect_error, timeout, transport_error, status_5xx
+    succeeded: bool = False
+    out_of_time: bool = False  # cut by the deadline: no time for another
 
 
 class Downstream:
@@ -171,59 +183,26 @@ class Downstream:
         tried: set[Endpoint] = set()
         failure: PipelineError | None = None
         response: httpx.Response | None = None
-        attempts = 0
-        reason = ""  # why the last attempt failed
+        attempt = _Attempt()
         caller_headers = kwargs.pop("headers", {})
-        while attempts < self._max_attempts:
-            if attempts and not await self._may_retry(hop_deadline, attempts, reason):
+        while len(tried) < self._max_attempts:
+            if tried and not await self._may_retry(hop_deadline, len(tried), attempt.reason):
                 break
             endpoint = self.balancer.pick(exclude=tried)
             remaining = hop_deadline - time.monotonic()
             if endpoint is None or remaining <= 0:
                 break
-            attempts += 1
             tried.add(endpoint)
-            url = f"{endpoint.base_url}{path}"
-            attempt_s = min(remaining, self._attempt_timeout_s or remaining)
-            timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
             # The next hop learns how long we will wait, and stops working when we would stop waiting.
             headers = {**caller_headers, REQUEST_TIMEOUT_HEADER: deadline.header_value(remaining)}
-            endpoint.outstanding += 1
-            try:
-                # httpx times each socket operation; this bounds the attempt as a whole.
-                async with asyncio.timeout(attempt_s):
-                    response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
-            except (httpx.ConnectTimeout, httpx.ConnectError):
-                reason = "connect_error"
-                self._attempt_failed(endpoint, attempts, reason)
-                failure = DownstreamUnavailable(f"{self.name} unreachable at {url}")
-                continue
-            except (httpx.TimeoutException, TimeoutError):
-                reason = "timeout"
-                # Cut by the per-attempt timeout with time left: this replica is hung, ejected like a
-                # dead one and the call retried. Cut by the deadline: the time is up, nobody's fault.
-                hung = attempt_s < remaining
-                self._attempt_failed(endpoint, attempts, reason, eject=hung)
-                failure = self._timed_out(url, request_bound and not hung)
-                if not hung:
-                    break
-                continue
-            except httpx.TransportError as exc:  # e.g. the replica died mid-request
-                reason = "transport_error"
-                self._attempt_failed(endpoint, attempts, reason)
-                failure = DownstreamUnavailable(f"{self.name} connection failed at {url}: {type(exc).__name__}")
-                continue
-            finally:
-                endpoint.outstanding -= 1
-            self._annotate(endpoint, attempts)
-            if response.status_code in self._retry_statuses:
-                reason = "status_5xx"
-                # 503 + Retry-After is a busy replica refusing work, not a broken one: try another, don't eject.
-                busy = response.status_code == 503 and "retry-after" in response.headers
-                self._attempt_failed(endpoint, attempts, reason, eject=not busy)
-                continue
-            self.balancer.succeeded(endpoint)
-            return response
+            attempt = await self._attempt(endpoint, len(tried), method, path, remaining, request_bound, headers, kwargs)
+            if attempt.response is not None:
+                if attempt.succeeded:
+                    return attempt.response
+                response = attempt.response
+            failure = attempt.failure or failure
+            if attempt.out_of_time:
+                break
         if response is not None and response.status_code in self._retry_statuses:
             return response  # the last replica's error answer, for the caller to report
         if failure is not None:
@@ -231,6 +210,51 @@ class Downstream:
         if not self.balancer.endpoints:
             raise DownstreamUnavailable(f"{self.name}: {self.base_url} resolves to no address")
         raise self._timed_out(self.base_url, request_bound)
+
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        number: int,
+        method: str,
+        path: str,
+        remaining: float,
+        request_bound: bool,
+        headers: dict[str, str],
+        kwargs: dict[str, Any],
+    ) -> _Attempt:
+        """One request to one replica, within ``remaining`` seconds and the attempt timeout."""
+        url = f"{endpoint.base_url}{path}"
+        attempt_s = min(remaining, self._attempt_timeout_s or remaining)
+        timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
+        endpoint.outstanding += 1
+        try:
+            # httpx times each socket operation; this bounds the attempt as a whole.
+            async with asyncio.timeout(attempt_s):
+                response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
+        except (httpx.ConnectTimeout, httpx.ConnectError):
+            self._attempt_failed(endpoint, number, "connect_error")
+            return _Attempt(failure=DownstreamUnavailable(f"{self.name} unreachable at {url}"), reason="connect_error")
+        except (httpx.TimeoutException, TimeoutError):
+            # Cut by the per-attempt timeout with time left: this replica is hung, ejected like a
+            # dead one and the call retried. Cut by the deadline: the time is up, nobody's fault.
+            hung = attempt_s < remaining
+            self._attempt_failed(endpoint, number, "timeout", eject=hung)
+            failure = self._timed_out(url, request_bound and not hung)
+            return _Attempt(failure=failure, reason="timeout", out_of_time=not hung)
+        except httpx.TransportError as exc:  # e.g. the replica died mid-request
+            self._attempt_failed(endpoint, number, "transport_error")
+            failure = DownstreamUnavailable(f"{self.name} connection failed at {url}: {type(exc).__name__}")
+            return _Attempt(failure=failure, reason="transport_error")
+        finally:
+            endpoint.outstanding -= 1
+        self._annotate(endpoint, number)
+        if response.status_code in self._retry_statuses:
+            # 503 + Retry-After is a busy replica refusing work, not a broken one: try another, don't eject.
+            busy = response.status_code == 503 and "retry-after" in response.headers
+            self._attempt_failed(endpoint, number, "status_5xx", eject=not busy)
+            return _Attempt(response=response, reason="status_5xx")
+        self.balancer.succeeded(endpoint)
+        return _Attempt(response=response, succeeded=True)
 
     async def _may_retry(self, hop_deadline: float, attempts: int, reason: str) -> bool:
         """Another attempt only within the retry budget, after a jittered pause that fits the deadline."""

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from starlette.datastructures import MutableHeaders
 
 from ml_pipeline import __version__, metrics
-from ml_pipeline.admission import AdmissionControl
+from ml_pipeline.admission import AdmissionControl, ends_body
 from ml_pipeline.errors import BadRequest, NotReady, PayloadTooLarge
 from ml_pipeline.http_errors import RaisedWhileReadingBody, error_response, install_error_handlers
 from ml_pipeline.settings import ServiceSettings, UploadSettings
@@ -94,7 +94,7 @@ class _BodyTracker:
 
     async def receive(self):
         message = await self._receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
+        if ends_body(message):
             self.complete = True
         return message
 
@@ -157,8 +157,15 @@ def build_app(
     app.state.settings = settings
     app.state.service = service
     app.state.tracer = tracer_provider.get_tracer(f"ml_pipeline.{service}", __version__)
-
     install_error_handlers(app, service)
+    _add_middleware(app, service, settings, max_body_bytes)
+    _add_probe_routes(app, service, settings, ready)
+    metrics.register_service(service, settings.service_instance_id)
+    instrument_app(app, tracer_provider)
+    return app
+
+
+def _add_middleware(app: FastAPI, service: str, settings: ServiceSettings, max_body_bytes: int) -> None:
     # Outermost last: telemetry sees every answer (refusals too), the body guard drains before any.
     app.add_middleware(
         AdmissionControl,
@@ -170,6 +177,10 @@ def build_app(
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, service=service)
     app.add_middleware(RequestTelemetryMiddleware, service=service)
+
+
+def _add_probe_routes(app: FastAPI, service: str, settings: ServiceSettings, ready: ReadyCheck) -> None:
+    """``/health`` (liveness), ``/ready`` (readiness, asked of ``ready``) and ``/metrics``."""
 
     @app.get("/health", tags=["probes"], summary="Liveness: the process is up")
     async def health() -> dict[str, Any]:
@@ -187,27 +198,18 @@ def build_app(
             raise NotReady(reason)
         return JSONResponse({"status": "ready", "service": service, "detail": reason})
 
+    exposition_formats = {metrics.TEXT_CONTENT_TYPE, metrics.OPENMETRICS_CONTENT_TYPE}
+
     @app.get(
         "/metrics",
         tags=["probes"],
         summary="Prometheus metrics (OpenMetrics with exemplars when asked for)",
         response_class=Response,
-        responses={
-            200: {
-                "content": {
-                    metrics.TEXT_CONTENT_TYPE: {"schema": {"type": "string"}},
-                    metrics.OPENMETRICS_CONTENT_TYPE: {"schema": {"type": "string"}},
-                }
-            }
-        },
+        responses={200: {"content": {media: {"schema": {"type": "string"}} for media in sorted(exposition_formats)}}},
     )
     async def prometheus_metrics(request: Request) -> Response:  # async: never queued behind worker threads
         body, content_type = metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type)
-
-    metrics.register_service(service, settings.service_instance_id)
-    instrument_app(app, tracer_provider)
-    return app
 
 
 async def read_upload(file: UploadFile, settings: UploadSettings) -> bytes:

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import TracerProvider
 
-from ml_pipeline.client import downstream_from_settings
+from ml_pipeline.client import Downstream, downstream_from_settings
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import PostprocessSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider, current_trace_id, distrust_incoming_trace_context
@@ -35,16 +36,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
-        preprocess = downstream_from_settings(
-            "preprocess",
-            settings.preprocess_url,
-            settings,
-            provider,
-            timeout_s=settings.preprocess_timeout_s,
-            pass_client_errors=True,  # preprocess rejecting the upload is the client's error
-            max_attempts=settings.preprocess_max_attempts,  # connection failures only: nothing was processed
-            transport=preprocess_transport,
-        )
+        preprocess = preprocess_client(settings, provider, preprocess_transport)
         app.state.finalizer = Finalizer(settings, preprocess)
         try:
             yield
@@ -66,6 +58,26 @@ def create_app(
     if not settings.trust_client_trace_context:  # the public edge: callers' trace ids are only links
         distrust_incoming_trace_context(app)
 
+    add_routes(app, settings)
+    return app
+
+
+def preprocess_client(
+    settings: PostprocessSettings, provider: TracerProvider, transport: httpx.AsyncBaseTransport | None
+) -> Downstream:
+    return downstream_from_settings(
+        "preprocess",
+        settings.preprocess_url,
+        settings,
+        provider,
+        timeout_s=settings.preprocess_timeout_s,
+        pass_client_errors=True,  # preprocess rejecting the upload is the client's error
+        max_attempts=settings.preprocess_max_attempts,  # connection failures only: nothing was processed
+        transport=transport,
+    )
+
+
+def add_routes(app: FastAPI, settings: PostprocessSettings) -> None:
     @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
     async def finalize(
         response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")
@@ -77,5 +89,3 @@ def create_app(
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
         response.headers[SERVER_TIMING_HEADER] = timer.header()
         return FinalizeResponse(**result, trace_id=current_trace_id(), timings_ms=timer.timings_ms)
-
-    return app

@@ -19,9 +19,10 @@ from enum import StrEnum
 import httpx
 from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import TracerProvider
 
 from ml_pipeline import codec
-from ml_pipeline.client import RETRYABLE_5XX, downstream_from_settings
+from ml_pipeline.client import RETRYABLE_5XX, Downstream, downstream_from_settings
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import PreprocessSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider
@@ -54,19 +55,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
-        model = downstream_from_settings(
-            "model",
-            settings.model_url,
-            settings,
-            provider,
-            timeout_s=settings.model_timeout_s,
-            pass_client_errors=False,  # we built the tensor: a 4xx from the model is our bug
-            # Inference is a pure function of the tensor: another replica may safely try again.
-            max_attempts=settings.model_max_attempts,
-            retry_statuses=RETRYABLE_5XX,
-            attempt_timeout_s=settings.model_attempt_timeout_s,  # a hung replica is left for another
-            transport=model_transport,
-        )
+        model = model_client(settings, provider, model_transport)
         app.state.preprocessor = Preprocessor(settings, model)
         settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
         sweeper = asyncio.get_running_loop().create_task(app.state.preprocessor.sweep_forever())
@@ -88,7 +77,29 @@ def create_app(
         ready=ready,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
     )
+    add_routes(app, settings)
+    return app
 
+
+def model_client(
+    settings: PreprocessSettings, provider: TracerProvider, transport: httpx.AsyncBaseTransport | None
+) -> Downstream:
+    return downstream_from_settings(
+        "model",
+        settings.model_url,
+        settings,
+        provider,
+        timeout_s=settings.model_timeout_s,
+        pass_client_errors=False,  # we built the tensor: a 4xx from the model is our bug
+        # Inference is a pure function of the tensor: another replica may safely try again.
+        max_attempts=settings.model_max_attempts,
+        retry_statuses=RETRYABLE_5XX,
+        attempt_timeout_s=settings.model_attempt_timeout_s,  # a hung replica is left for another
+        transport=transport,
+    )
+
+
+def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
     @app.post(
         "/process",
         tags=["preprocess"],
@@ -110,10 +121,7 @@ def create_app(
         timer = StageTimer(app.state.tracer, SERVICE)
         tensor = await preprocessor.tensor(data, timer)
         if output is Output.tensor:
-            return Response(
-                codec.encode(tensor), media_type=NPY_MEDIA_TYPE, headers={SERVER_TIMING_HEADER: timer.header()}
-            )
+            headers = {SERVER_TIMING_HEADER: timer.header()}
+            return Response(codec.encode(tensor), media_type=NPY_MEDIA_TYPE, headers=headers)
         scores = await preprocessor.scores(tensor, mode, timer)
         return Response(scores.body, media_type=NPY_MEDIA_TYPE, headers=scores.headers)
-
-    return app

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from ml_pipeline.settings import DEFAULT_PORTS
+from support.apps import free_port
 from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.slow
@@ -23,9 +23,17 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def three_free_ports() -> dict[str, int]:
+    """Three consecutive free ports, as ``serve --base-port`` takes them (not 5001–5003: those may be a running stack's)."""
+    for _ in range(50):
+        base = free_port()
+        if base + 2 < 65536 and not any(port_in_use(base + i) for i in (1, 2)):
+            return {"preprocess": base, "model": base + 1, "postprocess": base + 2}
+    raise AssertionError("no three consecutive free ports")
+
+
 def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
-    busy = [p for p in DEFAULT_PORTS.values() if port_in_use(p)]
-    assert not busy, f"ports {busy} are taken: stop what listens there (a running stack?) first"
+    ports = three_free_ports()
     env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
     env.pop("MODEL_URL", None)
     env.pop("PREPROCESS_URL", None)
@@ -33,7 +41,7 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     # Started with SIGINT ignored, as a shell starts a background job (`ml-pipeline serve &`):
     # Ctrl-C/SIGINT must still stop it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ml_pipeline", "serve"],
+        [sys.executable, "-m", "ml_pipeline", "serve", "--base-port", str(ports["preprocess"])],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -43,14 +51,14 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{ports['postprocess']}/ready", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
             time.sleep(0.3)
         r = httpx.post(
-            f"http://127.0.0.1:{DEFAULT_PORTS['postprocess']}/finalize",
+            f"http://127.0.0.1:{ports['postprocess']}/finalize",
             files={"file": ("test.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")},
             timeout=30,
         )
@@ -64,6 +72,7 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
                 "-m",
                 "ml_pipeline_bench",
                 "run",
+                f"http://127.0.0.1:{ports['postprocess']}/finalize",
                 "-c",
                 "1,2",
                 "-n",
@@ -90,8 +99,8 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     log.seek(0)
     output = log.read()
     assert code == 0, output
-    assert not [p for p in DEFAULT_PORTS.values() if port_in_use(p)], "a service outlived Ctrl-C"
+    assert not [p for p in ports.values() if port_in_use(p)], "a service outlived Ctrl-C"
     # One grep follows the request through all three services' logs.
     lines = [line for line in output.splitlines() if trace_id in line]
-    assert {svc for svc in DEFAULT_PORTS if any(f'"service": "{svc}"' in line for line in lines)} == set(DEFAULT_PORTS)
+    assert {svc for svc in ports if any(f'"service": "{svc}"' in line for line in lines)} == set(ports)
     assert output.count("Application shutdown complete") == 3
