@@ -1,0 +1,65 @@
+"""The model's data plane on its own, without the web layer: media type → transport, the body limit
+per encoding, and the same logits whichever encoding carried the batch."""
+
+import numpy as np
+import pytest
+from opentelemetry.trace import NoOpTracer
+
+from ml_pipeline import codec, handoff, wire
+from ml_pipeline.errors import BadRequest, UnsupportedMediaType
+from ml_pipeline.telemetry import StageTimer
+from model.dataplane import REFERENCE_MAX_BYTES, Predictor
+from support.apps import make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+def batch(n=2):
+    return np.random.default_rng(1).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "content_type, transport",
+    [
+        ("application/x-npy", "http"),
+        ("application/json; charset=utf-8", "json"),
+        (wire.TENSOR_REFERENCE_MEDIA_TYPE, "volume"),
+    ],
+)
+def test_the_media_type_names_the_transport(content_type, transport):
+    assert Predictor.transport_of(content_type) == transport
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/csv", "application/x-npy-not"])
+def test_any_other_media_type_is_a_415_naming_the_accepted_ones(content_type):
+    with pytest.raises(UnsupportedMediaType, match="application/x-npy"):
+        Predictor.transport_of(content_type)
+
+
+def test_each_encoding_has_its_own_body_limit():
+    predictor = Predictor(make_settings(max_batch=2))
+    tensor_bytes = 2 * 3 * 224 * 224 * 4
+    assert predictor.body_limit("http") >= tensor_bytes + 128  # the tensor and its .npy header
+    assert predictor.body_limit("http") < predictor.body_limit("json")  # JSON spends ~24 characters a float
+    assert predictor.body_limit("volume") == REFERENCE_MAX_BYTES
+
+
+async def test_every_encoding_gives_the_same_logits(tmp_path):
+    predictor = Predictor(make_settings(shared_data_dir=tmp_path))
+    await predictor.load()
+    x = batch()
+    name, _ = handoff.write_tensor(tmp_path, x)
+    bodies = {"http": codec.encode(x), "json": handoff.encode_json(x), "volume": handoff.encode_reference(name)}
+    answers = {t: await predictor.predict(body, t, StageTimer(NoOpTracer(), "model")) for t, body in bodies.items()}
+    logits = {t: codec.decode(a.body) for t, a in answers.items()}
+    assert logits["http"].shape == (2, 1000)
+    np.testing.assert_array_equal(logits["json"], logits["http"])
+    np.testing.assert_array_equal(logits["volume"], logits["http"])
+    assert answers["http"].headers[wire.MODEL_BACKEND_HEADER] == "random"
+
+
+async def test_a_batch_past_max_batch_is_refused_before_inference():
+    predictor = Predictor(make_settings(max_batch=1))
+    await predictor.load()
+    with pytest.raises(BadRequest, match=r"batch size 2 is outside 1\.\.1"):
+        await predictor.predict(codec.encode(batch(2)), "http", StageTimer(NoOpTracer(), "model"))
