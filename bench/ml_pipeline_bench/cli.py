@@ -19,11 +19,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ml_pipeline import __version__
 from ml_pipeline.settings import DEFAULT_PORTS
-from ml_pipeline_bench import report, soak as soak_run
+from ml_pipeline_bench import report
+from ml_pipeline_bench import soak as soak_run
 from ml_pipeline_bench.load import (
+    RunResult,
     format_overload_table,
     format_table,
     run_http,
@@ -34,61 +37,95 @@ from ml_pipeline_bench.load import (
 )
 
 
-def run(args: argparse.Namespace) -> int:
+def _refuse(command: str, message: str) -> int:
+    """A usage error: said on stderr, exit status 2 (as argparse does)."""
+    print(f"ml-pipeline-bench {command}: {message}", file=sys.stderr)
+    return 2
 
+
+def _positive_numbers(text: str, number: type[int] | type[float]) -> list[Any] | None:
+    """``"1,4,8"`` as numbers, or None when one of them is not a positive number."""
+    try:
+        values = [number(x) for x in text.split(",")]
+    except ValueError:
+        return None
+    return None if min(values) <= 0 else values
+
+
+def _host(time_format: str) -> dict[str, Any]:
+    """Where and when a result was measured: the last keys of every result's meta."""
+    return {
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "time": time.strftime(time_format),
+    }
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=1))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``run``: closed-loop runs at each concurrency (or ``--overload``), their table, and the JSON."""
     image = Path(args.image)
     if not image.is_file():
-        print(f"ml-pipeline-bench run: no image at {image} (give one with --image)", file=sys.stderr)
-        return 2
-    try:
-        concurrencies = [int(c) for c in args.concurrency.split(",")]
-        if min(concurrencies) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"ml-pipeline-bench run: --concurrency wants positive integers like 1,4,8, not {args.concurrency!r}", file=sys.stderr)
-        return 2
+        return _refuse("run", f"no image at {image} (give one with --image)")
+    concurrencies = _positive_numbers(args.concurrency, int)
+    if concurrencies is None:
+        return _refuse("run", f"--concurrency wants positive integers like 1,4,8, not {args.concurrency!r}")
     if args.overload:
         return overload(args, image)
-    requests = None if args.duration else args.requests
-    amount = {"requests": requests, "duration_s": args.duration, "warmup": args.warmup, "progress": not args.no_progress}
-    if args.url == "inprocess":
-        results = asyncio.run(run_inprocess(image, concurrencies, **amount))
-    elif args.tool == "wrk":
-        if not args.duration or not shutil.which("wrk"):
-            print("ml-pipeline-bench run: --tool wrk needs wrk (Debian package `wrk`) and -d SECONDS (wrk runs for a duration)",
-                  file=sys.stderr)
-            return 2
-        results = run_wrk(args.url, image, concurrencies, duration_s=args.duration, warmup_s=2 if args.warmup else 0)
-    else:
-        results = asyncio.run(run_http(args.url, image, concurrencies, **amount))
+    results = _closed_loop_runs(args, image, concurrencies)
+    if results is None:
+        return _refuse("run", "--tool wrk needs wrk (Debian package `wrk`) and -d SECONDS (wrk runs for a duration)")
     if args.label:
         for result in results:
             result.target = args.label
     summaries = [r.summary() for r in results]
+    _print_summaries(summaries)
+    if args.out:
+        meta = {"label": args.label or args.url, "url": args.url, "tool": args.tool, "image": str(image)}
+        meta |= {"version": __version__, **_host("%Y-%m-%dT%H:%M:%S%z")}
+        write_results(Path(args.out), results, meta)
+        print(f"ml-pipeline-bench run: wrote {args.out}")
+    return 1 if any(s["errors"] for s in summaries) else 0
+
+
+def _closed_loop_runs(args: argparse.Namespace, image: Path, concurrencies: list[int]) -> list[RunResult] | None:
+    """The runs, in process, over HTTP or by wrk (None: wrk asked for but it cannot run)."""
+    requests = None if args.duration else args.requests
+    amount = {
+        "requests": requests,
+        "duration_s": args.duration,
+        "warmup": args.warmup,
+        "progress": not args.no_progress,
+    }
+    if args.url == "inprocess":
+        return asyncio.run(run_inprocess(image, concurrencies, **amount))
+    if args.tool == "wrk":
+        if not args.duration or not shutil.which("wrk"):
+            return None
+        return run_wrk(args.url, image, concurrencies, duration_s=args.duration, warmup_s=2 if args.warmup else 0)
+    return asyncio.run(run_http(args.url, image, concurrencies, **amount))
+
+
+def _print_summaries(summaries: list[dict[str, Any]]) -> None:
+    """The table, each run's mean stages, and (on stderr) the statuses of runs with errors."""
     print(format_table(summaries))
     for s in summaries:
         stages = ", ".join(f"{name} {ms:.1f}" for name, ms in s["stages_mean_ms"].items())
         print(f"c={s['concurrency']} mean stage ms: {stages or '(no Server-Timing)'}")
         if s["errors"]:
             print(f"c={s['concurrency']} errors by status: {s['statuses']}", file=sys.stderr)
-    if args.out:
-        meta = {"label": args.label or args.url, "url": args.url, "tool": args.tool, "image": str(image), "version": __version__, "python": platform.python_version(),
-                "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_results(Path(args.out), results, meta)
-        print(f"ml-pipeline-bench run: wrote {args.out}")
-    return 1 if any(s["errors"] for s in summaries) else 0
 
 
 def overload(args: argparse.Namespace, image: Path) -> int:
     """``--overload 1,2,3``: capacity first, then open-loop runs at those multiples of it."""
-
-    try:
-        multiples = [float(m) for m in args.overload.split(",")]
-        if min(multiples) <= 0:
-            raise ValueError
-    except ValueError:
-        print(f"ml-pipeline-bench run: --overload wants positive multiples like 1,2,3, not {args.overload!r}", file=sys.stderr)
-        return 2
+    multiples = _positive_numbers(args.overload, float)
+    if multiples is None:
+        return _refuse("run", f"--overload wants positive multiples like 1,2,3, not {args.overload!r}")
     capacity, results = asyncio.run(
         run_overload(args.url, image, multiples, duration_s=args.duration or 30, good_within_s=args.good_within)
     )
@@ -98,11 +135,9 @@ def overload(args: argparse.Namespace, image: Path) -> int:
     print(f"capacity (best closed loop of 8 or 16 clients): {capacity:.1f} req/s")
     print(format_overload_table(summaries))
     if args.out:
-        meta = {"label": args.label or args.url, "url": args.url, "mode": "overload", "capacity_rps": capacity,
-                "image": str(image), "version": __version__, "python": platform.python_version(),
-                "machine": platform.platform(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"meta": meta, "overload": summaries}, indent=1))
+        meta = {"label": args.label or args.url, "url": args.url, "mode": "overload", "capacity_rps": capacity}
+        meta |= {"image": str(image), "version": __version__, **_host("%Y-%m-%dT%H:%M:%S%z")}
+        _write_json(args.out, {"meta": meta, "overload": summaries})
         print(f"ml-pipeline-bench run: wrote {args.out}")
     return 0
 
@@ -112,21 +147,26 @@ def soak(args: argparse.Namespace) -> int:
 
     image = Path(args.image)
     if not image.is_file():
-        print(f"ml-pipeline-bench soak: no image at {image} (give one with --image)", file=sys.stderr)
-        return 2
+        return _refuse("soak", f"no image at {image} (give one with --image)")
     duration = args.minutes * 60
     warmup = args.warmup if args.warmup is not None else min(120.0, duration / 3)
-    result = asyncio.run(soak_run.run_soak(
-        args.url, image, prometheus_url=args.prometheus, duration_s=duration, warmup_s=warmup, load_x=args.load,
-        window_s=min(60.0, duration / 3), shared_dir=Path(args.shared_dir) if args.shared_dir else None))
+    result = asyncio.run(
+        soak_run.run_soak(
+            args.url,
+            image,
+            prometheus_url=args.prometheus,
+            duration_s=duration,
+            warmup_s=warmup,
+            load_x=args.load,
+            window_s=min(60.0, duration / 3),
+            shared_dir=Path(args.shared_dir) if args.shared_dir else None,
+        )
+    )
     summary = result.summary()
-    meta = {"command": "ml-pipeline-bench " + " ".join(args.argv),
-            "stack": args.stack, "python": platform.python_version(), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%d %H:%M %Z")}
+    meta = {"command": "ml-pipeline-bench " + " ".join(args.argv), "stack": args.stack, **_host("%Y-%m-%d %H:%M %Z")}
     report = {"meta": meta, "summary": summary, "samples": result.samples}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        _write_json(args.out, report)
         print(f"ml-pipeline-bench soak: wrote {args.out}")
     if args.report:
         soak_run.write_report(report, Path(args.report))
@@ -135,13 +175,15 @@ def soak(args: argparse.Namespace) -> int:
     return 0 if summary["passed"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ml-pipeline-bench", description=__doc__.splitlines()[0].strip("`: "))
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_run_parser(sub: Any) -> None:
     p_run = sub.add_parser("run", help="closed-loop load on a route: latency, throughput, per-stage breakdown")
-    p_run.add_argument("url", nargs="?", default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
-                         help="route taking a multipart `file` upload (default: /finalize on localhost), "
-                         "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment)")
+    p_run.add_argument(
+        "url",
+        nargs="?",
+        default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
+        help="route taking a multipart `file` upload (default: /finalize on localhost), "
+        "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment)",
+    )
     p_run.add_argument("--image", default="test.jpg", help="the image every request uploads")
     p_run.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")
     amount = p_run.add_mutually_exclusive_group()
@@ -151,16 +193,34 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--out", help="write the results (summaries and raw latencies) to this JSON file")
     p_run.add_argument("--label", help="name of this scenario in the output (default: the URL)")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p_run.add_argument("--tool", choices=["builtin", "wrk"], default="builtin",
-                         help="`wrk`: drive the same load with wrk instead, to compare (needs -d; no stage breakdown)")
-    p_run.add_argument("--overload", metavar="MULTIPLES",
-                         help="open loop instead: measure capacity, then send at these multiples of it "
-                         "(e.g. 1,1.5,2,3) for -d seconds each (default 30); reports goodput")
-    p_run.add_argument("--good-within", type=float, default=2.0,
-                         help="with --overload: a 200 within this many seconds counts as goodput")
-    p_soak = sub.add_parser("soak", help="steady open-loop load for minutes: memory, descriptors and p99 must stay flat")
+    p_run.add_argument(
+        "--tool",
+        choices=["builtin", "wrk"],
+        default="builtin",
+        help="`wrk`: drive the same load with wrk instead, to compare (needs -d; no stage breakdown)",
+    )
+    p_run.add_argument(
+        "--overload",
+        metavar="MULTIPLES",
+        help="open loop instead: measure capacity, then send at these multiples of it "
+        "(e.g. 1,1.5,2,3) for -d seconds each (default 30); reports goodput",
+    )
+    p_run.add_argument(
+        "--good-within",
+        type=float,
+        default=2.0,
+        help="with --overload: a 200 within this many seconds counts as goodput",
+    )
+
+
+def _add_soak_parser(sub: Any) -> None:
+    p_soak = sub.add_parser(
+        "soak", help="steady open-loop load for minutes: memory, descriptors and p99 must stay flat"
+    )
     p_soak.add_argument("url", nargs="?", default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize")
-    p_soak.add_argument("--prometheus", default="http://localhost:9090", help="the stack's Prometheus (process metrics)")
+    p_soak.add_argument(
+        "--prometheus", default="http://localhost:9090", help="the stack's Prometheus (process metrics)"
+    )
     p_soak.add_argument("--minutes", type=float, default=30)
     p_soak.add_argument("--warmup", type=float, help="seconds not judged (default: a third of the run, at most 120)")
     p_soak.add_argument("--load", type=float, default=0.5, help="the rate as a multiple of the measured capacity")
@@ -169,11 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     p_soak.add_argument("--stack", default="as shipped", help="how the stack was started (for the report)")
     p_soak.add_argument("--out", help="write the results (summary and every sample) to this JSON file")
     p_soak.add_argument("--report", help="write the Markdown report here, the plot to perf/soak.png beside it")
+
+
+def _add_report_parser(sub: Any) -> None:
     p_report = sub.add_parser("report", help="the Markdown report (tables, targets, plots) of bench JSON results")
     p_report.add_argument("results", help="directory of `ml-pipeline-bench run --out` JSON files")
     p_report.add_argument("--out", default="docs/performance.md", help="the report; plots go to perf/ beside it")
     p_report.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
-    args = parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ml-pipeline-bench", description=__doc__.splitlines()[0].strip("`: "))
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    _add_soak_parser(sub)
+    _add_report_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     if args.command == "report":
         return report.main([args.results, "--out", args.out] + (["--notes", args.notes] if args.notes else []))

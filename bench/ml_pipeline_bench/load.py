@@ -13,7 +13,7 @@ import asyncio
 import json
 import mimetypes
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,10 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
-        stats = self.reported_ms or {"mean": float(np.mean(lat)), **{f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}}
+        stats = self.reported_ms or {
+            "mean": float(np.mean(lat)),
+            **{f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)},
+        }
         return {
             "target": self.target,
             "concurrency": self.concurrency,
@@ -80,6 +83,64 @@ def http_sender(client: httpx.AsyncClient, url: str, body: bytes, content_type: 
     return send
 
 
+@dataclass
+class _Tally:
+    """What a closed loop's workers have recorded so far: each answer's latency, status and stages."""
+
+    latencies: list[float] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    def record(self, status: str, timings: dict[str, float], latency_ms: float) -> None:
+        self.latencies.append(latency_ms)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status != "200":
+            self.errors += 1
+        for name, ms in timings.items():
+            self.stages.setdefault(name, []).append(ms)
+
+    def result(self, target: str, concurrency: int, duration_s: float, client_cpu_s: float) -> RunResult:
+        answers = len(self.latencies)
+        return RunResult(
+            target,
+            concurrency,
+            answers,
+            self.errors,
+            duration_s,
+            self.latencies,
+            self.stages,
+            self.statuses,
+            client_cpu_s,
+        )
+
+
+async def _send_once(send: Send) -> tuple[str, dict[str, float]]:
+    """One request as (status, stage timings): a failure is an answer too (``transport:<error>``,
+    ``exception:<error>``), so one broken request never stops a run."""
+    try:
+        status, stages = await send()
+        return str(status), stages
+    except httpx.HTTPError as exc:
+        return f"transport:{type(exc).__name__}", {}
+    except Exception as exc:  # an in-process pipeline's failure is one failed request too
+        return f"exception:{type(exc).__name__}", {}
+
+
+async def _warm_up(send: Send, concurrency: int, warmup: int) -> None:
+    """``warmup`` unrecorded requests at the run's concurrency: connections, caches and the
+    services' lazy start-up are paid for before anything is measured."""
+    remaining = warmup
+
+    async def warm_worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await _send_once(send)
+
+    await asyncio.gather(*(warm_worker() for _ in range(min(concurrency, warmup))))
+
+
 async def closed_loop(
     send: Send,
     *,
@@ -95,64 +156,38 @@ async def closed_loop(
     ``transport:<error>`` or ``exception:<error>``); they never stop the run."""
     if concurrency < 1 or (requests is None) == (duration_s is None):
         raise ValueError("give concurrency >= 1 and exactly one of requests or duration_s")
-
-    async def one() -> tuple[str, dict[str, float]]:
-        try:
-            status, stages = await send()
-            return str(status), stages
-        except httpx.HTTPError as exc:
-            return f"transport:{type(exc).__name__}", {}
-        except Exception as exc:  # an in-process pipeline's failure is one failed request too
-            return f"exception:{type(exc).__name__}", {}
-
     if warmup:
-        remaining = warmup
-
-        async def warm_worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await one()
-
-        await asyncio.gather(*(warm_worker() for _ in range(min(concurrency, warmup))))
-
-    latencies: list[float] = []
-    stages: dict[str, list[float]] = {}
-    statuses: dict[str, int] = {}
-    errors = 0
+        await _warm_up(send, concurrency, warmup)
+    tally = _Tally()
     issued = 0
-    bar = _progress_bar(requests, duration_s, f"{target} c={concurrency}", progress)
+    bar = _progress_bar(requests, f"{target} c={concurrency}", progress)
     start = time.perf_counter()
     cpu_start = time.process_time()
     deadline = start + duration_s if duration_s is not None else None
 
     async def worker() -> None:
-        nonlocal errors, issued
+        nonlocal issued
         while True:
             if requests is not None:
                 if issued >= requests:
                     return
                 issued += 1
-            elif time.perf_counter() >= deadline:
+            elif deadline is not None and time.perf_counter() >= deadline:
                 return
             t0 = time.perf_counter()
-            status, timings = await one()
-            latencies.append((time.perf_counter() - t0) * 1000)
-            statuses[status] = statuses.get(status, 0) + 1
-            if status != "200":
-                errors += 1
-            for name, ms in timings.items():
-                stages.setdefault(name, []).append(ms)
+            status, timings = await _send_once(send)
+            tally.record(status, timings, (time.perf_counter() - t0) * 1000)
             bar.update(1)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     bar.close()
-    return RunResult(target, concurrency, len(latencies), errors, elapsed, latencies, stages, statuses, cpu)
+    return tally.result(target, concurrency, elapsed, cpu)
 
 
-def _progress_bar(requests: int | None, duration_s: float | None, label: str, enabled: bool):
+def _progress_bar(requests: int | None, label: str, enabled: bool) -> Any:
+    """A tqdm bar over ``requests`` (None, a timed run: a counter without a total)."""
     from tqdm import tqdm
 
     return tqdm(total=requests, desc=label, unit="req", disable=not enabled, leave=False, mininterval=0.5)
@@ -183,10 +218,18 @@ async def run_inprocess(
     from ml_pipeline.settings import MonolithSettings, load_settings
     from monolith.pipeline import InProcessPipeline
 
-    send = inprocess_sender(InProcessPipeline(load_settings(MonolithSettings)), image.read_bytes())
+    pipeline = InProcessPipeline(load_settings(MonolithSettings))  # before the loop has anything else to do
+    send = inprocess_sender(pipeline, image.read_bytes())  # noqa: ASYNC240
     return [
-        await closed_loop(send, concurrency=c, requests=requests, duration_s=duration_s, warmup=warmup,
-                          target="inprocess", progress=progress)
+        await closed_loop(
+            send,
+            concurrency=c,
+            requests=requests,
+            duration_s=duration_s,
+            warmup=warmup,
+            target="inprocess",
+            progress=progress,
+        )
         for c in concurrencies
     ]
 
@@ -212,8 +255,13 @@ async def run_http(
             send = http_sender(client, url, body, content_type)
             results.append(
                 await closed_loop(
-                    send, concurrency=concurrency, requests=requests, duration_s=duration_s,
-                    warmup=warmup, target=url, progress=progress,
+                    send,
+                    concurrency=concurrency,
+                    requests=requests,
+                    duration_s=duration_s,
+                    warmup=warmup,
+                    target=url,
+                    progress=progress,
                 )
             )
     return results
@@ -296,7 +344,9 @@ class RawHttpSender:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             return await self._exchange(reader, writer)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict[str, float]]:
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, dict[str, float]]:
         try:
             writer.write(self.request)
             status, keep_alive = await self._read_response(reader)
@@ -342,7 +392,9 @@ class RawHttpSender:
         self._idle.clear()
 
 
-async def open_loop(send: Send, *, rate_rps: float, duration_s: float, good_within_s: float, target: str = "") -> OpenLoopResult:
+async def open_loop(
+    send: Send, *, rate_rps: float, duration_s: float, good_within_s: float, target: str = ""
+) -> OpenLoopResult:
     """Send at ``rate_rps`` for ``duration_s`` (evenly spaced), each request on its own, never
     waiting for earlier answers: the load a service sees from many independent clients."""
     import resource
@@ -359,7 +411,7 @@ async def open_loop(send: Send, *, rate_rps: float, duration_s: float, good_with
             outcome = f"transport:{type(exc).__name__}"
         outcomes.append((outcome, (time.perf_counter() - start) * 1000))
 
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = _cpu_seconds(resource.RUSAGE_SELF)
     tasks = []
     begin = loop.time()
     for i in range(int(rate_rps * duration_s)):
@@ -368,9 +420,31 @@ async def open_loop(send: Send, *, rate_rps: float, duration_s: float, good_with
             await asyncio.sleep(delay)
         tasks.append(loop.create_task(one()))
     await asyncio.gather(*tasks)
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    cpu = _cpu_seconds(resource.RUSAGE_SELF) - cpu_before
     return OpenLoopResult(target, rate_rps, duration_s, good_within_s, outcomes, cpu)
+
+
+def _cpu_seconds(who: int) -> float:
+    """User + system CPU so far of this process (``RUSAGE_SELF``) or its finished children
+    (``RUSAGE_CHILDREN``): what the load generator itself costs."""
+    import resource
+
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measure_capacity(send: Send, url: str, concurrencies: tuple[int, ...], duration_s: float) -> float:
+    """The best successful answers per second of closed loops at ``concurrencies``, ``duration_s``
+    each, the first after a warm-up of 50 requests: the rate the open loops are multiples of."""
+    capacity = 0.0
+    for i, concurrency in enumerate(concurrencies):
+        probe = await closed_loop(
+            send, concurrency=concurrency, duration_s=duration_s, warmup=0 if i else 50, target=url, progress=False
+        )
+        capacity = max(capacity, probe.statuses.get("200", 0) / probe.duration_s)
+    if capacity <= 0:
+        raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
+    return capacity
 
 
 async def run_overload(
@@ -395,17 +469,12 @@ async def run_overload(
         # Open loop: waiting much past the goodput bound measures nothing (and piles up sockets).
         raw = RawHttpSender(url, body, content_type, min(timeout_s, 5 * good_within_s)) if transport is None else None
         send = raw or http_sender(client, url, body, content_type)
-        capacity = 0.0
-        for i, concurrency in enumerate(capacity_concurrencies):
-            probe = await closed_loop(send, concurrency=concurrency, duration_s=capacity_s, warmup=0 if i else 50,
-                                      target=url, progress=False)
-            capacity = max(capacity, probe.statuses.get("200", 0) / probe.duration_s)
-        if capacity <= 0:
-            raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
+        capacity = await measure_capacity(send, url, capacity_concurrencies, capacity_s)
         results = []
         for multiple in multiples:
-            result = await open_loop(send, rate_rps=capacity * multiple, duration_s=duration_s,
-                                     good_within_s=good_within_s, target=url)
+            result = await open_loop(
+                send, rate_rps=capacity * multiple, duration_s=duration_s, good_within_s=good_within_s, target=url
+            )
             result.capacity_rps = capacity
             results.append(result)
             await asyncio.sleep(2)  # let the queues drain between runs
@@ -414,15 +483,31 @@ async def run_overload(
     return capacity, results
 
 
+def markdown_table(header: list[str], align: str, rows: Iterable[Iterable[object]]) -> list[str]:
+    """A Markdown table's lines (also readable in a terminal): ``align`` has a letter per column,
+    ``l`` for text, ``r`` for numbers. An empty header cell (a column of marks) is written ``| |``."""
+    head = "|" + "|".join(f" {cell} " if cell else " " for cell in header) + "|"
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return [head, rule, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
 def format_overload_table(summaries: list[dict[str, Any]]) -> str:
-    header = "| load × capacity | offered req/s | goodput req/s | goodput × capacity | admitted p50 ms | admitted p99 ms | refused p50 ms | statuses |"
-    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for s in summaries:
-        lines.append(
-            f"| {s['load_x']:.1f} | {s['offered_rps']:.1f} | {s['goodput_rps']:.1f} | {s['goodput_x']:.2f} "
-            f"| {s['admitted_p50_ms']:.0f} | {s['admitted_p99_ms']:.0f} | {s['refused_p50_ms']:.1f} | {s['statuses']} |"
-        )
-    return "\n".join(lines)
+    header = ["load × capacity", "offered req/s", "goodput req/s", "goodput × capacity", "admitted p50 ms"]
+    header += ["admitted p99 ms", "refused p50 ms", "statuses"]
+    rows = (
+        [
+            f"{s['load_x']:.1f}",
+            f"{s['offered_rps']:.1f}",
+            f"{s['goodput_rps']:.1f}",
+            f"{s['goodput_x']:.2f}",
+            f"{s['admitted_p50_ms']:.0f}",
+            f"{s['admitted_p99_ms']:.0f}",
+            f"{s['refused_p50_ms']:.1f}",
+            s["statuses"],
+        ]
+        for s in summaries
+    )
+    return "\n".join(markdown_table(header, "rrrrrrrl", rows))
 
 
 # wrk's script: POST the encoded upload, and print the results as one JSON line when done.
@@ -442,6 +527,32 @@ end
 """
 
 
+def _wrk_once(
+    wrk: str, url: str, seconds: float, connections: int, script: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """One wrk run (one thread, ``connections`` keep-alive connections): its JSON summary line."""
+    import subprocess
+
+    cmd = [wrk, "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "60s"]
+    cmd += ["-s", str(script), url]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return json.loads(line.removeprefix("WRK_JSON "))
+
+
+def _wrk_result(url: str, concurrency: int, report: dict[str, Any], cpu_s: float) -> RunResult:
+    """wrk's summary as a run: its percentiles stand in for raw latencies (it keeps none)."""
+    errors = report["errors"] + report["status_errors"]
+    statuses = {"200": report["requests"] - report["status_errors"], **({"error": errors} if errors else {})}
+    reported = {k: report[f"{k}_us"] / 1000 for k in ("mean", "p50", "p95", "p99")}
+    duration_s = report["duration_us"] / 1e6
+    return RunResult(
+        url, concurrency, report["requests"], errors, duration_s, [], {}, statuses, cpu_s, reported_ms=reported
+    )
+
+
 def run_wrk(
     url: str, image: Path, concurrencies: list[int], *, duration_s: float, warmup_s: float = 2, wrk: str = "wrk"
 ) -> list[RunResult]:
@@ -451,50 +562,34 @@ def run_wrk(
     no response headers, so no stage breakdown. Client CPU comes from the child's rusage."""
     import os
     import resource
-    import subprocess
     import tempfile
 
     body, content_type = multipart_body(image)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
         (Path(tmp) / "body").write_bytes(body)
-        (Path(tmp) / "post.lua").write_text(_WRK_SCRIPT)
+        script.write_text(_WRK_SCRIPT)
         env = {**os.environ, "WRK_BODY": str(Path(tmp) / "body"), "WRK_CONTENT_TYPE": content_type}
-
-        def wrk_run(seconds: float, connections: int) -> dict[str, Any]:
-            cmd = [wrk, "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "60s",
-                   "-s", str(Path(tmp) / "post.lua"), url]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-            if done.returncode != 0 or line is None:
-                raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-            return json.loads(line.removeprefix("WRK_JSON "))
-
         for concurrency in concurrencies:
             if warmup_s:
-                wrk_run(warmup_s, concurrency)
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            report = wrk_run(duration_s, concurrency)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            errors = report["errors"] + report["status_errors"]
-            statuses = {"200": report["requests"] - report["status_errors"], **({"error": errors} if errors else {})}
-            reported = {k: report[f"{k}_us"] / 1000 for k in ("mean", "p50", "p95", "p99")}
-            results.append(RunResult(url, concurrency, report["requests"], errors, report["duration_us"] / 1e6,
-                                     [], {}, statuses, cpu, reported_ms=reported))
+                _wrk_once(wrk, url, warmup_s, concurrency, script, env)
+            before = _cpu_seconds(resource.RUSAGE_CHILDREN)
+            report = _wrk_once(wrk, url, duration_s, concurrency, script, env)
+            cpu = _cpu_seconds(resource.RUSAGE_CHILDREN) - before
+            results.append(_wrk_result(url, concurrency, report, cpu))
     return results
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
     """A Markdown table of the summaries (also readable in a terminal)."""
-    header = "| target | c | requests | errors | req/s | mean ms | p50 ms | p95 ms | p99 ms |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in summaries:
-        lines.append(
-            f"| {s['target']} | {s['concurrency']} | {s['requests']} | {s['errors']} | {s['throughput_rps']:.1f} "
-            f"| {s['mean_ms']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} |"
-        )
-    return "\n".join(lines)
+    header = ["target", "c", "requests", "errors", "req/s", "mean ms", "p50 ms", "p95 ms", "p99 ms"]
+    rows = (
+        [s["target"], s["concurrency"], s["requests"], s["errors"], f"{s['throughput_rps']:.1f}"]
+        + [f"{s[k]:.1f}" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")]
+        for s in summaries
+    )
+    return "\n".join(markdown_table(header, "lrrrrrrrr", rows))
 
 
 def write_results(path: Path, results: list[RunResult], meta: dict[str, Any]) -> None:
@@ -502,4 +597,3 @@ def write_results(path: Path, results: list[RunResult], meta: dict[str, Any]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "runs": [{**r.summary(), "latencies_ms": r.latencies_ms} for r in results]}
     path.write_text(json.dumps(payload, indent=1))
-

@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ml_pipeline_bench.load import markdown_table
+
 # Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
-INPROCESS, MONOLITH, CHAIN = "inprocess", "monolith", "chain-http"
-ONE_REPLICA, CACHE_ON = "chain-http-1-replica", "chain-http-cache"
+INPROCESS, CHAIN = "inprocess", "chain-http"
 WRK_SUFFIX = "-wrk"  # the same scenario driven by wrk: "chain-http-wrk"
 TELEMETRY_RUN = re.compile(r"^telemetry-(on|off)-(\d+)$")  # the interleaved on/off repeats
-TRANSPORTS = {"chain-json": "json", "chain-http": "http (binary)", "chain-volume": "volume", "chain-volume-ram": "volume (RAM)"}
+TRANSPORTS = {
+    "chain-json": "json",
+    "chain-http": "http (binary)",
+    "chain-volume": "volume",
+    "chain-volume-ram": "volume (RAM)",
+}
 # Open-loop overload runs (`ml-pipeline-bench run --overload`): admission control on (the defaults) and off.
 OVERLOAD, OVERLOAD_OFF = "overload", "overload-no-admission"
 
@@ -65,18 +71,27 @@ def at_load(scenario: dict[str, Any], multiple: float) -> dict[str, Any] | None:
     return min(runs, key=lambda r: abs(r["load_x"] - multiple)) if runs else None
 
 
+GOODPUT_AT_2X = ("goodput at 2× capacity (200 within 2 s, open loop)", "≥ 0.80× capacity")
+ADMITTED_P99_AT_2X = ("p99 of admitted requests at 2× capacity", "≤ 1000 ms")
+
+
+def not_run(name: str, wanted: str) -> Target:
+    """A target whose scenario was not run: listed all the same, neither met nor missed."""
+    return Target(name, wanted, "not run", None)
+
+
 def overload_targets(o: dict[str, dict[str, Any]]) -> list[Target]:
     run = at_load(o[OVERLOAD], 2.0) if OVERLOAD in o else None
     if run is None:
-        return [Target("goodput at 2× capacity (200 within 2 s, open loop)", "≥ 0.80× capacity", "not run", None),
-                Target("p99 of admitted requests at 2× capacity", "≤ 1000 ms", "not run", None)]
+        return [not_run(*GOODPUT_AT_2X), not_run(*ADMITTED_P99_AT_2X)]
     off = at_load(o[OVERLOAD_OFF], 2.0) if OVERLOAD_OFF in o else None
     measured = f"{run['goodput_x']:.2f}× ({run['goodput_rps']:.1f} of {run['capacity_rps']:.1f} req/s)"
     if off:
         measured += f"; without admission control {off['goodput_x']:.2f}×"
+    p99 = run["admitted_p99_ms"]
     return [
-        Target("goodput at 2× capacity (200 within 2 s, open loop)", "≥ 0.80× capacity", measured, run["goodput_x"] >= 0.8),
-        Target("p99 of admitted requests at 2× capacity", "≤ 1000 ms", f"{run['admitted_p99_ms']:.0f} ms", run["admitted_p99_ms"] <= 1000),
+        Target(*GOODPUT_AT_2X, measured, run["goodput_x"] >= 0.8),
+        Target(*ADMITTED_P99_AT_2X, f"{p99:.0f} ms", p99 <= 1000),
     ]
 
 
@@ -109,7 +124,10 @@ def telemetry_pairs(s: dict[str, dict[str, Any]], concurrency: int) -> list[tupl
     pairs = []
     for i in sorted({int(m.group(2)) for k in s if (m := TELEMETRY_RUN.match(k))}):
         on, off = s.get(f"telemetry-on-{i}"), s.get(f"telemetry-off-{i}")
-        run_on, run_off = (at_concurrency(on, concurrency) if on else None), (at_concurrency(off, concurrency) if off else None)
+        run_on, run_off = (
+            (at_concurrency(on, concurrency) if on else None),
+            (at_concurrency(off, concurrency) if off else None),
+        )
         if run_on and run_off:
             pairs.append((i, run_on, run_off))
     return pairs
@@ -120,57 +138,73 @@ def saturation_concurrency(s: dict[str, dict[str, Any]]) -> int:
 
 
 def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
-    out: list[Target] = []
+    """The study's targets, in the report's order, each judged on the scenarios it needs."""
+    binary, naive, volume = (_handoff_at_c1(s, name) for name in ("chain-http", "chain-json", "chain-volume"))
+    return [
+        _throughput_target(s),
+        _latency_target(s),
+        _telemetry_target(s),
+        _binary_handoff_target(binary, naive),
+        _volume_handoff_target(binary, volume),
+    ]
 
-    def ratio_target(name, wanted_ratio, num, den):
-        if num not in s or den not in s:
-            return Target(name, f"≥ {wanted_ratio:.2f}×", "not run", None)
-        ratio = saturation_rps(s[num]) / saturation_rps(s[den])
-        return Target(
-            name, f"≥ {wanted_ratio:.2f}×",
-            f"{ratio:.2f}× ({saturation_rps(s[num]):.1f} vs {saturation_rps(s[den]):.1f} req/s)", ratio >= wanted_ratio,
-        )
 
-    out.append(ratio_target("chain throughput at saturation (telemetry on) vs in-process", 0.85, CHAIN, INPROCESS))
-    if CHAIN in s and INPROCESS in s and at_concurrency(s[CHAIN], 1) and at_concurrency(s[INPROCESS], 1):
-        # Judged on wrk's run when there is one: the in-process limit has no client at all, and
-        # wrk's own latency is far below this driver's (see the load generator comparison).
-        chain_p50, limit_p50 = at_concurrency(s[CHAIN], 1)["p50_ms"], at_concurrency(s[INPROCESS], 1)["p50_ms"]
-        wrk_run = at_concurrency(s[CHAIN + WRK_SUFFIX], 1) if CHAIN + WRK_SUFFIX in s else None
-        judged = wrk_run["p50_ms"] if wrk_run else chain_p50
-        measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms (+{judged - limit_p50:.1f} ms)"
-        if wrk_run:
-            measured += f", driven by wrk; {chain_p50:.1f} ms with ml-pipeline-bench"
-        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms", measured, judged <= limit_p50 + 5))
-    else:
-        out.append(Target("p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms", "not run", None))
+def _throughput_target(s: dict[str, dict[str, Any]]) -> Target:
+    name, wanted_ratio = "chain throughput at saturation (telemetry on) vs in-process", 0.85
+    wanted = f"≥ {wanted_ratio:.2f}×"
+    if CHAIN not in s or INPROCESS not in s:
+        return not_run(name, wanted)
+    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[INPROCESS])
+    ratio = chain / limit
+    return Target(name, wanted, f"{ratio:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", ratio >= wanted_ratio)
+
+
+def _latency_target(s: dict[str, dict[str, Any]]) -> Target:
+    name, wanted = "p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms"
+    chain_c1 = at_concurrency(s[CHAIN], 1) if CHAIN in s else None
+    limit_c1 = at_concurrency(s[INPROCESS], 1) if INPROCESS in s else None
+    if not (chain_c1 and limit_c1):
+        return not_run(name, wanted)
+    # Judged on wrk's run when there is one: the in-process limit has no client at all, and
+    # wrk's own latency is far below this driver's (see the load generator comparison).
+    chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
+    wrk_run = at_concurrency(s[CHAIN + WRK_SUFFIX], 1) if CHAIN + WRK_SUFFIX in s else None
+    judged = wrk_run["p50_ms"] if wrk_run else chain_p50
+    measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms (+{judged - limit_p50:.1f} ms)"
+    if wrk_run:
+        measured += f", driven by wrk; {chain_p50:.1f} ms with ml-pipeline-bench"
+    return Target(name, wanted, measured, judged <= limit_p50 + 5)
+
+
+def _telemetry_target(s: dict[str, dict[str, Any]]) -> Target:
+    name, wanted = "telemetry on vs off (throughput at saturation)", "≥ 0.95×"
     pairs = telemetry_pairs(s, saturation_concurrency(s))
-    if pairs:
-        ratios = [on["throughput_rps"] / off["throughput_rps"] for _, on, off in pairs]
-        ratio = statistics.median(ratios)
-        out.append(Target("telemetry on vs off (throughput at saturation)", "≥ 0.95×",
-                          f"{ratio:.2f}× (median of {len(ratios)} interleaved pairs: "
-                          + ", ".join(f"{r:.2f}" for r in ratios) + ")", ratio >= 0.95))
-    else:
-        out.append(Target("telemetry on vs off (throughput at saturation)", "≥ 0.95×", "not run", None))
+    if not pairs:
+        return not_run(name, wanted)
+    ratios = [on["throughput_rps"] / off["throughput_rps"] for _, on, off in pairs]
+    ratio = statistics.median(ratios)
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    return Target(name, wanted, f"{ratio:.2f}× (median of {len(ratios)} interleaved pairs: {each})", ratio >= 0.95)
 
-    def handoff_at_1(name):
-        run = at_concurrency(s[name], 1) if name in s else None
-        return handoff_ms(run) if run else None
 
-    binary, naive = handoff_at_1("chain-http"), handoff_at_1("chain-json")
-    if binary and naive:
-        out.append(Target("binary hand-off vs JSON (hand-off time, c=1)", "≥ 20× faster",
-                          f"{naive / binary:.1f}× ({binary:.2f} ms vs {naive:.2f} ms)", naive / binary >= 20))
-    else:
-        out.append(Target("binary hand-off vs JSON (hand-off time, c=1)", "≥ 20× faster", "not run", None))
-    volume = handoff_at_1("chain-volume")
-    if binary and volume is not None:
-        out.append(Target("volume hand-off vs binary (hand-off time, c=1)", "within 1 ms",
-                          f"{volume - binary:+.2f} ms ({volume:.2f} vs {binary:.2f} ms)", abs(volume - binary) <= 1))
-    else:
-        out.append(Target("volume hand-off vs binary (hand-off time, c=1)", "within 1 ms", "not run", None))
-    return out
+def _handoff_at_c1(s: dict[str, dict[str, Any]], scenario: str) -> float | None:
+    run = at_concurrency(s[scenario], 1) if scenario in s else None
+    return handoff_ms(run) if run else None
+
+
+def _binary_handoff_target(binary: float | None, naive: float | None) -> Target:
+    name, wanted = "binary hand-off vs JSON (hand-off time, c=1)", "≥ 20× faster"
+    if not (binary and naive):
+        return not_run(name, wanted)
+    return Target(name, wanted, f"{naive / binary:.1f}× ({binary:.2f} ms vs {naive:.2f} ms)", naive / binary >= 20)
+
+
+def _volume_handoff_target(binary: float | None, volume: float | None) -> Target:
+    name, wanted = "volume hand-off vs binary (hand-off time, c=1)", "within 1 ms"
+    if not binary or volume is None:
+        return not_run(name, wanted)
+    measured = f"{volume - binary:+.2f} ms ({volume:.2f} vs {binary:.2f} ms)"
+    return Target(name, wanted, measured, abs(volume - binary) <= 1)
 
 
 def machine() -> dict[str, str]:
@@ -179,90 +213,133 @@ def machine() -> dict[str, str]:
     try:
         cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
         info["cpu"] = cpu.split(":", 1)[1].strip()
-        mem_kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem_kib = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
         info["memory"] = f"{mem_kib / 1024 / 1024:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
     if os.environ.get("DOCKER_VERSION"):  # set by bench/study.sh, which runs this in the bench container
-        info["where"] = f"load generator and services in containers on one compose network (Docker {os.environ['DOCKER_VERSION']})"
+        info["where"] = (
+            f"load generator and services in containers on one compose network (Docker {os.environ['DOCKER_VERSION']})"
+        )
         info["python"] += " (in the containers)"
     return info
 
 
-def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing to files only (no display in the bench container)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    s = {k: v for k, v in split(s)[0].items() if not k.endswith(WRK_SUFFIX)}  # one line per scenario
+    return plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
+    """The closed-loop plots in ``out_dir``: latency, throughput and (with a hand-off scenario)
+    the stage breakdown; returns their file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = {k: v for k, v in split(s)[0].items() if not k.endswith(WRK_SUFFIX)}  # one line per scenario
+    files = [_plot_latency(s, out_dir), _plot_throughput(s, out_dir)]
+    stages = _plot_stages(s, out_dir)
+    return files + ([stages] if stages else [])
+
+
+def _plot_latency(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    fig, axes = _pyplot().subplots(1, 2, figsize=(12, 4.5))
     for name, scenario in s.items():
         cs = [r["concurrency"] for r in scenario["runs"]]
         axes[0].plot(cs, [r["p50_ms"] for r in scenario["runs"]], marker="o", label=name)
         axes[1].plot(cs, [r["p95_ms"] for r in scenario["runs"]], marker="o", label=name)
-    for ax, title in zip(axes, ("p50 latency", "p95 latency")):
+    for ax, title in zip(axes, ("p50 latency", "p95 latency"), strict=True):
         ax.set(title=title, xlabel="concurrency (closed-loop workers)", ylabel="ms", xscale="log", xticks=cs)
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "latency.png", dpi=110)
-    plt.close(fig)
-    files.append("latency.png")
+    _save(fig, out_dir / "latency.png")
+    return "latency.png"
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def _plot_throughput(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for name, scenario in s.items():
-        ax.plot([r["concurrency"] for r in scenario["runs"]], [r["throughput_rps"] for r in scenario["runs"]], marker="o", label=name)
+        ax.plot(
+            [r["concurrency"] for r in scenario["runs"]],
+            [r["throughput_rps"] for r in scenario["runs"]],
+            marker="o",
+            label=name,
+        )
     # log y: the cache's hundreds of req/s and JSON's dozen share one readable axis
-    ax.set(title="throughput", xlabel="concurrency (closed-loop workers)", ylabel="requests / s (log)", xscale="log", yscale="log")
+    ax.set(
+        title="throughput",
+        xlabel="concurrency (closed-loop workers)",
+        ylabel="requests / s (log)",
+        xscale="log",
+        yscale="log",
+    )
     ax.set_xticks(sorted({r["concurrency"] for v in s.values() for r in v["runs"]}))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_major_formatter(ScalarFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "throughput.png", dpi=110)
-    plt.close(fig)
-    files.append("throughput.png")
+    _save(fig, out_dir / "throughput.png")
+    return "throughput.png"
 
-    present = [(name, label) for name, label in TRANSPORTS.items() if name in s and at_concurrency(s[name], 1)]
-    if present:
-        # .total and postprocess.forward contain the other stages: drawn, they would count them twice
-        stage_names = sorted({st for name, _ in present for st in at_concurrency(s[name], 1)["stages_mean_ms"]
-                              if not st.endswith(".total") and st != "postprocess.forward"})
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        bottoms = [0.0] * len(present)
-        for stage in stage_names:
-            values = []
-            for name, _ in present:
-                stages = at_concurrency(s[name], 1)["stages_mean_ms"]
-                value = stages.get(stage, 0.0)
-                if stage == "preprocess.handoff":  # its model part is shown as the model's stages
-                    value = (handoff_ms(at_concurrency(s[name], 1)) or value) - stages.get("model.tensor_decode", 0.0)
-                values.append(max(value, 0.0))
-            ax.bar([label for _, label in present], values, bottom=bottoms, label=stage)
-            bottoms = [b + v for b, v in zip(bottoms, values)]
-        ax.set(title="where the time goes, per hand-off (concurrency 1, mean ms)", ylabel="ms")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out_dir / "stages.png", dpi=110)
-        plt.close(fig)
-        files.append("stages.png")
-    return files
+
+def _plot_stages(s: dict[str, dict[str, Any]], out_dir: Path) -> str | None:
+    """Stacked bars of the stages per hand-off transport at concurrency 1 (None: none was run)."""
+    at_c1 = {name: run for name in TRANSPORTS if name in s and (run := at_concurrency(s[name], 1))}
+    present = [(name, label) for name, label in TRANSPORTS.items() if name in at_c1]
+    if not present:
+        return None
+    # .total and postprocess.forward contain the other stages: drawn, they would count them twice
+    stage_names = sorted(
+        {
+            st
+            for name, _ in present
+            for st in at_c1[name]["stages_mean_ms"]
+            if not st.endswith(".total") and st != "postprocess.forward"
+        }
+    )
+    fig, ax = _pyplot().subplots(figsize=(9, 4.5))
+    bottoms = [0.0] * len(present)
+    for stage in stage_names:
+        values = [_drawn_stage_ms(at_c1[name], stage) for name, _ in present]
+        ax.bar([label for _, label in present], values, bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.set(title="where the time goes, per hand-off (concurrency 1, mean ms)", ylabel="ms")
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, out_dir / "stages.png")
+    return "stages.png"
+
+
+def _drawn_stage_ms(run: dict[str, Any], stage: str) -> float:
+    """A stage's bar height: the hand-off without its model part (drawn as the model's own stages)."""
+    stages = run["stages_mean_ms"]
+    value = stages.get(stage, 0.0)
+    if stage == "preprocess.handoff":
+        value = (handoff_ms(run) or value) - stages.get("model.tensor_decode", 0.0)
+    return max(value, 0.0)
 
 
 def plot_overload(o: dict[str, dict[str, Any]], out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, scenario in o.items():
@@ -272,102 +349,207 @@ def plot_overload(o: dict[str, dict[str, Any]], out_dir: Path) -> str:
     top = max((r["load_x"] for v in o.values() for r in v["overload"]), default=3)
     axes[0].plot([0, 1, top], [0, 1, 1], color="grey", linestyle=":", label="ideal")
     axes[0].axhline(0.8, color="red", alpha=0.4, linestyle="--", label="target at 2×")
-    axes[0].set(title="goodput (200 within 2 s) vs offered load", xlabel="offered load (× capacity)",
-                ylabel="goodput (× capacity)",
-                ylim=(0, max([1.3] + [r["goodput_x"] * 1.1 for v in o.values() for r in v["overload"]])))
+    axes[0].set(
+        title="goodput (200 within 2 s) vs offered load",
+        xlabel="offered load (× capacity)",
+        ylabel="goodput (× capacity)",
+        ylim=(0, max([1.3] + [r["goodput_x"] * 1.1 for v in o.values() for r in v["overload"]])),
+    )
     axes[1].axhline(1000, color="red", alpha=0.4, linestyle="--", label="target at 2×")
-    axes[1].set(title="p99 latency of admitted (200) requests", xlabel="offered load (× capacity)", ylabel="ms", yscale="log")
+    axes[1].set(
+        title="p99 latency of admitted (200) requests", xlabel="offered load (× capacity)", ylabel="ms", yscale="log"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "overload.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out_dir / "overload.png")
     return "overload.png"
 
 
 def render_overload(o: dict[str, dict[str, Any]], image_dir: str) -> list[str]:
-    lines = ["", "## Overload: open loop at multiples of capacity", "",
-             "Capacity: the best successful answers per second of closed loops with 8 and 16 clients, measured right "
-             "before. Then "
-             "requests are sent at a fixed rate whatever the answers (as independent clients do) for each multiple; "
-             "goodput counts 200s answered within 2 s. `overload-no-admission` runs the same stack with admission "
-             "control effectively off (`MAX_IN_FLIGHT=100000`).", ""]
+    lines = [
+        "",
+        "## Overload: open loop at multiples of capacity",
+        "",
+        "Capacity: the best successful answers per second of closed loops with 8 and 16 clients, measured right "
+        "before. Then "
+        "requests are sent at a fixed rate whatever the answers (as independent clients do) for each multiple; "
+        "goodput counts 200s answered within 2 s. `overload-no-admission` runs the same stack with admission "
+        "control effectively off (`MAX_IN_FLIGHT=100000`).",
+        "",
+    ]
+    header = ["load × capacity", "offered req/s", "goodput × capacity", "admitted p50 ms", "admitted p99 ms"]
+    header += ["refused", "refused p50 ms", "other errors", "client CPU ms/req"]
     for name, scenario in o.items():
-        lines += [f"**{name}** (capacity {scenario['meta']['capacity_rps']:.1f} req/s)", "",
-                  "| load × capacity | offered req/s | goodput × capacity | admitted p50 ms | admitted p99 ms "
-                  "| refused | refused p50 ms | other errors | client CPU ms/req |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in scenario["overload"]:
-            st = r["statuses"]
-            refused = st.get("503", 0) + st.get("429", 0)
-            other = sum(n for k, n in st.items() if k not in ("200", "503", "429"))
-            lines.append(f"| {r['load_x']:.1f} | {r['offered_rps']:.1f} | {r['goodput_x']:.2f} | {r['admitted_p50_ms']:.0f} "
-                         f"| {r['admitted_p99_ms']:.0f} | {refused} of {r['sent']} | {r['refused_p50_ms']:.1f} | {other} "
-                         f"| {r['client_cpu_ms_per_request']:.2f} |")
+        lines += [f"**{name}** (capacity {scenario['meta']['capacity_rps']:.1f} req/s)", ""]
+        lines += markdown_table(header, "r" * 9, (_overload_row(r) for r in scenario["overload"]))
         lines.append("")
     lines += [f"![overload]({image_dir}/overload.png)", ""]
     return lines
 
 
-def render(s: dict[str, dict[str, Any]], image_dir: str, notes: str | None, o: dict[str, dict[str, Any]] | None = None) -> str:
-    lines = ["# Performance report", ""]
-    lines += ["Generated by `bash bench/study.sh` (the whole study) with `ml-pipeline-bench report`.", ""]
-    lines += ["## Machine", ""] + [f"- **{k}**: {v}" for k, v in machine().items()] + [""]
-    any_meta = next(iter(s.values()))["meta"] if s else {}
-    lines += [f"Load: closed loop, the same photo (`{any_meta.get('image', '?')}`) on every request, "
-              f"{any_meta.get('time', '')}.", ""]
-    lines += ["## Targets", "", "| target | wanted | measured | |", "|---|---|---|---|"]
-    for t in targets(s) + (overload_targets(o) if o else []):
-        mark = {True: "met", False: "**missed**", None: "—"}[t.met]
-        lines.append(f"| {t.name} | {t.wanted} | {t.measured} | {mark} |")
-    s, repeats = split(s)
-    lines += ["", "## Results", "", "| scenario | c | req/s | mean ms | p50 ms | p95 ms | p99 ms | errors | client CPU ms/req |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, scenario in s.items():
-        for r in scenario["runs"]:
-            lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} "
-                         f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r.get('client_cpu_ms_per_request', float('nan')):.2f} |")
-    compared = [name for name in s if name + WRK_SUFFIX in s]
-    if compared:
-        lines += ["", "## Load generator: `ml-pipeline-bench` vs wrk", "",
-                  "The same stack, the same encoded upload, right after each other; wrk (C, one thread) runs for a duration.", "",
-                  "| scenario | c | req/s bench | req/s wrk | p50 ms bench | p50 ms wrk | client CPU ms/req bench | wrk |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name in compared:
-            for r in s[name]["runs"]:
-                w = at_concurrency(s[name + WRK_SUFFIX], r["concurrency"])
-                if w:
-                    lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {w['throughput_rps']:.1f} | {r['p50_ms']:.1f} "
-                                 f"| {w['p50_ms']:.1f} | {r.get('client_cpu_ms_per_request', float('nan')):.2f} "
-                                 f"| {w.get('client_cpu_ms_per_request', float('nan')):.2f} |")
-    if repeats:
-        lines += ["", "## Telemetry on vs off, interleaved", "",
-                  "Both stacks up at once, runs alternating on, off, on, off, …: drift between stack starts hits both alike.", "",
-                  "| repeat | c | req/s on | req/s off | ratio | p50 ms on | p50 ms off |", "|---:|---:|---:|---:|---:|---:|---:|"]
-        for c in sorted({r["concurrency"] for v in repeats.values() for r in v["runs"]}):
-            for i, on, off in telemetry_pairs(repeats, c):
-                lines.append(f"| {i} | {c} | {on['throughput_rps']:.1f} | {off['throughput_rps']:.1f} "
-                             f"| {on['throughput_rps'] / off['throughput_rps']:.2f} | {on['p50_ms']:.1f} | {off['p50_ms']:.1f} |")
-    lines += ["", "## Plots", ""]
-    lines += [f"![latency]({image_dir}/latency.png)", "", f"![throughput]({image_dir}/throughput.png)", ""]
-    if any(name in s for name in TRANSPORTS):
-        lines += [f"![stages]({image_dir}/stages.png)", ""]
-        lines += ["## Stage breakdown per hand-off (concurrency 1, mean ms)", "",
-                  "| transport | hand-off ms | " + " | ".join(["decode", "resize", "normalize", "tensor_decode", "inference"]) + " |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, label in TRANSPORTS.items():
-            run = at_concurrency(s[name], 1) if name in s else None
-            if run:
-                st = run["stages_mean_ms"]
-                cells = [st.get(k, float("nan")) for k in ("preprocess.decode", "preprocess.resize", "preprocess.normalize", "model.tensor_decode", "model.inference")]
-                lines.append(f"| {label} | {handoff_ms(run) or float('nan'):.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
-        lines.append("")
+def _overload_row(r: dict[str, Any]) -> list[str]:
+    st = r["statuses"]
+    refused = st.get("503", 0) + st.get("429", 0)
+    other = sum(n for k, n in st.items() if k not in ("200", "503", "429"))
+    return [
+        f"{r['load_x']:.1f}",
+        f"{r['offered_rps']:.1f}",
+        f"{r['goodput_x']:.2f}",
+        f"{r['admitted_p50_ms']:.0f}",
+        f"{r['admitted_p99_ms']:.0f}",
+        f"{refused} of {r['sent']}",
+        f"{r['refused_p50_ms']:.1f}",
+        f"{other}",
+        f"{r['client_cpu_ms_per_request']:.2f}",
+    ]
+
+
+def render(
+    s: dict[str, dict[str, Any]], image_dir: str, notes: str | None, o: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """The report: each section is a list of lines, the optional ones empty when their scenarios
+    were not run."""
+    shown, repeats = split(s)
+    lines = _intro_lines(s) + _targets_lines(s, o) + _results_lines(shown)
+    lines += _load_generator_lines(shown) + _telemetry_lines(repeats) + _plots_lines(shown, image_dir)
     if o:
         lines += render_overload(o, image_dir)
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
+
+
+def _cpu_ms(run: dict[str, Any]) -> str:
+    """The load generator's CPU per request (older results have none)."""
+    return f"{run.get('client_cpu_ms_per_request', float('nan')):.2f}"
+
+
+def _intro_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Title, the machine, and the load every scenario was measured with (from any one's meta)."""
+    any_meta = next(iter(s.values()))["meta"] if s else {}
+    image, measured_at = any_meta.get("image", "?"), any_meta.get("time", "")
+    return [
+        "# Performance report",
+        "",
+        "Generated by `bash bench/study.sh` (the whole study) with `ml-pipeline-bench report`.",
+        "",
+        "## Machine",
+        "",
+        *(f"- **{k}**: {v}" for k, v in machine().items()),
+        "",
+        f"Load: closed loop, the same photo (`{image}`) on every request, {measured_at}.",
+        "",
+    ]
+
+
+def _targets_lines(s: dict[str, dict[str, Any]], o: dict[str, dict[str, Any]] | None) -> list[str]:
+    marks = {True: "met", False: "**missed**", None: "—"}
+    rows = ([t.name, t.wanted, t.measured, marks[t.met]] for t in targets(s) + (overload_targets(o) if o else []))
+    return ["## Targets", "", *markdown_table(["target", "wanted", "measured", ""], "llll", rows)]
+
+
+def _results_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    header = ["scenario", "c", "req/s", "mean ms", "p50 ms", "p95 ms", "p99 ms", "errors", "client CPU ms/req"]
+    rows = (
+        [name, r["concurrency"], f"{r['throughput_rps']:.1f}"]
+        + [f"{r[k]:.1f}" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")]
+        + [r["errors"], _cpu_ms(r)]
+        for name, scenario in s.items()
+        for r in scenario["runs"]
+    )
+    return ["", "## Results", "", *markdown_table(header, "lrrrrrrrr", rows)]
+
+
+def _load_generator_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Each scenario that was also driven by wrk, beside wrk's run at the same concurrency."""
+    compared = [name for name in s if name + WRK_SUFFIX in s]
+    if not compared:
+        return []
+    header = ["scenario", "c", "req/s bench", "req/s wrk", "p50 ms bench", "p50 ms wrk"]
+    header += ["client CPU ms/req bench", "wrk"]
+    rows = (
+        [
+            name,
+            r["concurrency"],
+            f"{r['throughput_rps']:.1f}",
+            f"{w['throughput_rps']:.1f}",
+            f"{r['p50_ms']:.1f}",
+            f"{w['p50_ms']:.1f}",
+            _cpu_ms(r),
+            _cpu_ms(w),
+        ]
+        for name in compared
+        for r in s[name]["runs"]
+        if (w := at_concurrency(s[name + WRK_SUFFIX], r["concurrency"]))
+    )
+    return [
+        "",
+        "## Load generator: `ml-pipeline-bench` vs wrk",
+        "",
+        "The same stack, the same encoded upload, right after each other; wrk (C, one thread) runs for a duration.",
+        "",
+        *markdown_table(header, "lrrrrrrr", rows),
+    ]
+
+
+def _telemetry_lines(repeats: dict[str, dict[str, Any]]) -> list[str]:
+    if not repeats:
+        return []
+    header = ["repeat", "c", "req/s on", "req/s off", "ratio", "p50 ms on", "p50 ms off"]
+    rows = (
+        [
+            i,
+            c,
+            f"{on['throughput_rps']:.1f}",
+            f"{off['throughput_rps']:.1f}",
+            f"{on['throughput_rps'] / off['throughput_rps']:.2f}",
+            f"{on['p50_ms']:.1f}",
+            f"{off['p50_ms']:.1f}",
+        ]
+        for c in sorted({r["concurrency"] for v in repeats.values() for r in v["runs"]})
+        for i, on, off in telemetry_pairs(repeats, c)
+    )
+    return [
+        "",
+        "## Telemetry on vs off, interleaved",
+        "",
+        "Both stacks up at once, runs alternating on, off, on, off, …: drift between stack starts hits both alike.",
+        "",
+        *markdown_table(header, "rrrrrrr", rows),
+    ]
+
+
+def _plots_lines(s: dict[str, dict[str, Any]], image_dir: str) -> list[str]:
+    lines = ["", "## Plots", ""]
+    lines += [f"![latency]({image_dir}/latency.png)", "", f"![throughput]({image_dir}/throughput.png)", ""]
+    if any(name in s for name in TRANSPORTS):
+        lines += [f"![stages]({image_dir}/stages.png)", "", *_stages_lines(s), ""]
+    return lines
+
+
+# The stages of the breakdown table, beside the hand-off's own time.
+TABLE_STAGES = {
+    "decode": "preprocess.decode",
+    "resize": "preprocess.resize",
+    "normalize": "preprocess.normalize",
+    "tensor_decode": "model.tensor_decode",
+    "inference": "model.inference",
+}
+
+
+def _stages_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    rows = (
+        [label, f"{handoff_ms(run) or float('nan'):.2f}"]
+        + [f"{run['stages_mean_ms'].get(stage, float('nan')):.2f}" for stage in TABLE_STAGES.values()]
+        for name, label in TRANSPORTS.items()
+        if (run := at_concurrency(s[name], 1) if name in s else None)
+    )
+    return [
+        "## Stage breakdown per hand-off (concurrency 1, mean ms)",
+        "",
+        *markdown_table(["transport", "hand-off ms", *TABLE_STAGES], "lrrrrrr", rows),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

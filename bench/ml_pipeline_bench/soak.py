@@ -14,7 +14,9 @@ load stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ml_pipeline_bench.load import RawHttpSender, closed_loop, multipart_body, open_loop
+from ml_pipeline_bench.load import RawHttpSender, markdown_table, measure_capacity, multipart_body, open_loop
 
 RESOURCES = {"rss_bytes": "process_resident_memory_bytes", "open_fds": "process_open_fds"}
 SERVICE_JOBS = ("model", "preprocess", "postprocess")
@@ -34,7 +36,9 @@ FDS_NOISE_FLOOR = 2
 MAX_P99_RATIO = 1.5
 
 
-async def _latest_per_process(client: httpx.AsyncClient, prometheus_url: str, queries: dict[str, str]) -> dict[str, dict[str, float]]:
+async def _latest_per_process(
+    client: httpx.AsyncClient, prometheus_url: str, queries: dict[str, str]
+) -> dict[str, dict[str, float]]:
     """``{"<job>@<instance>": {key: value of that query's series, …}, …}`` for ``{key: PromQL}``."""
     found: dict[str, dict[str, float]] = {}
     for key, query in queries.items():
@@ -46,11 +50,14 @@ async def _latest_per_process(client: httpx.AsyncClient, prometheus_url: str, qu
     return found
 
 
-async def process_resources(client: httpx.AsyncClient, prometheus_url: str, jobs=SERVICE_JOBS) -> dict[str, dict[str, float]]:
+async def process_resources(
+    client: httpx.AsyncClient, prometheus_url: str, jobs=SERVICE_JOBS
+) -> dict[str, dict[str, float]]:
     """``{"model@10.0.0.5:5000": {"rss_bytes": …, "open_fds": …}, …}``: the latest scrape of every process."""
     selector = "|".join(jobs)
-    return await _latest_per_process(client, prometheus_url,
-                                     {key: f'{metric}{{job=~"{selector}"}}' for key, metric in RESOURCES.items()})
+    return await _latest_per_process(
+        client, prometheus_url, {key: f'{metric}{{job=~"{selector}"}}' for key, metric in RESOURCES.items()}
+    )
 
 
 def measured_windows(windows: list[dict[str, Any]], window_s: float, warmup_s: float) -> list[dict[str, Any]]:
@@ -60,10 +67,14 @@ def measured_windows(windows: list[dict[str, Any]], window_s: float, warmup_s: f
 
 # Not judged, shown beside the services: the observability processes sharing the machine. Jaeger
 # (a collector build) reports its own names for the same things.
-CONTEXT_RSS = ('{__name__=~"process_resident_memory_bytes|otelcol_process_memory_rss(_bytes)?",'
-               'job=~"jaeger|prometheus|otel-collector.*"}')
-CONTEXT_CPU = ('rate({__name__=~"process_cpu_seconds_total|otelcol_process_cpu_seconds(_total)?",'
-               'job=~"jaeger|prometheus|otel-collector.*|model|preprocess|postprocess"}[1m])')
+CONTEXT_RSS = (
+    '{__name__=~"process_resident_memory_bytes|otelcol_process_memory_rss(_bytes)?",'
+    'job=~"jaeger|prometheus|otel-collector.*"}'
+)
+CONTEXT_CPU = (
+    'rate({__name__=~"process_cpu_seconds_total|otelcol_process_cpu_seconds(_total)?",'
+    'job=~"jaeger|prometheus|otel-collector.*|model|preprocess|postprocess"}[1m])'
+)
 
 
 async def context_resources(client: httpx.AsyncClient, prometheus_url: str) -> dict[str, dict[str, float]]:
@@ -91,61 +102,105 @@ class SoakResult:
     def _window_level(self, process: str, key: str, start_s: float, end_s: float) -> float | None:
         """A window's level: the mean RSS; the *fewest* descriptors, since a leaked one never closes
         while the load generator's keep-alive connections come and go with its bursts."""
-        values = [s["processes"][process][key] for s in self.samples
-                  if start_s <= s["t_s"] <= end_s and key in s["processes"].get(process, {})]
+        values = [
+            s["processes"][process][key]
+            for s in self.samples
+            if start_s <= s["t_s"] <= end_s and key in s["processes"].get(process, {})
+        ]
         if not values:
             return None
         return float(min(values)) if key == "open_fds" else float(np.mean(values))
 
-    def summary(self) -> dict[str, Any]:
-        measured = measured_windows(self.windows, self.window_s, self.warmup_s)
-        first, last = (measured[0], measured[-1]) if measured else (None, None)
-        processes = sorted({name for s in self.samples for name in s["processes"]})
+    def _growth(self, first: dict[str, Any] | None, last: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+        """``{process: {resource: {"first", "last", "growth"}}}``: each level in the first and the last
+        measured window (None where a process has no samples there)."""
+
+        def level(name: str, key: str, window: dict[str, Any] | None) -> float | None:
+            return self._window_level(name, key, window["end_s"] - self.window_s, window["end_s"]) if window else None
+
         growth: dict[str, dict[str, Any]] = {}
-        for name in processes:
+        for name in sorted({name for s in self.samples for name in s["processes"]}):
             growth[name] = {}
             for key in RESOURCES:
-                start = self._window_level(name, key, first["end_s"] - self.window_s, first["end_s"]) if first else None
-                end = self._window_level(name, key, last["end_s"] - self.window_s, last["end_s"]) if last else None
-                growth[name][key] = {"first": start, "last": end,
-                                     "growth": (end / start - 1) if start and end is not None else None}
+                start, end = level(name, key, first), level(name, key, last)
+                growth[name][key] = {
+                    "first": start,
+                    "last": end,
+                    "growth": (end / start - 1) if start and end is not None else None,
+                }
+        return growth
+
+    def _statuses(self) -> dict[str, int]:
         statuses: dict[str, int] = {}
         for w in self.windows:
             for status, n in w["statuses"].items():
                 statuses[status] = statuses.get(status, 0) + n
+        return statuses
+
+    def summary(self) -> dict[str, Any]:
+        measured = measured_windows(self.windows, self.window_s, self.warmup_s)
+        first, last = (measured[0], measured[-1]) if measured else (None, None)
+        growth = self._growth(first, last)
+        statuses = self._statuses()
         # The baseline: the first measured minutes — the median per-minute p99 of the first third of
         # them (one minute in a short run), so one unlucky minute of a noisy host is not the yardstick.
         opening = measured[: max(1, len(measured) // 3)]
         p99_first = float(np.median([w["p99_ms"] for w in opening])) if opening else None
         p99_ratio = last["p99_ms"] / p99_first if p99_first and last else None
-        failures = []
-        for name, resources in growth.items():
-            for key, g in resources.items():
-                if g["growth"] is None:
-                    failures.append(f"{name}: no {key} in the first or last window (restarted or not scraped)")
-                elif g["growth"] >= MAX_GROWTH and not (key == "open_fds" and g["last"] - g["first"] <= FDS_NOISE_FLOOR):
-                    failures.append(f"{name}: {key} grew {100 * g['growth']:.1f} % ({g['first']:.0f} → {g['last']:.0f})")
-        final = self.samples[-1]["processes"] if self.samples else {}
-        failures += [f"{name}: gone before the end (restarted or not scraped)" for name in processes if name not in final]
-        if not growth:
-            failures.append("no process resources from Prometheus")
-        if p99_ratio is None or len(measured) < 2:
-            failures.append("fewer than two measured windows after the warm-up")
-        elif p99_ratio > MAX_P99_RATIO:
-            failures.append(f"p99 of the last window {last['p99_ms']:.0f} ms is {p99_ratio:.2f}× the first's {p99_first:.0f} ms")
+        failures = _resource_failures(growth, self.samples)
+        failures += _latency_failures(p99_first, last, p99_ratio, len(measured))
         if set(statuses) != {"200"}:
             failures.append(f"answers other than 200: {statuses}")
         if self.shared_files_after:
             failures.append(f"{self.shared_files_after} files left on the shared volume")
         return {
-            "target": self.target, "capacity_rps": self.capacity_rps, "rate_rps": self.rate_rps,
-            "load_x": self.rate_rps / self.capacity_rps, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
-            "window_s": self.window_s, "statuses": statuses, "windows": self.windows,
-            "p99_first_ms": p99_first, "p99_first_windows": len(opening), "p99_last_ms": last["p99_ms"] if last else None,
-            "p99_ratio": p99_ratio, "growth": growth, "shared_files_after": self.shared_files_after,
+            "target": self.target,
+            "capacity_rps": self.capacity_rps,
+            "rate_rps": self.rate_rps,
+            "load_x": self.rate_rps / self.capacity_rps,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "window_s": self.window_s,
+            "statuses": statuses,
+            "windows": self.windows,
+            "p99_first_ms": p99_first,
+            "p99_first_windows": len(opening),
+            "p99_last_ms": last["p99_ms"] if last else None,
+            "p99_ratio": p99_ratio,
+            "growth": growth,
+            "shared_files_after": self.shared_files_after,
             "client_cpu_ms_per_request": 1000 * self.client_cpu_s / max(1, sum(statuses.values())),
-            "failures": failures, "passed": not failures,
+            "failures": failures,
+            "passed": not failures,
         }
+
+
+def _resource_failures(growth: dict[str, dict[str, Any]], samples: list[dict[str, Any]]) -> list[str]:
+    """What the soak judges memory and descriptors on: growth, processes that left, no data at all."""
+    failures = []
+    for name, resources in growth.items():
+        for key, g in resources.items():
+            if g["growth"] is None:
+                failures.append(f"{name}: no {key} in the first or last window (restarted or not scraped)")
+            elif g["growth"] >= MAX_GROWTH and not (key == "open_fds" and g["last"] - g["first"] <= FDS_NOISE_FLOOR):
+                failures.append(f"{name}: {key} grew {100 * g['growth']:.1f} % ({g['first']:.0f} → {g['last']:.0f})")
+    final = samples[-1]["processes"] if samples else {}
+    failures += [f"{name}: gone before the end (restarted or not scraped)" for name in growth if name not in final]
+    if not growth:
+        failures.append("no process resources from Prometheus")
+    return failures
+
+
+def _latency_failures(
+    p99_first: float | None, last: dict[str, Any] | None, p99_ratio: float | None, measured: int
+) -> list[str]:
+    """The latency criterion: the last window's p99 against the first measured minutes'."""
+    if p99_ratio is None or measured < 2:
+        return ["fewer than two measured windows after the warm-up"]
+    if p99_ratio > MAX_P99_RATIO:
+        p99_last = last["p99_ms"] if last else float("nan")
+        return [f"p99 of the last window {p99_last:.0f} ms is {p99_ratio:.2f}× the first's {p99_first:.0f} ms"]
+    return []
 
 
 async def run_soak(
@@ -170,59 +225,90 @@ async def run_soak(
     send = RawHttpSender(url, body, content_type, timeout_s=30)
     capacity = 0.0
     if rate_rps is None:
-        probe = await closed_loop(send, concurrency=8, duration_s=capacity_s, warmup=50, target=url, progress=False)
-        capacity = probe.statuses.get("200", 0) / probe.duration_s
-        if capacity <= 0:
-            raise RuntimeError(f"no successful answers from {url} while measuring capacity: {probe.statuses}")
+        capacity = await measure_capacity(send, url, (8,), capacity_s)
         rate_rps = load_x * capacity
     result = SoakResult(url, capacity or rate_rps / load_x, rate_rps, duration_s, warmup_s, window_s)
-    log(f"soak: {rate_rps:.1f} req/s ({load_x:g} × {result.capacity_rps:.1f}) for {duration_s:.0f} s, "
-        f"warm-up {warmup_s:.0f} s, windows of {window_s:.0f} s")
+    log(
+        f"soak: {rate_rps:.1f} req/s ({load_x:g} × {result.capacity_rps:.1f}) for {duration_s:.0f} s, "
+        f"warm-up {warmup_s:.0f} s, windows of {window_s:.0f} s"
+    )
     start = time.monotonic()
     stop = asyncio.Event()
-
     async with httpx.AsyncClient(timeout=10) as prometheus:
-        async def sampler() -> None:
-            while not stop.is_set():
-                try:
-                    processes = await process_resources(prometheus, prometheus_url)
-                    context = await context_resources(prometheus, prometheus_url)
-                    result.samples.append({"t_s": time.monotonic() - start, "processes": processes, "context": context})
-                except httpx.HTTPError as exc:  # one missed sample is not a verdict
-                    log(f"soak: Prometheus sample failed: {exc!r}")
-                try:
-                    await asyncio.wait_for(stop.wait(), sample_every_s)
-                except TimeoutError:
-                    pass
-
-        sampling = asyncio.create_task(sampler())
+        sampling = asyncio.create_task(
+            _sample_resources(prometheus, prometheus_url, result, start, stop, sample_every_s, log)
+        )
         try:
             cpu = 0.0
             while (elapsed := time.monotonic() - start) < duration_s - 1:
-                window = await open_loop(send, rate_rps=rate_rps, duration_s=min(window_s, duration_s - elapsed),
-                                         good_within_s=30, target=url)
-                cpu += window.client_cpu_s
-                summary = window.summary()
-                result.windows.append({"end_s": time.monotonic() - start, "sent": summary["sent"],
-                                       "statuses": summary["statuses"], "p50_ms": summary["admitted_p50_ms"],
-                                       "p99_ms": summary["admitted_p99_ms"]})
-                latest = result.samples[-1]["processes"] if result.samples else {}
-                rss = ", ".join(f"{name.split('@')[0]} {v.get('rss_bytes', 0) / 2**20:.0f} MiB/{v.get('open_fds', 0):.0f} fds"
-                                for name, v in sorted(latest.items()))
-                log(f"soak: {result.windows[-1]['end_s']:6.0f} s  p50 {summary['admitted_p50_ms']:5.1f} ms  "
-                    f"p99 {summary['admitted_p99_ms']:5.1f} ms  {summary['statuses']}  {rss}")
+                cpu += await _run_window(send, result, start, min(window_s, duration_s - elapsed), log)
             result.client_cpu_s = cpu
         finally:
             stop.set()
             await sampling
             send.close()
-    # Files still being handed off when the load stopped are gone within one request's time.
+    result.shared_files_after = await _wait_for_shared_dir_drain(shared_dir)
+    return result
+
+
+async def _sample_resources(
+    prometheus: httpx.AsyncClient,
+    prometheus_url: str,
+    result: SoakResult,
+    start: float,
+    stop: asyncio.Event,
+    every_s: float,
+    log: Callable[[str], object],
+) -> None:
+    """Every ``every_s`` until ``stop``: every process's resources into ``result.samples``."""
+    while not stop.is_set():
+        try:
+            processes = await process_resources(prometheus, prometheus_url)
+            context = await context_resources(prometheus, prometheus_url)
+            result.samples.append({"t_s": time.monotonic() - start, "processes": processes, "context": context})
+        except httpx.HTTPError as exc:  # one missed sample is not a verdict
+            log(f"soak: Prometheus sample failed: {exc!r}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def _run_window(
+    send: RawHttpSender, result: SoakResult, start: float, seconds: float, log: Callable[[str], object]
+) -> float:
+    """One window of the open loop, recorded in ``result.windows`` and logged with the latest
+    resources; returns the load generator's CPU seconds in it."""
+    window = await open_loop(send, rate_rps=result.rate_rps, duration_s=seconds, good_within_s=30, target=result.target)
+    summary = window.summary()
+    result.windows.append(
+        {
+            "end_s": time.monotonic() - start,
+            "sent": summary["sent"],
+            "statuses": summary["statuses"],
+            "p50_ms": summary["admitted_p50_ms"],
+            "p99_ms": summary["admitted_p99_ms"],
+        }
+    )
+    latest = result.samples[-1]["processes"] if result.samples else {}
+    rss = ", ".join(
+        f"{name.split('@')[0]} {v.get('rss_bytes', 0) / 2**20:.0f} MiB/{v.get('open_fds', 0):.0f} fds"
+        for name, v in sorted(latest.items())
+    )
+    log(
+        f"soak: {result.windows[-1]['end_s']:6.0f} s  p50 {summary['admitted_p50_ms']:5.1f} ms  "
+        f"p99 {summary['admitted_p99_ms']:5.1f} ms  {summary['statuses']}  {rss}"
+    )
+    return window.client_cpu_s
+
+
+async def _wait_for_shared_dir_drain(shared_dir: Path | None) -> int | None:
+    """The files left on the shared volume (None: not checked). Files still being handed off when
+    the load stopped are gone within one request's time: up to 10 s for the count to reach 0."""
     for _ in range(20):
-        result.shared_files_after = count_files(shared_dir)
-        if not result.shared_files_after:
+        left = count_files(shared_dir)
+        if not left:
             break
         await asyncio.sleep(0.5)
-    return result
+    return left
 
 
 # --------------------------------------------------------------------------- report
@@ -250,9 +336,17 @@ def plot(report: dict[str, Any], out: Path) -> None:
     ends = [w["end_s"] / 60 for w in windows]
     axes[2].plot(ends, [w["p50_ms"] for w in windows], marker="o", label="p50")
     axes[2].plot(ends, [w["p99_ms"] for w in windows], marker="o", label="p99")
-    for ax, title, unit in zip(axes, ("resident memory per process", "open file descriptors per process",
-                                      "latency per window", "CPU per process (1-minute rate)"),
-                               ("MiB", "descriptors", "ms", "cores")):
+    for ax, title, unit in zip(
+        axes,
+        (
+            "resident memory per process",
+            "open file descriptors per process",
+            "latency per window",
+            "CPU per process (1-minute rate)",
+        ),
+        ("MiB", "descriptors", "ms", "cores"),
+        strict=True,
+    ):
         ax.axvline(summary["warmup_s"] / 60, color="grey", linestyle=":", label="end of warm-up")
         ax.set(title=title, xlabel="minutes", ylabel=unit, ylim=(0, None))
         ax.grid(alpha=0.3)
@@ -263,12 +357,23 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 
 def render(report: dict[str, Any], plot_path: str) -> str:
-    s, meta = report["summary"], report["meta"]
+    s = report["summary"]
+    lines = _intro_lines(s, report["meta"], plot_path) + _growth_lines(s) + _outcome_lines(s)
+    lines += _context_lines(report["samples"], s)
+    header = ["minute", "sent", "p50 ms", "p99 ms"]
+    rows = ([f"{w['end_s'] / 60:.1f}", w["sent"], f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}"] for w in s["windows"])
+    return "\n".join(lines + markdown_table(header, "rrrr", rows)) + "\n"
+
+
+def _intro_lines(s: dict[str, Any], meta: dict[str, Any], plot_path: str) -> list[str]:
+    """What was run, on what, how it is judged, and the verdict."""
     verdict = "**passed**" if s["passed"] else "**failed**: " + "; ".join(s["failures"])
-    lines = [
-        "# Soak", "",
+    return [
+        "# Soak",
+        "",
         f"Generated by `{meta['command']}` on {meta['time']} ({meta['machine']}, {meta['cpus']} CPUs); "
-        f"stack: {meta.get('stack', 'as shipped')}.", "",
+        f"stack: {meta.get('stack', 'as shipped')}.",
+        "",
         f"{s['duration_s'] / 60:.0f} minutes of open-loop load at {s['rate_rps']:.1f} req/s "
         f"({s['load_x']:.2f} × the {s['capacity_rps']:.1f} req/s capacity measured right before), windows of "
         f"{s['window_s']:.0f} s, the first {s['warmup_s']:.0f} s a warm-up. Every process's resident memory and open "
@@ -276,55 +381,85 @@ def render(report: dict[str, Any], plot_path: str) -> str:
         f"{100 * MAX_GROWTH:.0f} % (the first measured window against the last: mean RSS; the fewest descriptors, "
         f"which may move by {FDS_NOISE_FLOOR}), the last window's p99 within {MAX_P99_RATIO}× of the first measured minutes' (the median "
         "per-minute p99 of the first third after the warm-up), every answer 200, the shared volume empty afterwards. "
-        f"Verdict: {verdict}.", "",
-        f"![soak]({plot_path})", "",
-        "| process | RSS first MiB | RSS last MiB | RSS growth | fds first (fewest) | fds last (fewest) | fds growth |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"Verdict: {verdict}.",
+        "",
+        f"![soak]({plot_path})",
+        "",
     ]
-    for name, g in s["growth"].items():
-        rss, fds = g["rss_bytes"], g["open_fds"]
-
-        def cell(v, scale=1.0, fmt=".0f"):
-            return "–" if v is None else format(v / scale, fmt)
-
-        lines.append(f"| {name} | {cell(rss['first'], 2**20)} | {cell(rss['last'], 2**20)} | "
-                     f"{cell(rss['growth'], 0.01, '+.1f')} % | {cell(fds['first'], 1, '.1f')} | {cell(fds['last'], 1, '.1f')} | "
-                     f"{cell(fds['growth'], 0.01, '+.1f')} % |")
-    lines += ["", f"p99 of the first measured minutes {s['p99_first_ms']:.1f} ms (median of {s['p99_first_windows']} "
-              f"windows), last {s['p99_last_ms']:.1f} ms "
-              f"(× {s['p99_ratio']:.2f}); answers {s['statuses']}; files on the shared volume afterwards: "
-              f"{s['shared_files_after'] if s['shared_files_after'] is not None else 'not checked'}; "
-              f"load generator CPU {s['client_cpu_ms_per_request']:.2f} ms per request.", "",
-              ]
-    context = context_table(report["samples"], s)
-    if context:
-        lines += ["Beside them, not judged: every process's CPU (1-minute rate) and the observability processes' memory, "
-                  "first measured window against the last.", "",
-                  "| process | CPU first (cores) | CPU last (cores) | RSS first MiB | RSS last MiB |",
-                  "|---|---:|---:|---:|---:|", *context, ""]
-    lines += ["| minute | sent | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
-    for w in s["windows"]:
-        lines.append(f"| {w['end_s'] / 60:.1f} | {w['sent']} | {w['p50_ms']:.1f} | {w['p99_ms']:.1f} |")
-    return "\n".join(lines) + "\n"
 
 
-def context_table(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+def _cell(v: float | None, scale: float = 1.0, fmt: str = ".0f") -> str:
+    return "–" if v is None else format(v / scale, fmt)
+
+
+def _growth_lines(s: dict[str, Any]) -> list[str]:
+    """The judged resources per process: first and last measured window, and the growth."""
+    header = ["process", "RSS first MiB", "RSS last MiB", "RSS growth"]
+    header += ["fds first (fewest)", "fds last (fewest)", "fds growth"]
+    rows = (
+        [
+            name,
+            _cell(g["rss_bytes"]["first"], 2**20),
+            _cell(g["rss_bytes"]["last"], 2**20),
+            f"{_cell(g['rss_bytes']['growth'], 0.01, '+.1f')} %",
+            _cell(g["open_fds"]["first"], 1, ".1f"),
+            _cell(g["open_fds"]["last"], 1, ".1f"),
+            f"{_cell(g['open_fds']['growth'], 0.01, '+.1f')} %",
+        ]
+        for name, g in s["growth"].items()
+    )
+    return markdown_table(header, "lrrrrrr", rows)
+
+
+def _outcome_lines(s: dict[str, Any]) -> list[str]:
+    """Latency, answers, the shared volume and the load generator's own cost, in one sentence."""
+    shared = s["shared_files_after"] if s["shared_files_after"] is not None else "not checked"
+    return [
+        "",
+        f"p99 of the first measured minutes {s['p99_first_ms']:.1f} ms (median of {s['p99_first_windows']} "
+        f"windows), last {s['p99_last_ms']:.1f} ms (× {s['p99_ratio']:.2f}); answers {s['statuses']}; "
+        f"files on the shared volume afterwards: {shared}; "
+        f"load generator CPU {s['client_cpu_ms_per_request']:.2f} ms per request.",
+        "",
+    ]
+
+
+def _context_lines(samples: list[dict[str, Any]], s: dict[str, Any]) -> list[str]:
+    rows = context_rows(samples, s)
+    if not rows:
+        return []
+    header = ["process", "CPU first (cores)", "CPU last (cores)", "RSS first MiB", "RSS last MiB"]
+    return [
+        "Beside them, not judged: every process's CPU (1-minute rate) and the observability processes' memory, "
+        "first measured window against the last.",
+        "",
+        *markdown_table(header, "lrrrr", rows),
+        "",
+    ]
+
+
+def context_rows(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[list[str]]:
+    """Per process beside the services: its mean CPU and RSS in the first and the last measured window."""
     measured = measured_windows(summary["windows"], summary["window_s"], summary["warmup_s"])
     if not measured:
         return []
-    spans = [(measured[0]["end_s"] - summary["window_s"], measured[0]["end_s"]),
-             (measured[-1]["end_s"] - summary["window_s"], measured[-1]["end_s"])]
+    spans = [
+        (measured[0]["end_s"] - summary["window_s"], measured[0]["end_s"]),
+        (measured[-1]["end_s"] - summary["window_s"], measured[-1]["end_s"]),
+    ]
 
     def mean(name: str, key: str, span: tuple[float, float]) -> str:
-        values = [s["context"][name][key] for s in samples
-                  if span[0] <= s["t_s"] <= span[1] and key in s.get("context", {}).get(name, {})]
+        values = [
+            s["context"][name][key]
+            for s in samples
+            if span[0] <= s["t_s"] <= span[1] and key in s.get("context", {}).get(name, {})
+        ]
         if not values:
             return "–"
         return f"{np.mean(values) / 2**20:.0f}" if key == "rss_bytes" else f"{np.mean(values):.2f}"
 
     names = sorted({name for s in samples for name in s.get("context", {})})
-    return [f"| {name} | {mean(name, 'cpu_cores', spans[0])} | {mean(name, 'cpu_cores', spans[1])} | "
-            f"{mean(name, 'rss_bytes', spans[0])} | {mean(name, 'rss_bytes', spans[1])} |" for name in names]
+    return [[name, *(mean(name, key, span) for key in ("cpu_cores", "rss_bytes") for span in spans)] for name in names]
 
 
 def write_report(report: dict[str, Any], markdown: Path) -> None:
