@@ -141,7 +141,9 @@ class AdmissionControl:
         self.in_flight -= 1
 
     async def _answer(self, error: PipelineError, scope, receive, send) -> None:
-        response = error_response(error.status, error.code, error.message, self.service, error.retry_after_s)
+        response = error_response(
+            error.status, error.code, error.message, self.service, error.retry_after_s, path=scope.get("path", "")
+        )
         await response(scope, receive, send)
 
 

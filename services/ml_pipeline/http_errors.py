@@ -1,7 +1,10 @@
 """One error envelope for every failure of every service, mapped from ``ml_pipeline.errors``.
 
 Every error response is ``{"error": {"status", "code", "message", "service", "trace_id"}}`` with
-the status as the HTTP status. The only place exceptions become HTTP answers.
+the status as the HTTP status — except under ``/v2``, the Open Inference Protocol's routes, where
+it is the protocol's ``{"error": "<message>"}`` (clients written for Triton or KServe read that);
+the trace id is in the ``X-Trace-Id`` header either way. The only place exceptions become HTTP
+answers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_pipeline.errors import PipelineError
 from ml_pipeline.telemetry import current_trace_id
-from ml_pipeline.wire import TRACE_ID_HEADER
+from ml_pipeline.wire import OPEN_INFERENCE_PREFIX, TRACE_ID_HEADER
 
 log = logging.getLogger("ml_pipeline.errors")
 
@@ -45,13 +48,29 @@ def envelope(status: int, code: str, message: str, service: str, **extra: Any) -
     }
 
 
+def speaks_open_inference(path: str) -> bool:
+    """Whether ``path`` is one of the Open Inference Protocol's routes (their own error format)."""
+    return path == OPEN_INFERENCE_PREFIX or path.startswith(OPEN_INFERENCE_PREFIX + "/")
+
+
 def error_response(
-    status: int, code: str, message: str, service: str, retry_after_s: float | None = None, **extra: Any
+    status: int,
+    code: str,
+    message: str,
+    service: str,
+    retry_after_s: float | None = None,
+    *,
+    path: str = "",
+    **extra: Any,
 ) -> JSONResponse:
+    """The answer for a failure of a request to ``path``."""
     if retry_after_s is not None:
         extra["retry_after_s"] = retry_after_s
-    body = envelope(status, code, message, service, **extra)
-    headers = {TRACE_ID_HEADER: body["error"]["trace_id"]} if body["error"]["trace_id"] else {}
+    trace_id = current_trace_id()
+    body: dict[str, Any] = envelope(status, code, message, service, **extra)
+    if speaks_open_inference(path):
+        body = {"error": message}
+    headers = {TRACE_ID_HEADER: trace_id} if trace_id else {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds (RFC 9110)
     return JSONResponse(body, status_code=status, headers=headers or None)
@@ -63,28 +82,31 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def install_error_handlers(app: FastAPI, service: str) -> None:
     """Route every exception of ``app`` through the one envelope."""
 
-    async def pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
+    async def pipeline_error(request: Request, exc: PipelineError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code, extra={"status": exc.status})
-        return error_response(exc.status, exc.code, exc.message, exc.service or service, exc.retry_after_s)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.service or service, exc.retry_after_s, path=request.url.path
+        )
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, RaisedWhileReadingBody):
             return await pipeline_error(request, exc.error)
         code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
-        return error_response(exc.status_code, code, str(exc.detail), service)
+        return error_response(exc.status_code, code, str(exc.detail), service, path=request.url.path)
 
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
         message = "invalid request: " + "; ".join(problems)
-        return error_response(422, "invalid_request", message, service, details=problems)
+        return error_response(422, "invalid_request", message, service, path=request.url.path, details=problems)
 
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}", service)
+        message = f"internal error: {type(exc).__name__}"
+        return error_response(500, "internal_error", message, service, path=request.url.path)
 
     # Starlette types every handler as taking `Exception`; each is registered for its own class.
     app.add_exception_handler(PipelineError, pipeline_error)  # type: ignore[arg-type]

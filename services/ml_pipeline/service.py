@@ -66,7 +66,7 @@ class BodySizeLimitMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = error_response(
-                413, PayloadTooLarge.code, self._too_large(f"{int(declared)} bytes"), self.service
+                413, PayloadTooLarge.code, self._too_large(f"{int(declared)} bytes"), self.service, path=scope["path"]
             )
             await response(scope, body.receive, send)
             return

@@ -210,6 +210,17 @@ class PreprocessSettings(ServiceSettings, DownstreamSettings, UploadSettings, Im
         "(floats as JSON text: the slow baseline), `volume` (a file on the shared volume, only its name "
         "sent). A request may choose with `/process?transport=` when `ALLOW_TRANSPORT_OVERRIDE` is on.",
     )
+    model_protocol: Literal["npy", "v2-http"] = Field(
+        "npy",
+        description="How preprocess calls the model: `npy`, its own `/predict` (with the `TRANSPORT` hand-off), "
+        "or `v2-http`, the Open Inference Protocol with the binary tensor extension (`/v2/models/<MODEL_V2_NAME>/infer`), "
+        "which Triton, KServe and MLServer serve too.",
+    )
+    model_v2_name: str = Field(
+        "efficientnet-lite0",
+        description="The model preprocess asks for over the Open Inference Protocol (the random backend serves "
+        "`random-1000`); its input must be `input` (FP32 `[N,3,224,224]`), its output `logits`.",
+    )
     handoff_file_ttl_s: float = Field(
         60.0,
         gt=0,

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ml_pipeline.settings import ServiceSettings
 
 # Probes and scrapes: no spans, no request log lines.
-QUIET_PATHS = ("/health", "/ready", "/metrics")
+QUIET_PATHS = ("/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready")
 # The status recorded for a request that got no response because its client hung up (nginx's 499).
 CLIENT_CLOSED = 499
 

@@ -13,7 +13,8 @@ from typing import Any, Final
 
 # --------------------------------------------------------------------------- hand-off (preprocess → model)
 
-TRANSPORTS: Final = ("http", "json", "volume")
+TRANSPORTS: Final = ("http", "json", "volume")  # to the model's own /predict (MODEL_PROTOCOL=npy)
+MODEL_PROTOCOLS: Final = ("npy", "v2-http")  # how preprocess calls the model: /predict, or the Open Inference Protocol
 
 NPY_MEDIA_TYPE: Final = "application/x-npy"  # a binary NumPy .npy body (ml_pipeline.codec)
 JSON_TENSOR_MEDIA_TYPE: Final = "application/json"  # {"shape", "dtype", "data"}: the slow baseline
@@ -23,6 +24,12 @@ TRANSPORT_BY_MEDIA_TYPE: Final = {
     JSON_TENSOR_MEDIA_TYPE: "json",
     TENSOR_REFERENCE_MEDIA_TYPE: "volume",
 }
+
+# The Open Inference Protocol (KServe v2): its routes, and the binary tensor extension's header.
+OPEN_INFERENCE_PREFIX: Final = "/v2"
+INFERENCE_HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"  # bytes of JSON before the binary data
+MODEL_INPUT_NAME: Final = "input"  # the model's tensors, as the protocol names them (model.convert's graph too)
+MODEL_OUTPUT_NAME: Final = "logits"
 
 # --------------------------------------------------------------------------- headers
 

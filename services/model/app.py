@@ -17,6 +17,7 @@ from ml_pipeline.settings import ModelSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider
 from ml_pipeline.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE
 from model.dataplane import Predictor
+from model.v2_endpoints import add_v2_routes
 
 SERVICE = "model"
 
@@ -59,4 +60,5 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
         logits = await predictor.predict(body, transport, StageTimer(app.state.tracer, SERVICE))
         return Response(logits.body, media_type=NPY_MEDIA_TYPE, headers=logits.headers)
 
+    add_v2_routes(app, predictor, SERVICE)
     return app

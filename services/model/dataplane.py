@@ -5,13 +5,18 @@ logits. No web framework here: ``model.app``'s route reads the body and writes t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import anyio
 import numpy as np
+from opentelemetry.util.types import AttributeValue
 
-from ml_pipeline import codec, deadline, handoff, metrics
+from ml_pipeline import codec, deadline, handoff, metrics, open_inference
 from ml_pipeline.errors import BadRequest, UnsupportedMediaType
+from ml_pipeline.open_inference import InferenceRequest, ModelNotFound
 from ml_pipeline.settings import ModelSettings
 from ml_pipeline.telemetry import StageTimer
 from ml_pipeline.wire import (
@@ -26,7 +31,9 @@ from ml_pipeline.wire import (
     Attr,
 )
 from model.backends import INPUT_SHAPE, Backend, load_backend, readiness
+from model.convert import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 
+MODEL_VERSION = "1"  # the one version served (the protocol's routes may name it)
 NPY_HEADER_BYTES = 4096  # room for a .npy header, however it is padded
 REFERENCE_MAX_BYTES = 1024  # {"name": "<32 hex>.npy"} is ~50 bytes: no megabytes for json.loads
 JSON_BYTES_PER_FLOAT = 24  # the JSON baseline spends up to ~24 characters per float
@@ -63,6 +70,7 @@ class Predictor:
         floats = settings.max_batch * int(np.prod(INPUT_SHAPE))
         self.max_tensor_bytes = floats * 4 + NPY_HEADER_BYTES
         self.max_body_bytes = floats * JSON_BYTES_PER_FLOAT + NPY_HEADER_BYTES  # the verbose JSON baseline
+        self.max_elements = floats  # of any one tensor a request may bring
 
     async def load(self) -> None:
         self.backend = await anyio.to_thread.run_sync(load_backend, self.settings)
@@ -88,9 +96,7 @@ class Predictor:
         return {"json": self.max_body_bytes, "volume": REFERENCE_MAX_BYTES}.get(transport, self.max_tensor_bytes)
 
     async def predict(self, body: bytes, transport: str, timer: StageTimer) -> Logits:
-        backend = self.backend
-        if backend is None:  # the admission layer's readiness gate normally keeps requests out
-            raise RuntimeError("predict() before load()")
+        backend = self._loaded()
         with timer.stage(
             "tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}
         ) as span:
@@ -109,16 +115,115 @@ class Predictor:
             span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
             span.set_attribute(Attr.TENSOR_DTYPE, str(batch.dtype))
             validate_batch(batch, self.settings.max_batch)
+        logits = await self._infer(backend, batch, timer)
+        return Logits(codec.encode(logits), self.answer_headers(timer))
+
+    def answer_headers(self, timer: StageTimer) -> dict[str, str]:
+        backend = self._loaded()
+        return {
+            MODEL_NAME_HEADER: backend.name,
+            MODEL_BACKEND_HEADER: backend.kind,
+            MODEL_INSTANCE_HEADER: self.settings.service_instance_id,
+            SERVER_TIMING_HEADER: timer.header(),
+        }
+
+    def _loaded(self) -> Backend:
+        if self.backend is None:  # the lifespan loads it before the first request is served
+            raise RuntimeError("the model is used before load()")
+        return self.backend
+
+    async def _infer(self, backend: Backend, batch: np.ndarray, timer: StageTimer) -> np.ndarray:
         deadline.check("inference")  # whoever asked has stopped waiting
         attributes = {Attr.MODEL_NAME: backend.name, Attr.MODEL_BACKEND: backend.kind, Attr.BATCH_SIZE: batch.shape[0]}
         with timer.stage("inference", attributes):
-            logits = await anyio.to_thread.run_sync(backend.predict, batch)
-        return Logits(
-            codec.encode(logits),
-            {
-                MODEL_NAME_HEADER: backend.name,
-                MODEL_BACKEND_HEADER: backend.kind,
-                MODEL_INSTANCE_HEADER: self.settings.service_instance_id,
-                SERVER_TIMING_HEADER: timer.header(),
-            },
-        )
+            return await anyio.to_thread.run_sync(backend.predict, batch)
+
+    # ----------------------------------------------------------------------- Open Inference Protocol (v2)
+
+    def served(self, name: str, version: str | None = None) -> Backend:
+        """The backend serving model ``name`` (at ``version``); 404 for any other."""
+        backend = self._loaded()
+        if name != backend.name:
+            raise ModelNotFound(f"unknown model {name!r}: this server serves {backend.name!r}")
+        if version is not None and version != MODEL_VERSION:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}: it has version {MODEL_VERSION!r}")
+        return backend
+
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        backend = self.served(name, version)
+        tensor = {"datatype": "FP32"}
+        return {
+            "name": backend.name,
+            "versions": [MODEL_VERSION],
+            "platform": PLATFORMS[backend.kind],
+            "inputs": [{"name": INPUT_NAME, **tensor, "shape": [-1, *INPUT_SHAPE]}],
+            "outputs": [{"name": output, **tensor, "shape": [-1, NUM_CLASSES]} for output in OUTPUTS],
+        }
+
+    def config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration (``config.pbtxt`` as JSON), for tools that read it."""
+        backend = self.served(name, version)
+        tensor = {"data_type": "TYPE_FP32"}
+        return {
+            "name": backend.name,
+            "platform": PLATFORMS[backend.kind],
+            "backend": "onnxruntime" if backend.kind == "onnx" else "python",
+            "max_batch_size": self.settings.max_batch,
+            "input": [{"name": INPUT_NAME, **tensor, "format": "FORMAT_NCHW", "dims": list(INPUT_SHAPE)}],
+            "output": [{"name": output, **tensor, "dims": [NUM_CLASSES]} for output in OUTPUTS],
+            "version_policy": {"latest": {"num_versions": 1}},
+        }
+
+    async def infer(
+        self, name: str, version: str | None, body: bytes, header_length: str | None, timer: StageTimer
+    ) -> OpenInferenceAnswer:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``: the outputs the request asks for
+        (all by default), each inline or binary as asked."""
+        backend = self.served(name, version)
+        attributes: dict[str, AttributeValue] = {Attr.HANDOFF_TRANSPORT: "v2-http", Attr.HANDOFF_BODY_BYTES: len(body)}
+        with timer.stage("tensor_decode", attributes) as span:
+            decode = partial(open_inference.decode_request, body, header_length, max_elements=self.max_elements)
+            # Inline JSON tensors take tens of ms to parse: off the event loop (binary ones are views).
+            request = await anyio.to_thread.run_sync(decode) if header_length is None else decode()
+            batch = self._input_batch(name, request)
+            span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
+            span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
+        wanted = [o.name for o in request.outputs] or list(OUTPUTS)
+        unknown = sorted(set(wanted) - set(OUTPUTS))
+        if unknown:
+            raise open_inference.invalid(
+                f"model {name!r} has no output {unknown[0]!r}; its outputs are {list(OUTPUTS)}"
+            )
+        logits = await self._infer(backend, batch, timer)
+        outputs = {output: OUTPUTS[output](logits) for output in wanted}
+        encode = partial(open_inference.encode_response, backend.name, MODEL_VERSION, outputs, request)
+        answer, json_length = await anyio.to_thread.run_sync(encode)
+        return OpenInferenceAnswer(answer, json_length, self.answer_headers(timer))
+
+    def _input_batch(self, name: str, request: InferenceRequest) -> np.ndarray:
+        if set(request.inputs) != {INPUT_NAME}:
+            raise open_inference.invalid(
+                f"model {name!r} takes one input, {INPUT_NAME!r}; got {sorted(request.inputs)}"
+            )
+        batch = request.inputs[INPUT_NAME]
+        if batch.dtype != np.float32:
+            raise open_inference.invalid(f"input {INPUT_NAME!r} must be FP32, not {open_inference.datatype_of(batch)}")
+        validate_batch(batch, self.settings.max_batch)
+        return batch
+
+
+@dataclass(frozen=True)
+class OpenInferenceAnswer:
+    body: bytes
+    json_length: int | None  # the Inference-Header-Content-Length of a body with binary outputs
+    headers: dict[str, str]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# The model's outputs by name: the raw scores, and their softmax for clients that want probabilities.
+OUTPUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {OUTPUT_NAME: lambda logits: logits, "probabilities": softmax}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "random": "python"}

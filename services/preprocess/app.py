@@ -41,6 +41,7 @@ class Transport(StrEnum):
     http = "http"
     json = "json"
     volume = "volume"
+    v2_http = "v2-http"
 
 
 def create_app(
@@ -112,7 +113,8 @@ def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
         transport: Transport | None = Query(
             None,
-            description="the tensor hand-off for this request (default: `TRANSPORT`); needs `ALLOW_TRANSPORT_OVERRIDE`",
+            description="the tensor hand-off for this request (default: `MODEL_PROTOCOL`, and `TRANSPORT` for `npy`); "
+            "needs `ALLOW_TRANSPORT_OVERRIDE`",
         ),
     ) -> Response:
         preprocessor: Preprocessor = app.state.preprocessor

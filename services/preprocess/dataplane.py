@@ -16,15 +16,19 @@ import httpx
 import numpy as np
 from opentelemetry.trace import Span
 
-from ml_pipeline import codec, deadline, handoff, metrics
+from ml_pipeline import codec, deadline, handoff, metrics, open_inference
 from ml_pipeline.client import Downstream
-from ml_pipeline.errors import BadRequest
+from ml_pipeline.errors import BadGateway, BadRequest
 from ml_pipeline.settings import ImageSettings, PreprocessSettings
 from ml_pipeline.telemetry import StageTimer
 from ml_pipeline.wire import (
+    INFERENCE_HEADER_LENGTH_HEADER,
     JSON_TENSOR_MEDIA_TYPE,
     MODEL_HEADERS,
+    MODEL_INPUT_NAME,
+    MODEL_OUTPUT_NAME,
     NPY_MEDIA_TYPE,
+    OPEN_INFERENCE_PREFIX,
     SERVER_TIMING_HEADER,
     TENSOR_REFERENCE_MEDIA_TYPE,
     TENSOR_TRANSPORT_HEADER,
@@ -33,6 +37,7 @@ from ml_pipeline.wire import (
 from preprocess import imaging
 
 log = logging.getLogger("ml_pipeline.preprocess")
+MAX_SCORES = 1_000_000  # elements of the model's answer preprocess reads (a batch of one: 1000)
 
 
 def image_to_tensor(data: bytes, settings: ImageSettings, timer: StageTimer) -> np.ndarray:
@@ -68,9 +73,11 @@ class Preprocessor:
         self._decode_slots = anyio.CapacityLimiter(settings.max_concurrent_decodes)
 
     def transport(self, requested: str | None) -> str:
-        """The hand-off for one request: ``TRANSPORT``, or what it asked for where that is allowed."""
+        """The hand-off for one request: ``MODEL_PROTOCOL`` (with ``TRANSPORT`` for ``npy``), or what
+        it asked for where that is allowed."""
         if requested is None:
-            return self.settings.transport
+            protocol = self.settings.model_protocol
+            return self.settings.transport if protocol == "npy" else protocol
         if not self.settings.allow_transport_override:
             raise BadRequest(
                 "choosing the hand-off per request (?transport=) is turned off; set ALLOW_TRANSPORT_OVERRIDE=true to allow it",
@@ -83,12 +90,37 @@ class Preprocessor:
 
     async def scores(self, tensor: np.ndarray, transport: str, timer: StageTimer) -> Scores:
         with timer.stage("handoff", {Attr.HANDOFF_TRANSPORT: transport, Attr.TENSOR_SHAPE: list(tensor.shape)}) as span:
-            response = await self._hand_off(tensor, transport, span)
+            if transport == "v2-http":
+                scores_npy, response = await self._infer_v2(tensor, span)
+            else:
+                response = await self._hand_off(tensor, transport, span)
+                scores_npy = response.content
         timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
         headers = {h: response.headers[h] for h in MODEL_HEADERS if h in response.headers}
         headers[SERVER_TIMING_HEADER] = timer.header()
         headers[TENSOR_TRANSPORT_HEADER] = transport
-        return Scores(response.content, headers)
+        return Scores(scores_npy, headers)
+
+    async def _infer_v2(self, tensor: np.ndarray, span: Span) -> tuple[bytes, httpx.Response]:
+        """The Open Inference Protocol's ``infer`` with binary data both ways: the scores as ``.npy``
+        (what preprocess answers) and the model's response (its headers travel up the chain)."""
+        body, json_length = open_inference.encode_request(
+            {MODEL_INPUT_NAME: tensor}, [open_inference.RequestedOutput(MODEL_OUTPUT_NAME, binary=True)]
+        )
+        span.set_attribute(Attr.TENSOR_BYTES, tensor.nbytes)
+        span.set_attribute(Attr.HANDOFF_BODY_BYTES, len(body))
+        metrics.HANDOFF_BYTES.labels("v2-http").observe(tensor.nbytes)
+        headers = {"Content-Type": "application/octet-stream", INFERENCE_HEADER_LENGTH_HEADER: str(json_length)}
+        path = f"{OPEN_INFERENCE_PREFIX}/models/{self.settings.model_v2_name}/infer"
+        response = await self.model.post(path, content=body, headers=headers)
+        try:
+            outputs = open_inference.decode_response(
+                response.content, response.headers.get(INFERENCE_HEADER_LENGTH_HEADER), max_elements=MAX_SCORES
+            )
+            logits = outputs[MODEL_OUTPUT_NAME]
+        except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
+            raise BadGateway(f"the model's Open Inference Protocol answer is unusable: {exc}") from None
+        return codec.encode(logits), response
 
     async def _hand_off(self, tensor: np.ndarray, transport: str, span: Span) -> httpx.Response:
         """Send ``tensor`` to the model the ``transport`` way; the model's answer."""

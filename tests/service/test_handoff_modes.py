@@ -12,6 +12,8 @@ from ml_pipeline import codec, handoff, wire
 from support.apps import NetworkASGITransport, make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 
+ALL_MODES = (*wire.TRANSPORTS, "v2-http")  # /predict three ways, and the Open Inference Protocol
+
 
 def tensor(seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
@@ -20,13 +22,18 @@ def tensor(seed=0):
 @pytest.mark.anyio
 @pytest.mark.parametrize("backend", ["random", "onnx"])
 async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_path, exporter, backend):
-    settings = make_settings(model_backend=backend, shared_data_dir=tmp_path, allow_transport_override=True)
+    settings = make_settings(
+        model_backend=backend,
+        model_v2_name={"random": "random-1000", "onnx": "efficientnet-lite0"}[backend],
+        shared_data_dir=tmp_path,
+        allow_transport_override=True,
+    )
     answers = {}
     async with running_chain(settings, exporter) as client:
         pre = httpx.AsyncClient(
             transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
         )
-        for mode in wire.TRANSPORTS:
+        for mode in ALL_MODES:
             for photo in (COFFEE_JPG, CHELSEA_JPG):
                 r = await pre.post(
                     "/process", params={"transport": mode}, files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")}
@@ -40,12 +47,13 @@ async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_pa
     for photo in (COFFEE_JPG, CHELSEA_JPG):
         np.testing.assert_array_equal(answers["json", photo.name], answers["http", photo.name])
         np.testing.assert_array_equal(answers["volume", photo.name], answers["http", photo.name])
+        np.testing.assert_array_equal(answers["v2-http", photo.name], answers["http", photo.name])
     assert final["transport"] == "http"  # the TRANSPORT default
     assert os.listdir(tmp_path) == []
     handoff_spans = {
         s.attributes["ml_pipeline.handoff.transport"]: s for s in exporter.get_finished_spans() if s.name == "handoff"
     }
-    assert set(handoff_spans) == set(wire.TRANSPORTS)
+    assert set(handoff_spans) == set(ALL_MODES)
     assert handoff_spans["volume"].attributes["ml_pipeline.handoff.file.write_ms"] > 0
     assert (
         handoff_spans["volume"].attributes["ml_pipeline.tensor.bytes"]

@@ -25,6 +25,7 @@ def make_settings(**overrides) -> PipelineSettings:
     """Settings for in-process tests: never the environment's URLs, never an OTLP export."""
     values = {
         "model_backend": "random",
+        "model_v2_name": "random-1000",  # the random backend's name over the Open Inference Protocol
         "otel_exporter_otlp_endpoint": None,
         "model_url": "http://model.test",
         "preprocess_url": "http://preprocess.test",

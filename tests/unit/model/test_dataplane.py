@@ -63,3 +63,11 @@ async def test_a_batch_past_max_batch_is_refused_before_inference():
     await predictor.load()
     with pytest.raises(BadRequest, match=r"batch size 2 is outside 1\.\.1"):
         await predictor.predict(codec.encode(batch(2)), "http", StageTimer(NoOpTracer(), "model"))
+
+
+def test_the_protocols_tensor_names_are_the_graphs():
+    """preprocess names the tensors from ml_pipeline.wire (it has no model package); the ONNX graph
+    the model serves must use the same names."""
+    from model import convert
+
+    assert (convert.INPUT_NAME, convert.OUTPUT_NAME) == (wire.MODEL_INPUT_NAME, wire.MODEL_OUTPUT_NAME)

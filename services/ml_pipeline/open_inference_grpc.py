@@ -1,0 +1,129 @@
+"""The Open Inference Protocol over gRPC: its messages and the conversions between them and tensors.
+
+The messages come from ``protos/open_inference.binpb``, the compiled descriptor of
+``protos/open_inference.proto`` (``bash scripts/protos.sh``), loaded into a descriptor pool of our
+own: Triton's client registers the same ``inference.*`` names in protobuf's default pool, and a
+process holding both (a test, a tool) would otherwise fail to import the second.
+
+Tensors travel as ``raw_input_contents`` / ``raw_output_contents`` (little-endian bytes, the fast
+way); typed ``contents`` lists are read too. Checks and errors are ``ml_pipeline.open_inference``'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ml_pipeline.open_inference import InferenceRequest, RequestedOutput, datatype_of, invalid, tensor_from
+
+SERVICE = "inference.GRPCInferenceService"
+DESCRIPTOR_SET = Path(__file__).parent / "protos" / "open_inference.binpb"
+
+
+def _load_messages() -> dict[str, Any]:
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    return {name.removeprefix("inference."): cls for name, cls in message_factory.GetMessages(files, pool=pool).items()}
+
+
+messages = _load_messages()  # "ModelInferRequest" → its class, and so on for every message of the service
+# (request, response) message of each method the model serves.
+METHODS = {
+    method: (messages[f"{method}Request"], messages[f"{method}Response"])
+    for method in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+}
+
+# Typed contents field of each datatype (for requests that do not send raw bytes).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def decode_request(request: Any, *, max_elements: int) -> InferenceRequest:
+    """A ``ModelInferRequest`` as the server reads it (the same checks as over HTTP)."""
+    if not request.inputs:
+        raise invalid("inputs must be a non-empty list")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        where = f"inputs[{i}]"
+        if not tensor.name:
+            raise invalid(f"{where}: name must be a non-empty string")
+        if tensor.name in inputs:
+            raise invalid(f"input {tensor.name!r} is given twice")
+        shape = list(tensor.shape)
+        if raw:
+            array = tensor_from(tensor.name, tensor.datatype, shape, raw=raw[i], where=where, max_elements=max_elements)
+        else:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            data = getattr(tensor.contents, field) if field else None
+            array = tensor_from(tensor.name, tensor.datatype, shape, data=data, where=where, max_elements=max_elements)
+        inputs[tensor.name] = array
+    outputs = []
+    for i, output in enumerate(request.outputs):
+        if "classification" in output.parameters:
+            raise invalid(f"outputs[{i}]: the classification extension is not supported; ask postprocess")
+        outputs.append(RequestedOutput(output.name, binary=True))
+    return InferenceRequest(inputs=inputs, outputs=outputs, id=request.id or None, binary_output=True)
+
+
+def encode_response(model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None) -> Any:
+    response = messages["ModelInferResponse"](model_name=model_name, model_version=model_version, id=request_id or "")
+    for name, array in outputs.items():
+        response.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
+        response.raw_output_contents.append(_little_endian_bytes(array))
+    return response
+
+
+def encode_request(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> Any:
+    """A client's ``ModelInferRequest``: every input as raw bytes, the outputs asked for by name."""
+    request = messages["ModelInferRequest"](model_name=model_name)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
+        request.raw_input_contents.append(_little_endian_bytes(array))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def decode_response(response: Any, *, max_elements: int) -> dict[str, np.ndarray]:
+    """A client's reading of a ``ModelInferResponse``: its outputs by name."""
+    raw = list(response.raw_output_contents)
+    if raw and len(raw) != len(response.outputs):
+        raise invalid(f"raw_output_contents has {len(raw)} entries for {len(response.outputs)} outputs")
+    outputs = {}
+    for i, tensor in enumerate(response.outputs):
+        where = f"outputs[{i}]"
+        if raw:
+            array = tensor_from(
+                tensor.name, tensor.datatype, list(tensor.shape), raw=raw[i], where=where, max_elements=max_elements
+            )
+        else:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            data = getattr(tensor.contents, field) if field else None
+            array = tensor_from(
+                tensor.name, tensor.datatype, list(tensor.shape), data=data, where=where, max_elements=max_elements
+            )
+        outputs[tensor.name] = array
+    return outputs
+
+
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
