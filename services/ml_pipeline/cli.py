@@ -52,6 +52,7 @@ def run(service: str, host: str, port: int) -> int:
 
     from ml_pipeline.telemetry import setup_logging
 
+    os.environ.setdefault("GRPC_HOST", host)  # the model's gRPC service listens where its HTTP does
     setup_logging(service, load_settings(SETTINGS_BY_SERVICE[service]))
     uvicorn.Server(uvicorn_config(f"{service}.app:create_app", host, port)).run()
     return 0

@@ -210,11 +210,16 @@ class PreprocessSettings(ServiceSettings, DownstreamSettings, UploadSettings, Im
         "(floats as JSON text: the slow baseline), `volume` (a file on the shared volume, only its name "
         "sent). A request may choose with `/process?transport=` when `ALLOW_TRANSPORT_OVERRIDE` is on.",
     )
-    model_protocol: Literal["npy", "v2-http"] = Field(
+    model_protocol: Literal["npy", "v2-http", "v2-grpc"] = Field(
         "npy",
-        description="How preprocess calls the model: `npy`, its own `/predict` (with the `TRANSPORT` hand-off), "
-        "or `v2-http`, the Open Inference Protocol with the binary tensor extension (`/v2/models/<MODEL_V2_NAME>/infer`), "
-        "which Triton, KServe and MLServer serve too.",
+        description="How preprocess calls the model: `npy`, its own `/predict` (with the `TRANSPORT` hand-off); "
+        "`v2-http`, the Open Inference Protocol with the binary tensor extension (`/v2/models/<MODEL_V2_NAME>/infer`); "
+        "or `v2-grpc`, the protocol's gRPC `ModelInfer` at `MODEL_GRPC_TARGET`. Triton, KServe and MLServer serve both.",
+    )
+    model_grpc_target: str = Field(
+        "127.0.0.1:8001",
+        description="The model's gRPC service for `v2-grpc` (compose: `dns:///model:8001`: every replica's address, "
+        "balanced round-robin).",
     )
     model_v2_name: str = Field(
         "efficientnet-lite0",
@@ -236,6 +241,15 @@ class PreprocessSettings(ServiceSettings, DownstreamSettings, UploadSettings, Im
 
 class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
     """model: tensor → scores."""
+
+    grpc_enabled: bool = Field(
+        True, description="Serve the Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`) too."
+    )
+    grpc_host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC service listens on; `ml-pipeline run` sets it to its `--host` (containers: all).",
+    )
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the gRPC service (0: any free port).")
 
     max_batch: int = Field(16, gt=0, description="Largest batch (N of the `[N,3,224,224]` tensor) `/predict` accepts.")
 

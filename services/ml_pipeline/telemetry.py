@@ -279,6 +279,15 @@ def route_template(scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+def record_request(service: str, route: str, method: str, path: str, status: int, duration_s: float) -> None:
+    """One served request in the request metrics (the trace id as exemplar) and one log line:
+    HTTP requests and gRPC calls alike (their method ``GRPC``, their status the HTTP one)."""
+    labels = (service, route, method, str(status))
+    metrics.REQUESTS.labels(*labels).inc()
+    metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=metrics.exemplar(current_trace_id()))
+    log.info("%s %s %d", method, path, status, extra={"status": status, "duration_ms": round(duration_s * 1000, 3)})
+
+
 _TRACE_ID_KEY = TRACE_ID_HEADER.lower().encode("latin-1")  # ASGI header names are lower-case bytes
 
 
@@ -327,16 +336,4 @@ class RequestTelemetryMiddleware:
             if not quiet:
                 in_flight.dec()
                 duration_s = time.perf_counter() - start
-                route = route_template(scope)
-                labels = (self.service, route, scope["method"], str(status))
-                metrics.REQUESTS.labels(*labels).inc()
-                metrics.REQUEST_DURATION.labels(*labels).observe(
-                    duration_s, exemplar=metrics.exemplar(current_trace_id())
-                )
-                log.info(
-                    "%s %s %d",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    extra={"status": status, "duration_ms": round(duration_s * 1000, 3)},
-                )
+                record_request(self.service, route_template(scope), scope["method"], scope["path"], status, duration_s)

@@ -14,7 +14,11 @@ from typing import Any, Final
 # --------------------------------------------------------------------------- hand-off (preprocess → model)
 
 TRANSPORTS: Final = ("http", "json", "volume")  # to the model's own /predict (MODEL_PROTOCOL=npy)
-MODEL_PROTOCOLS: Final = ("npy", "v2-http")  # how preprocess calls the model: /predict, or the Open Inference Protocol
+MODEL_PROTOCOLS: Final = (
+    "npy",
+    "v2-http",
+    "v2-grpc",
+)  # how preprocess calls the model: /predict, or the Open Inference Protocol
 
 NPY_MEDIA_TYPE: Final = "application/x-npy"  # a binary NumPy .npy body (ml_pipeline.codec)
 JSON_TENSOR_MEDIA_TYPE: Final = "application/json"  # {"shape", "dtype", "data"}: the slow baseline

@@ -17,9 +17,11 @@ from ml_pipeline.settings import ModelSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider
 from ml_pipeline.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE
 from model.dataplane import Predictor
+from model.grpc_server import start_grpc_server
 from model.v2_endpoints import add_v2_routes
 
 SERVICE = "model"
+GRPC_GRACE_S = 10.0  # calls in flight at shutdown may finish within this (uvicorn drains HTTP alike)
 
 
 def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
@@ -30,7 +32,14 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
         await predictor.load()
-        yield
+        if not settings.grpc_enabled:
+            yield
+            return
+        server, app.state.grpc_port = await start_grpc_server(predictor, settings, provider, app.state.tracer, SERVICE)
+        try:
+            yield
+        finally:
+            await server.stop(grace=GRPC_GRACE_S)
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
         return predictor.ready()

@@ -175,16 +175,23 @@ class Predictor:
         }
 
     async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: str | None, timer: StageTimer
-    ) -> OpenInferenceAnswer:
-        """``POST /v2/models/{name}[/versions/{version}]/infer``: the outputs the request asks for
-        (all by default), each inline or binary as asked."""
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[], InferenceRequest],
+        timer: StageTimer,
+        *,
+        transport: str,
+        body_bytes: int,
+        offload: bool,
+    ) -> tuple[Backend, InferenceRequest, dict[str, np.ndarray]]:
+        """The Open Inference Protocol's ``infer``, whatever carried it: ``decode()`` reads the
+        request (in a worker thread when ``offload``: inline JSON tensors take tens of ms); the
+        outputs it asks for (all by default), by name."""
         backend = self.served(name, version)
-        attributes: dict[str, AttributeValue] = {Attr.HANDOFF_TRANSPORT: "v2-http", Attr.HANDOFF_BODY_BYTES: len(body)}
+        attributes: dict[str, AttributeValue] = {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: body_bytes}
         with timer.stage("tensor_decode", attributes) as span:
-            decode = partial(open_inference.decode_request, body, header_length, max_elements=self.max_elements)
-            # Inline JSON tensors take tens of ms to parse: off the event loop (binary ones are views).
-            request = await anyio.to_thread.run_sync(decode) if header_length is None else decode()
+            request = await anyio.to_thread.run_sync(decode) if offload else decode()
             batch = self._input_batch(name, request)
             span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
             span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
@@ -195,7 +202,16 @@ class Predictor:
                 f"model {name!r} has no output {unknown[0]!r}; its outputs are {list(OUTPUTS)}"
             )
         logits = await self._infer(backend, batch, timer)
-        outputs = {output: OUTPUTS[output](logits) for output in wanted}
+        return backend, request, {output: OUTPUTS[output](logits) for output in wanted}
+
+    async def infer_http(
+        self, name: str, version: str | None, body: bytes, header_length: str | None, timer: StageTimer
+    ) -> OpenInferenceAnswer:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``: each output inline or binary, as asked."""
+        decode = partial(open_inference.decode_request, body, header_length, max_elements=self.max_elements)
+        backend, request, outputs = await self.infer(
+            name, version, decode, timer, transport="v2-http", body_bytes=len(body), offload=header_length is None
+        )
         encode = partial(open_inference.encode_response, backend.name, MODEL_VERSION, outputs, request)
         answer, json_length = await anyio.to_thread.run_sync(encode)
         return OpenInferenceAnswer(answer, json_length, self.answer_headers(timer))

@@ -80,7 +80,7 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, service: str) -> None:
         async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
             body = await read_body(request, predictor.max_body_bytes)
             header_length = request.headers.get(INFERENCE_HEADER_LENGTH_HEADER)
-            answer = await predictor.infer(
+            answer = await predictor.infer_http(
                 name, version, body, header_length, StageTimer(request.app.state.tracer, service)
             )
             headers = dict(answer.headers)

@@ -28,6 +28,7 @@ from ml_pipeline.settings import PreprocessSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider
 from ml_pipeline.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE, SERVER_TIMING_HEADER
 from preprocess.dataplane import Preprocessor
+from preprocess.model_grpc import GrpcModel
 
 SERVICE = "preprocess"
 
@@ -42,6 +43,7 @@ class Transport(StrEnum):
     json = "json"
     volume = "volume"
     v2_http = "v2-http"
+    v2_grpc = "v2-grpc"
 
 
 def create_app(
@@ -57,7 +59,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
         model = model_client(settings, provider, model_transport)
-        app.state.preprocessor = Preprocessor(settings, model)
+        model_grpc = GrpcModel(settings.model_grpc_target, settings.model_timeout_s, provider)  # connects when used
+        app.state.preprocessor = Preprocessor(settings, model, model_grpc)
         settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
         sweeper = asyncio.get_running_loop().create_task(app.state.preprocessor.sweep_forever())
         try:
@@ -65,6 +68,7 @@ def create_app(
         finally:
             sweeper.cancel()
             await model.aclose()
+            await model_grpc.aclose()
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
         return await app.state.preprocessor.model.is_ready(settings.readiness_timeout_s)

@@ -35,6 +35,7 @@ from ml_pipeline.wire import (
     Attr,
 )
 from preprocess import imaging
+from preprocess.model_grpc import GrpcModel
 
 log = logging.getLogger("ml_pipeline.preprocess")
 MAX_SCORES = 1_000_000  # elements of the model's answer preprocess reads (a batch of one: 1000)
@@ -67,9 +68,10 @@ class Preprocessor:
     """Decodes with at most ``MAX_CONCURRENT_DECODES`` images at once (their own worker threads:
     that bounds decode memory) and hands tensors to the model the configured way."""
 
-    def __init__(self, settings: PreprocessSettings, model: Downstream):
+    def __init__(self, settings: PreprocessSettings, model: Downstream, model_grpc: GrpcModel | None = None):
         self.settings = settings
         self.model = model
+        self.model_grpc = model_grpc  # for v2-grpc
         self._decode_slots = anyio.CapacityLimiter(settings.max_concurrent_decodes)
 
     def transport(self, requested: str | None) -> str:
@@ -90,16 +92,29 @@ class Preprocessor:
 
     async def scores(self, tensor: np.ndarray, transport: str, timer: StageTimer) -> Scores:
         with timer.stage("handoff", {Attr.HANDOFF_TRANSPORT: transport, Attr.TENSOR_SHAPE: list(tensor.shape)}) as span:
-            if transport == "v2-http":
+            if transport == "v2-grpc":
+                scores_npy, answer_headers = await self._infer_v2_grpc(tensor, span)
+            elif transport == "v2-http":
                 scores_npy, response = await self._infer_v2(tensor, span)
+                answer_headers = dict(response.headers)
             else:
                 response = await self._hand_off(tensor, transport, span)
-                scores_npy = response.content
-        timer.merge_header(response.headers.get(SERVER_TIMING_HEADER))
-        headers = {h: response.headers[h] for h in MODEL_HEADERS if h in response.headers}
+                scores_npy, answer_headers = response.content, dict(response.headers)
+        answer_headers = {name.lower(): value for name, value in answer_headers.items()}
+        timer.merge_header(answer_headers.get(SERVER_TIMING_HEADER.lower()))
+        headers = {h: answer_headers[h.lower()] for h in MODEL_HEADERS if h.lower() in answer_headers}
         headers[SERVER_TIMING_HEADER] = timer.header()
         headers[TENSOR_TRANSPORT_HEADER] = transport
         return Scores(scores_npy, headers)
+
+    async def _infer_v2_grpc(self, tensor: np.ndarray, span: Span) -> tuple[bytes, dict[str, str]]:
+        """The Open Inference Protocol's gRPC ``ModelInfer`` (raw bytes both ways)."""
+        if self.model_grpc is None:
+            raise RuntimeError("v2-grpc without a gRPC client")
+        span.set_attribute(Attr.TENSOR_BYTES, tensor.nbytes)
+        metrics.HANDOFF_BYTES.labels("v2-grpc").observe(tensor.nbytes)
+        logits, headers = await self.model_grpc.logits(self.settings.model_v2_name, tensor)
+        return codec.encode(logits), headers
 
     async def _infer_v2(self, tensor: np.ndarray, span: Span) -> tuple[bytes, httpx.Response]:
         """The Open Inference Protocol's ``infer`` with binary data both ways: the scores as ``.npy``

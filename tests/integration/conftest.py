@@ -35,6 +35,12 @@ def stack() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def model_grpc(stack) -> str:
+    """host:port of the model's Open Inference Protocol gRPC service."""
+    return _required("STACK_MODEL_GRPC")
+
+
+@pytest.fixture(scope="session")
 def jaeger(stack) -> str:
     return _required("STACK_JAEGER_URL")
 

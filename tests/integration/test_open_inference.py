@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as tritongrpc
 import tritonclient.http as tritonhttp
 from tritonclient.utils import InferenceServerException
 
@@ -136,3 +137,53 @@ def test_malformed_bodies_are_4xx_with_the_protocols_error(stack, case, words):
     assert 400 <= r.status_code < 500, r.text
     assert set(r.json()) == {"error"} and words in r.json()["error"], r.text
     assert r.headers.get("x-trace-id")
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+@pytest.fixture(scope="module")
+def triton_grpc(model_grpc):
+    client = tritongrpc.InferenceServerClient(url=model_grpc)
+    yield client
+    client.close()
+
+
+def grpc_input(x: np.ndarray, name="input", datatype="FP32"):
+    inp = tritongrpc.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def test_the_grpc_service_answers_tritons_grpc_client_like_predict(triton_grpc, stack):
+    assert triton_grpc.is_server_live() and triton_grpc.is_server_ready() and triton_grpc.is_model_ready(MODEL)
+    meta = triton_grpc.get_model_metadata(MODEL)
+    assert [(t.name, list(t.shape)) for t in meta.outputs] == [("logits", [-1, 1000]), ("probabilities", [-1, 1000])]
+    x = np.concatenate([photo_tensor(COFFEE_JPG), photo_tensor(CHELSEA_JPG)])
+    outputs = [tritongrpc.InferRequestedOutput("logits"), tritongrpc.InferRequestedOutput("probabilities")]
+    result = triton_grpc.infer(MODEL, [grpc_input(x)], outputs=outputs, request_id="r-1")
+    logits = result.as_numpy("logits")
+    assert result.get_response().id == "r-1" and int(np.argmax(logits[0])) == ESPRESSO
+    np.testing.assert_allclose(result.as_numpy("probabilities").sum(axis=1), 1, rtol=1e-5)
+    predicted = httpx.post(
+        f"{stack['model']}/predict", content=codec.encode(x), headers={"Content-Type": wire.NPY_MEDIA_TYPE}, timeout=30
+    )
+    np.testing.assert_array_equal(logits, codec.decode(predicted.content))
+
+
+def test_bad_grpc_calls_get_the_protocols_status(triton_grpc):
+    x = photo_tensor(COFFEE_JPG)
+
+    def status(call) -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as error:
+            call()
+        return error.value.status(), error.value.message()
+
+    code, message = status(lambda: triton_grpc.infer(MODEL, [grpc_input(x.astype(np.float64), datatype="FP64")]))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "must be FP32" in message
+    code, message = status(lambda: triton_grpc.infer(MODEL, [grpc_input(x[:, :, :100])]))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "is not [N,3,224,224]" in message
+    code, message = status(lambda: triton_grpc.infer("resnet50", [grpc_input(x)]))
+    assert code == "StatusCode.NOT_FOUND" and "unknown model" in message
+    # Triton's own extra methods are not served (the configuration is on /v2/models/{name}/config).
+    assert status(lambda: triton_grpc.get_model_config(MODEL))[0] == "StatusCode.UNIMPLEMENTED"

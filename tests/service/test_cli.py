@@ -34,7 +34,7 @@ def three_free_ports() -> dict[str, int]:
 
 def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     ports = three_free_ports()
-    env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "GRPC_PORT": "0"}
     env.pop("MODEL_URL", None)
     env.pop("PREPROCESS_URL", None)
     log = (tmp_path / "serve.log").open("w+")

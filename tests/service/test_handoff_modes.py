@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ml_pipeline import codec, handoff, wire
-from support.apps import NetworkASGITransport, make_settings, running_chain
+from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 
-ALL_MODES = (*wire.TRANSPORTS, "v2-http")  # /predict three ways, and the Open Inference Protocol
+ALL_MODES = (*wire.TRANSPORTS, "v2-http", "v2-grpc")  # /predict three ways, the Open Inference Protocol two
 
 
 def tensor(seed=0):
@@ -27,6 +27,8 @@ async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_pa
         model_v2_name={"random": "random-1000", "onnx": "efficientnet-lite0"}[backend],
         shared_data_dir=tmp_path,
         allow_transport_override=True,
+        grpc_port=(port := free_port()),
+        model_grpc_target=f"127.0.0.1:{port}",
     )
     answers = {}
     async with running_chain(settings, exporter) as client:
@@ -48,6 +50,7 @@ async def test_every_transport_gives_identical_answers_and_leaves_nothing(tmp_pa
         np.testing.assert_array_equal(answers["json", photo.name], answers["http", photo.name])
         np.testing.assert_array_equal(answers["volume", photo.name], answers["http", photo.name])
         np.testing.assert_array_equal(answers["v2-http", photo.name], answers["http", photo.name])
+        np.testing.assert_array_equal(answers["v2-grpc", photo.name], answers["http", photo.name])
     assert final["transport"] == "http"  # the TRANSPORT default
     assert os.listdir(tmp_path) == []
     handoff_spans = {

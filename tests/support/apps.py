@@ -26,6 +26,7 @@ def make_settings(**overrides) -> PipelineSettings:
     values = {
         "model_backend": "random",
         "model_v2_name": "random-1000",  # the random backend's name over the Open Inference Protocol
+        "grpc_port": 0,  # each in-process model's gRPC service on a free port
         "otel_exporter_otlp_endpoint": None,
         "model_url": "http://model.test",
         "preprocess_url": "http://preprocess.test",

@@ -1,0 +1,99 @@
+"""preprocess's gRPC client of the model (``MODEL_PROTOCOL=v2-grpc``): the Open Inference Protocol's
+``ModelInfer`` with raw tensor bytes, over one channel that balances over every address the
+target resolves to (gRPC's ``round_robin``: every model replica), retries a call an unavailable
+replica refused, and carries the trace context (OpenTelemetry's gRPC instrumentation) and the
+request's remaining deadline (the call's gRPC deadline).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from grpc import StatusCode, aio
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from ml_pipeline import deadline
+from ml_pipeline import open_inference_grpc as grpc_codec
+from ml_pipeline.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
+from ml_pipeline.wire import MODEL_HEADERS, MODEL_INPUT_NAME, MODEL_OUTPUT_NAME, SERVER_TIMING_HEADER
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_SCORES = 1_000_000  # elements of the model's answer read (a batch of one: 1000)
+# gRPC's own retries: a call a replica refused as UNAVAILABLE (it never started) goes to another.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": grpc_codec.SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.01s",
+                "maxBackoff": "0.1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+# Forwarded up the chain like the HTTP answer's headers (gRPC metadata keys are lower case).
+_FORWARDED = {name.lower(): name for name in (*MODEL_HEADERS, SERVER_TIMING_HEADER)}
+
+
+class GrpcModel:
+    def __init__(self, target: str, timeout_s: float, tracer_provider: trace.TracerProvider):
+        self.target = target
+        self._timeout_s = timeout_s
+        self._channel = aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+            interceptors=aio_client_interceptors(tracer_provider=tracer_provider),
+        )
+        request_type, response_type = grpc_codec.METHODS["ModelInfer"]
+        self._model_infer = self._channel.unary_unary(
+            f"/{grpc_codec.SERVICE}/ModelInfer",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+    async def logits(self, model_name: str, tensor: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+        """The model's scores for ``tensor``, and the answer's headers to pass on."""
+        deadline.check(f"calling the model at {self.target}")
+        left = deadline.remaining()
+        timeout_s = self._timeout_s if left is None else min(left, self._timeout_s)
+        request = grpc_codec.encode_request(model_name, {MODEL_INPUT_NAME: tensor}, [MODEL_OUTPUT_NAME])
+        call = self._model_infer(request, timeout=timeout_s)
+        try:
+            response = await call
+            metadata = await call.initial_metadata()
+        except aio.AioRpcError as error:
+            raise self._error(error, timeout_s) from None
+        try:
+            logits = grpc_codec.decode_response(response, max_elements=MAX_SCORES)[MODEL_OUTPUT_NAME]
+        except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
+            raise BadGateway(f"the model's gRPC answer is unusable: {exc}") from None
+        headers = {_FORWARDED[key]: value for key, value in _pairs(metadata) if key in _FORWARDED}
+        return logits, headers
+
+    def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:
+        code, details = error.code(), error.details() or ""
+        where = f"the model at {self.target}"
+        if code == StatusCode.DEADLINE_EXCEEDED:
+            return DownstreamTimeout(f"{where} did not answer within {timeout_s:g} s")
+        if code in (StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED):
+            return DownstreamUnavailable(f"{where} is unavailable: {details}")
+        # Anything else (INVALID_ARGUMENT included): we built the request, so it is our chain's fault.
+        return BadGateway(f"{where} answered {code.name}: {details}")
+
+
+def _pairs(metadata: Any) -> list[tuple[str, str]]:
+    return [(str(key), value if isinstance(value, str) else value.decode("latin-1")) for key, value in (metadata or ())]

@@ -1,0 +1,125 @@
+"""The model's gRPC service in-process (a real socket), spoken to by Triton's own asyncio gRPC client
+and by preprocess's: health, metadata, inference equal to /predict, errors as gRPC statuses,
+request metrics, the trace id in the trailing metadata, and one trace across the call."""
+
+import contextlib
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as tritongrpc
+from prometheus_client import REGISTRY
+from tritonclient.utils import InferenceServerException
+
+from ml_pipeline import codec, wire
+from ml_pipeline.errors import BadGateway
+from ml_pipeline.telemetry import create_tracer_provider
+from model.app import create_app
+from preprocess.model_grpc import GrpcModel
+from support.apps import make_settings
+
+pytestmark = pytest.mark.anyio
+MODEL = "random-1000"
+
+
+@contextlib.asynccontextmanager
+async def model_app(exporter=None, **settings):
+    app = create_app(make_settings(**settings), span_exporter=exporter)
+    async with app.router.lifespan_context(app):
+        yield app, f"127.0.0.1:{app.state.grpc_port}"
+
+
+def batch(n=1):
+    return np.random.default_rng(5).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
+
+
+def infer_input(x, name="input", datatype="FP32"):
+    inp = tritongrpc.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+async def test_triton_grpc_client_health_metadata_and_inference_equal_to_predict():
+    x = batch(2)
+    async with model_app() as (app, target):
+        client = tritongrpc.InferenceServerClient(target)
+        try:
+            assert await client.is_server_live() and await client.is_server_ready()
+            assert await client.is_model_ready(MODEL) and await client.is_model_ready(MODEL, "1")
+            assert "binary_tensor_data" in (await client.get_server_metadata()).extensions
+            meta = await client.get_model_metadata(MODEL)
+            assert (meta.inputs[0].name, meta.inputs[0].datatype, list(meta.inputs[0].shape)) == (
+                "input",
+                "FP32",
+                [-1, 3, 224, 224],
+            )
+            result = await client.infer(MODEL, [infer_input(x)], outputs=[tritongrpc.InferRequestedOutput("logits")])
+        finally:
+            await client.close()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model.test") as http:
+            predicted = await http.post(
+                "/predict", content=codec.encode(x), headers={"Content-Type": wire.NPY_MEDIA_TYPE}
+            )
+    np.testing.assert_array_equal(result.as_numpy("logits"), codec.decode(predicted.content))
+    assert result.as_numpy("probabilities") is None  # only what was asked for
+
+
+@pytest.mark.parametrize(
+    "make, code, words",
+    [
+        (
+            lambda x: (MODEL, [infer_input(x.astype(np.float64), datatype="FP64")]),
+            "StatusCode.INVALID_ARGUMENT",
+            "must be FP32",
+        ),
+        (lambda x: (MODEL, [infer_input(x[:, :, :200])]), "StatusCode.INVALID_ARGUMENT", "is not [N,3,224,224]"),
+        (lambda x: (MODEL, [infer_input(x, name="pixels")]), "StatusCode.INVALID_ARGUMENT", "takes one input"),
+        (lambda x: ("resnet50", [infer_input(x)]), "StatusCode.NOT_FOUND", "unknown model 'resnet50'"),
+    ],
+)
+async def test_bad_calls_are_grpc_statuses_with_the_reason(make, code, words):
+    async with model_app() as (_, target):
+        client = tritongrpc.InferenceServerClient(target)
+        try:
+            with pytest.raises(InferenceServerException) as refused:
+                await client.infer(*make(batch()))
+        finally:
+            await client.close()
+    assert refused.value.status() == code and words in refused.value.message()
+
+
+def requests_counted(status: str) -> float:
+    labels = {
+        "service": "model",
+        "route": "/inference.GRPCInferenceService/ModelInfer",
+        "method": "GRPC",
+        "status": status,
+    }
+    return REGISTRY.get_sample_value("ml_pipeline_requests_total", labels) or 0.0
+
+
+async def test_preprocess_client_one_trace_metrics_and_model_headers(exporter):
+    before_ok, before_bad = requests_counted("200"), requests_counted("404")
+    async with model_app(exporter) as (_app, target):
+        client = GrpcModel(
+            target, timeout_s=5, tracer_provider=create_tracer_provider("preprocess", make_settings(), exporter)
+        )
+        try:
+            logits, headers = await client.logits(MODEL, batch())
+            with pytest.raises(BadGateway) as unknown:
+                await client.logits("nope", batch())
+        finally:
+            await client.aclose()
+    assert logits.shape == (1, 1000) and headers[wire.MODEL_NAME_HEADER] == MODEL
+    assert "model.inference;dur=" in headers[wire.SERVER_TIMING_HEADER]
+    assert "NOT_FOUND" in unknown.value.message  # we built the request: the chain's fault, a 502
+    assert requests_counted("200") == before_ok + 1 and requests_counted("404") == before_bad + 1
+    spans = exporter.get_finished_spans()
+    infer_spans = [s for s in spans if s.name.endswith("/ModelInfer")]
+    client_span = next(s for s in infer_spans if s.kind.name == "CLIENT")
+    server_span = next(s for s in infer_spans if s.kind.name == "SERVER")
+    assert server_span.context.trace_id == client_span.context.trace_id  # W3C context in the call's metadata
+    inference = next(s for s in spans if s.name == "inference")
+    assert inference.context.trace_id == client_span.context.trace_id
+    decode = next(s for s in spans if s.name == "tensor_decode")
+    assert decode.attributes["ml_pipeline.handoff.transport"] == "v2-grpc"
