@@ -27,6 +27,8 @@ TRANSPORTS = {
     "chain-http": "http (binary)",
     "chain-volume": "volume",
     "chain-volume-ram": "volume (RAM)",
+    "chain-v2-http": "v2-http (Open Inference, binary)",
+    "chain-v2-grpc": "v2-grpc (Open Inference)",
 }
 # Open-loop overload runs (`ml-pipeline-bench run --overload`): admission control on (the defaults) and off.
 OVERLOAD, OVERLOAD_OFF = "overload", "overload-no-admission"

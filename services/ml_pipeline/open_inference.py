@@ -279,9 +279,15 @@ def encode_request(
     return _encode(document, "inputs", [(name, array, binary) for name, array in inputs.items()])
 
 
-def decode_response(body: bytes, header_length: str | None, *, max_elements: int) -> dict[str, np.ndarray]:
-    """A client's reading of a server's answer: its outputs by name. A malformed answer is a
-    ``BadRequest`` here too; the caller decides whose fault it is (for a client: the server's)."""
+@dataclass(frozen=True)
+class InferenceResponse:
+    model_name: str  # which model answered ("" if the server did not say)
+    outputs: dict[str, np.ndarray]
+
+
+def decode_response(body: bytes, header_length: str | None, *, max_elements: int) -> InferenceResponse:
+    """A client's reading of a server's answer. A malformed answer is a ``BadRequest`` here too;
+    the caller decides whose fault it is (for a client: the server's)."""
     document, binary = split_body(body, header_length)
     if "error" in document:
         raise invalid(f"the server answered an error: {document['error']}")
@@ -294,4 +300,5 @@ def decode_response(body: bytes, header_length: str | None, *, max_elements: int
         name, array, used = _tensor(raw, f"outputs[{i}]", binary, offset, max_elements=max_elements)
         outputs[name] = array
         offset += used
-    return outputs
+    model_name = document.get("model_name")
+    return InferenceResponse(model_name if isinstance(model_name, str) else "", outputs)

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ml_pipeline.open_inference import InferenceRequest, RequestedOutput, datatype_of, invalid, tensor_from
+from ml_pipeline.open_inference import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    datatype_of,
+    invalid,
+    tensor_from,
+)
 
 SERVICE = "inference.GRPCInferenceService"
 DESCRIPTOR_SET = Path(__file__).parent / "protos" / "open_inference.binpb"
@@ -103,8 +110,8 @@ def encode_request(model_name: str, inputs: dict[str, np.ndarray], outputs: list
     return request
 
 
-def decode_response(response: Any, *, max_elements: int) -> dict[str, np.ndarray]:
-    """A client's reading of a ``ModelInferResponse``: its outputs by name."""
+def decode_response(response: Any, *, max_elements: int) -> InferenceResponse:
+    """A client's reading of a ``ModelInferResponse``."""
     raw = list(response.raw_output_contents)
     if raw and len(raw) != len(response.outputs):
         raise invalid(f"raw_output_contents has {len(raw)} entries for {len(response.outputs)} outputs")
@@ -122,7 +129,7 @@ def decode_response(response: Any, *, max_elements: int) -> dict[str, np.ndarray
                 tensor.name, tensor.datatype, list(tensor.shape), data=data, where=where, max_elements=max_elements
             )
         outputs[tensor.name] = array
-    return outputs
+    return InferenceResponse(response.model_name, outputs)
 
 
 def _little_endian_bytes(array: np.ndarray) -> bytes:

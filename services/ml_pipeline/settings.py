@@ -250,6 +250,11 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
         description="Address the gRPC service listens on; `ml-pipeline run` sets it to its `--host` (containers: all).",
     )
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the gRPC service (0: any free port).")
+    open_inference_only: bool = Field(
+        False,
+        description="Serve the Open Inference Protocol alone: no `/predict`, none of the pipeline's own headers "
+        "(`X-Model-*`, `Server-Timing`) — the model as preprocess would see Triton or KServe (to test that swap).",
+    )
 
     max_batch: int = Field(16, gt=0, description="Largest batch (N of the `[N,3,224,224]` tensor) `/predict` accepts.")
 

@@ -55,6 +55,15 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
     )
     app.state.predictor = predictor
 
+    if not settings.open_inference_only:
+        add_predict_route(app, predictor)
+    add_v2_routes(app, predictor, SERVICE)
+    return app
+
+
+def add_predict_route(app: FastAPI, predictor: Predictor) -> None:
+    """The pipeline's own ``/predict``: a ``.npy``, JSON or file-reference body → ``.npy`` logits."""
+
     @app.post(
         "/predict",
         tags=["model"],
@@ -68,6 +77,3 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
         body = await read_body(request, predictor.body_limit(transport))
         logits = await predictor.predict(body, transport, StageTimer(app.state.tracer, SERVICE))
         return Response(logits.body, media_type=NPY_MEDIA_TYPE, headers=logits.headers)
-
-    add_v2_routes(app, predictor, SERVICE)
-    return app

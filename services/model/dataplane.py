@@ -119,7 +119,10 @@ class Predictor:
         return Logits(codec.encode(logits), self.answer_headers(timer))
 
     def answer_headers(self, timer: StageTimer) -> dict[str, str]:
+        """The pipeline's own headers of an answer (none in protocol-only mode, like Triton's)."""
         backend = self._loaded()
+        if self.settings.open_inference_only:
+            return {}
         return {
             MODEL_NAME_HEADER: backend.name,
             MODEL_BACKEND_HEADER: backend.kind,

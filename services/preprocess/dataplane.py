@@ -26,6 +26,7 @@ from ml_pipeline.wire import (
     JSON_TENSOR_MEDIA_TYPE,
     MODEL_HEADERS,
     MODEL_INPUT_NAME,
+    MODEL_NAME_HEADER,
     MODEL_OUTPUT_NAME,
     NPY_MEDIA_TYPE,
     OPEN_INFERENCE_PREFIX,
@@ -95,8 +96,7 @@ class Preprocessor:
             if transport == "v2-grpc":
                 scores_npy, answer_headers = await self._infer_v2_grpc(tensor, span)
             elif transport == "v2-http":
-                scores_npy, response = await self._infer_v2(tensor, span)
-                answer_headers = dict(response.headers)
+                scores_npy, answer_headers = await self._infer_v2(tensor, span)
             else:
                 response = await self._hand_off(tensor, transport, span)
                 scores_npy, answer_headers = response.content, dict(response.headers)
@@ -116,7 +116,7 @@ class Preprocessor:
         logits, headers = await self.model_grpc.logits(self.settings.model_v2_name, tensor)
         return codec.encode(logits), headers
 
-    async def _infer_v2(self, tensor: np.ndarray, span: Span) -> tuple[bytes, httpx.Response]:
+    async def _infer_v2(self, tensor: np.ndarray, span: Span) -> tuple[bytes, dict[str, str]]:
         """The Open Inference Protocol's ``infer`` with binary data both ways: the scores as ``.npy``
         (what preprocess answers) and the model's response (its headers travel up the chain)."""
         body, json_length = open_inference.encode_request(
@@ -129,13 +129,16 @@ class Preprocessor:
         path = f"{OPEN_INFERENCE_PREFIX}/models/{self.settings.model_v2_name}/infer"
         response = await self.model.post(path, content=body, headers=headers)
         try:
-            outputs = open_inference.decode_response(
+            answer = open_inference.decode_response(
                 response.content, response.headers.get(INFERENCE_HEADER_LENGTH_HEADER), max_elements=MAX_SCORES
             )
-            logits = outputs[MODEL_OUTPUT_NAME]
+            logits = answer.outputs[MODEL_OUTPUT_NAME]
         except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
             raise BadGateway(f"the model's Open Inference Protocol answer is unusable: {exc}") from None
-        return codec.encode(logits), response
+        headers = dict(response.headers)
+        if answer.model_name and MODEL_NAME_HEADER.lower() not in {h.lower() for h in headers}:
+            headers[MODEL_NAME_HEADER] = answer.model_name  # a Triton or KServe server names it only here
+        return codec.encode(logits), headers
 
     async def _hand_off(self, tensor: np.ndarray, transport: str, span: Span) -> httpx.Response:
         """Send ``tensor`` to the model the ``transport`` way; the model's answer."""

@@ -18,7 +18,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from ml_pipeline import deadline
 from ml_pipeline import open_inference_grpc as grpc_codec
 from ml_pipeline.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
-from ml_pipeline.wire import MODEL_HEADERS, MODEL_INPUT_NAME, MODEL_OUTPUT_NAME, SERVER_TIMING_HEADER
+from ml_pipeline.wire import MODEL_HEADERS, MODEL_INPUT_NAME, MODEL_NAME_HEADER, MODEL_OUTPUT_NAME, SERVER_TIMING_HEADER
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_SCORES = 1_000_000  # elements of the model's answer read (a batch of one: 1000)
@@ -78,10 +78,13 @@ class GrpcModel:
         except aio.AioRpcError as error:
             raise self._error(error, timeout_s) from None
         try:
-            logits = grpc_codec.decode_response(response, max_elements=MAX_SCORES)[MODEL_OUTPUT_NAME]
+            answer = grpc_codec.decode_response(response, max_elements=MAX_SCORES)
+            logits = answer.outputs[MODEL_OUTPUT_NAME]
         except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
             raise BadGateway(f"the model's gRPC answer is unusable: {exc}") from None
         headers = {_FORWARDED[key]: value for key, value in _pairs(metadata) if key in _FORWARDED}
+        if answer.model_name:
+            headers.setdefault(MODEL_NAME_HEADER, answer.model_name)  # a Triton or KServe server names it only here
         return logits, headers
 
     def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:

@@ -26,7 +26,7 @@ def test_every_published_port_binds_to_localhost_unless_bind_address_says_otherw
 def test_model_replicas_are_not_published_except_by_the_debug_overlay():
     assert "ports" not in COMPOSE["services"]["model"]
     debug = yaml.safe_load((ROOT / "docker-compose.debug.yml").read_text())
-    assert debug["services"]["model"]["ports"] == ["127.0.0.1::5000"]
+    assert debug["services"]["model"]["ports"] == ["127.0.0.1::5000", "127.0.0.1::8001"]
 
 
 def test_prometheus_has_no_lifecycle_api():

@@ -72,7 +72,7 @@ async def test_infer_answers_the_same_logits_as_predict(binary, exporter):
     assert r.headers[wire.MODEL_NAME_HEADER.lower()] == MODEL and "model.inference;dur=" in r.headers["server-timing"]
     outputs = open_inference.decode_response(
         r.content, r.headers.get(wire.INFERENCE_HEADER_LENGTH_HEADER), max_elements=10**6
-    )
+    ).outputs
     np.testing.assert_array_equal(outputs["logits"], codec.decode(predicted.content))
     decode = [s for s in exporter.get_finished_spans() if s.name == "tensor_decode"]
     assert decode[0].attributes["ml_pipeline.handoff.transport"] == "v2-http"

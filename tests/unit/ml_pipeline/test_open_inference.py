@@ -46,7 +46,9 @@ def test_a_response_round_trips_with_binary_and_json_outputs_mixed():
     document = json.loads(body[:length])
     assert document["id"] == "req-7" and document["model_name"] == "m" and document["model_version"] == "1"
     assert document["outputs"][0]["parameters"] == {"binary_data_size": 24} and "data" in document["outputs"][1]
-    outputs = oip.decode_response(body, str(length), max_elements=MAX)
+    answer = oip.decode_response(body, str(length), max_elements=MAX)
+    assert answer.model_name == "m"
+    outputs = answer.outputs
     np.testing.assert_array_equal(outputs["a"], tensor())
     np.testing.assert_allclose(outputs["b"], tensor((1, 5)))
 

@@ -26,7 +26,7 @@ def test_a_request_and_a_response_round_trip_as_raw_bytes():
     response = grpc_codec.encode_response("m", "1", {"logits": x[:, :, 0]}, "req-1")
     back = grpc_codec.messages["ModelInferResponse"].FromString(response.SerializeToString())
     assert back.id == "req-1" and back.model_version == "1"
-    np.testing.assert_array_equal(grpc_codec.decode_response(back, max_elements=MAX)["logits"], x[:, :, 0])
+    np.testing.assert_array_equal(grpc_codec.decode_response(back, max_elements=MAX).outputs["logits"], x[:, :, 0])
 
 
 def test_typed_contents_are_read_when_no_raw_bytes_come():
