@@ -36,6 +36,8 @@ from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, Dashboa
 
 # Fixed uid from grafana/provisioning/datasources/datasources.yml (never ${DS_...} placeholders).
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
+# The model's inference routes: /predict, and the Open Inference Protocol's infer over HTTP and gRPC.
+INFER_ROUTES = "/predict|/v2/models/.+/infer|/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,13 @@ LAYOUT = [
     RowSpec("Replicas"),
     TimeseriesSpec(
         "Share of model requests per replica",
-        "Fraction of /predict requests each model replica served. With N replicas and working balancing, each line sits near 1/N.",
+        "Fraction of inference requests each model replica served (/predict, or the Open Inference Protocol's infer over HTTP or gRPC). With N replicas and working balancing, each line sits near 1/N.",
         units.PercentUnit,
-        'sum by (instance) (rate(ml_pipeline_requests_total{service="model", route="/predict"}[$__rate_interval])) / ignoring (instance) group_left sum(rate(ml_pipeline_requests_total{service="model", route="/predict"}[$__rate_interval])) * on (instance) group_left (replica) max by (instance, replica) (ml_pipeline_build_info)',
+        'sum by (instance) (rate(ml_pipeline_requests_total{service="model", route=~"'
+        + INFER_ROUTES
+        + '"}[$__rate_interval])) / ignoring (instance) group_left sum(rate(ml_pipeline_requests_total{service="model", route=~"'
+        + INFER_ROUTES
+        + '"}[$__rate_interval])) * on (instance) group_left (replica) max by (instance, replica) (ml_pipeline_build_info)',
         "{{replica}} ({{instance}})",
         min=0,
         max=1,

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
 from ml_pipeline import codec
-from ml_pipeline.client import RETRYABLE_5XX, Downstream, downstream_from_settings
+from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget, downstream_from_settings
 from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from ml_pipeline.settings import PreprocessSettings, load_settings
 from ml_pipeline.telemetry import StageTimer, create_tracer_provider
@@ -59,7 +59,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
         model = model_client(settings, provider, model_transport)
-        model_grpc = GrpcModel(settings.model_grpc_target, settings.model_timeout_s, provider)  # connects when used
+        model_grpc = GrpcModel(  # connects when first used
+            settings.model_grpc_target,
+            settings.model_timeout_s,
+            provider,
+            max_attempts=settings.model_max_attempts,
+            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min),
+        )
         app.state.preprocessor = Preprocessor(settings, model, model_grpc)
         settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
         sweeper = asyncio.get_running_loop().create_task(app.state.preprocessor.sweep_forever())

@@ -1,13 +1,19 @@
 """preprocess's gRPC client of the model (``MODEL_PROTOCOL=v2-grpc``): the Open Inference Protocol's
 ``ModelInfer`` with raw tensor bytes, over one channel that balances over every address the
-target resolves to (gRPC's ``round_robin``: every model replica), retries a call an unavailable
-replica refused, and carries the trace context (OpenTelemetry's gRPC instrumentation) and the
-request's remaining deadline (the call's gRPC deadline).
+target resolves to (gRPC's ``round_robin``: every model replica), carrying the trace context
+(OpenTelemetry's gRPC instrumentation) and the request's remaining deadline (the call's gRPC
+deadline).
+
+A call that fails ``UNAVAILABLE`` (a replica refused it, or died with it: inference is a pure
+function of the tensor) is tried again — up to ``MODEL_MAX_ATTEMPTS`` within the deadline and the
+retry budget, as the HTTP hand-off does; ``round_robin`` sends the retry to the next replica and
+skips one whose connection broke. gRPC's own retry policy covers only calls that never left.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -15,10 +21,18 @@ from grpc import StatusCode, aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from ml_pipeline import deadline
+from ml_pipeline import deadline, metrics
 from ml_pipeline import open_inference_grpc as grpc_codec
+from ml_pipeline.client import RetryBudget
 from ml_pipeline.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
-from ml_pipeline.wire import MODEL_HEADERS, MODEL_INPUT_NAME, MODEL_NAME_HEADER, MODEL_OUTPUT_NAME, SERVER_TIMING_HEADER
+from ml_pipeline.wire import (
+    MODEL_HEADERS,
+    MODEL_INPUT_NAME,
+    MODEL_NAME_HEADER,
+    MODEL_OUTPUT_NAME,
+    SERVER_TIMING_HEADER,
+    Attr,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_SCORES = 1_000_000  # elements of the model's answer read (a batch of one: 1000)
@@ -43,9 +57,19 @@ _FORWARDED = {name.lower(): name for name in (*MODEL_HEADERS, SERVER_TIMING_HEAD
 
 
 class GrpcModel:
-    def __init__(self, target: str, timeout_s: float, tracer_provider: trace.TracerProvider):
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        tracer_provider: trace.TracerProvider,
+        *,
+        max_attempts: int = 1,
+        retry_budget: RetryBudget | None = None,
+    ):
         self.target = target
         self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self.retry_budget = retry_budget or RetryBudget(0.1, 3)
         self._channel = aio.insecure_channel(
             target,
             options=[
@@ -70,13 +94,25 @@ class GrpcModel:
         deadline.check(f"calling the model at {self.target}")
         left = deadline.remaining()
         timeout_s = self._timeout_s if left is None else min(left, self._timeout_s)
+        call_deadline = time.monotonic() + timeout_s
         request = grpc_codec.encode_request(model_name, {MODEL_INPUT_NAME: tensor}, [MODEL_OUTPUT_NAME])
-        call = self._model_infer(request, timeout=timeout_s)
-        try:
-            response = await call
-            metadata = await call.initial_metadata()
-        except aio.AioRpcError as error:
-            raise self._error(error, timeout_s) from None
+        self.retry_budget.record_request()
+        span = trace.get_current_span()
+        for attempt in range(1, self._max_attempts + 1):
+            call = self._model_infer(request, timeout=max(call_deadline - time.monotonic(), 0.001))
+            try:
+                response = await call
+                metadata = await call.initial_metadata()
+                break
+            except aio.AioRpcError as error:
+                retryable = error.code() == StatusCode.UNAVAILABLE
+                span.add_event(
+                    Attr.ATTEMPT_FAILED_EVENT,
+                    {Attr.DOWNSTREAM_ENDPOINT: self.target, Attr.ERROR_TYPE: error.code().name.lower()},
+                )
+                if not retryable or attempt == self._max_attempts or not self._may_retry(call_deadline):
+                    raise self._error(error, timeout_s) from None
+        span.set_attribute(Attr.DOWNSTREAM_ATTEMPTS, attempt)
         try:
             answer = grpc_codec.decode_response(response, max_elements=MAX_SCORES)
             logits = answer.outputs[MODEL_OUTPUT_NAME]
@@ -86,6 +122,16 @@ class GrpcModel:
         if answer.model_name:
             headers.setdefault(MODEL_NAME_HEADER, answer.model_name)  # a Triton or KServe server names it only here
         return logits, headers
+
+    def _may_retry(self, call_deadline: float) -> bool:
+        if time.monotonic() >= call_deadline:
+            return False
+        if not self.retry_budget.try_spend():
+            metrics.DOWNSTREAM_RETRIES.labels("model", "budget_exhausted").inc()
+            trace.get_current_span().set_attribute(Attr.DOWNSTREAM_RETRY_BUDGET_EXHAUSTED, True)
+            return False
+        metrics.DOWNSTREAM_RETRIES.labels("model", "unavailable").inc()
+        return True
 
     def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:
         code, details = error.code(), error.details() or ""

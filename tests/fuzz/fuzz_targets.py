@@ -10,6 +10,10 @@ crash: a 500 that the service would answer for that body.
   model's answer in postprocess), then ``model.dataplane.validate_batch`` as ``/predict`` does next.
 * ``json``: ``ml_pipeline.handoff.decode_json`` (the ``application/json`` body of ``/predict``),
   then ``validate_batch``.
+* ``oip``: ``ml_pipeline.open_inference.decode_request`` (the body of the Open Inference
+  Protocol's ``/v2/models/{name}/infer``), then ``validate_batch`` on its ``input``. An input with a
+  newline is a binary-extension body: the JSON before the first newline, the binary data after it
+  (the ``Inference-Header-Content-Length`` the JSON's length); without one, a pure JSON body.
 
 Inputs are raw bodies, mutated byte by byte. For ``npy`` and ``json`` an input starting with a NUL
 byte is instead read as a list of choices that *build* a body (``npy_from_choices``,
@@ -105,6 +109,25 @@ def check_json(data: bytes) -> None:
     from ml_pipeline import handoff
 
     _check_batch(handoff.decode_json, data)
+
+
+def check_oip(data: bytes) -> None:
+    from ml_pipeline import open_inference
+    from model.dataplane import validate_batch
+
+    header, newline, binary = data.partition(b"\n")
+    body, header_length = (header + binary, str(len(header))) if newline else (data, None)
+    try:
+        request = open_inference.decode_request(body, header_length, max_elements=MAX_BATCH * 3 * 224 * 224)
+        for name, array in request.inputs.items():
+            if not isinstance(name, str) or array.dtype.hasobject:
+                raise AssertionError(f"input {name!r}: {array.dtype}")
+        if "input" in request.inputs:
+            validate_batch(request.inputs["input"], MAX_BATCH)
+    except Exception as exc:
+        if _client_error(exc):
+            return
+        raise
 
 
 # --------------------------------------------------------------------------- structure-aware inputs
@@ -271,7 +294,12 @@ def body_of(target: str, data: bytes) -> bytes:
     return data
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"image": check_image, "npy": check_npy, "json": check_json}
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "image": check_image,
+    "npy": check_npy,
+    "json": check_json,
+    "oip": check_oip,
+}
 
 
 def run_input(target: str, data: bytes) -> None:

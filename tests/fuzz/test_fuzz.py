@@ -28,6 +28,7 @@ EXTRA_FLAGS = {
     "image": ["-max_len=4096"],
     "npy": ["-max_len=4096", f"-dict={HERE / 'npy.dict'}"],
     "json": ["-max_len=4096", f"-dict={HERE / 'json.dict'}"],
+    "oip": ["-max_len=4096", f"-dict={HERE / 'oip.dict'}"],
 }
 
 

@@ -123,3 +123,71 @@ async def test_preprocess_client_one_trace_metrics_and_model_headers(exporter):
     assert inference.context.trace_id == client_span.context.trace_id
     decode = next(s for s in spans if s.name == "tensor_decode")
     assert decode.attributes["ml_pipeline.handoff.transport"] == "v2-grpc"
+
+
+@contextlib.asynccontextmanager
+async def scripted_model(codes):
+    """A gRPC ModelInfer that fails with each of ``codes`` in turn, then answers 1000 logits."""
+    import grpc
+    from grpc import aio
+
+    from ml_pipeline import open_inference_grpc as grpc_codec
+
+    calls = []
+
+    async def model_infer(request, context):
+        calls.append(request.model_name)
+        if len(calls) <= len(codes):
+            await context.abort(codes[len(calls) - 1], "scripted failure")
+        return grpc_codec.encode_response(MODEL, "1", {"logits": np.zeros((1, 1000), np.float32)}, None)
+
+    request_type, response_type = grpc_codec.METHODS["ModelInfer"]
+    handler = grpc.unary_unary_rpc_method_handler(
+        model_infer, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+    )
+    server = aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(grpc_codec.SERVICE, {"ModelInfer": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", calls
+    finally:
+        await server.stop(None)
+
+
+def grpc_retries(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("ml_pipeline_downstream_retries_total", {"downstream": "model", "reason": reason})
+        or 0.0
+    )
+
+
+async def test_an_unavailable_answer_is_tried_again_within_max_attempts():
+    import grpc
+
+    from ml_pipeline.errors import DownstreamUnavailable
+
+    before = grpc_retries("unavailable")
+    async with scripted_model([grpc.StatusCode.UNAVAILABLE]) as (target, calls):
+        client = GrpcModel(
+            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=2
+        )
+        logits, _ = await client.logits(MODEL, batch())
+        await client.aclose()
+    assert logits.shape == (1, 1000) and len(calls) == 2 and grpc_retries("unavailable") == before + 1
+    async with scripted_model([grpc.StatusCode.UNAVAILABLE] * 2) as (target, calls):
+        client = GrpcModel(
+            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=2
+        )
+        with pytest.raises(DownstreamUnavailable):
+            await client.logits(MODEL, batch())
+        await client.aclose()
+    assert len(calls) == 2  # at most MODEL_MAX_ATTEMPTS
+    async with scripted_model([grpc.StatusCode.INVALID_ARGUMENT]) as (target, calls):
+        client = GrpcModel(
+            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=3
+        )
+        with pytest.raises(BadGateway):
+            await client.logits(MODEL, batch())
+        await client.aclose()
+    assert len(calls) == 1  # our own bad request is never retried
