@@ -170,6 +170,21 @@ LAYOUT = [
         "{{service}}.{{stage}}",
         exemplar=True,
     ),
+    RowSpec("Dynamic batching (DYNAMIC_BATCHING=true)"),
+    TimeseriesSpec(
+        "Dynamic batch size (mean)",
+        "Samples per batch the model's dynamic batcher ran, averaged per replica: near 1 at light load, growing with concurrency up to MAX_BATCH. 0 while batching is off (the default).",
+        units.Short,
+        "(sum by (instance) (rate(ml_pipeline_batch_size_sum[$__rate_interval])) / (sum by (instance) (rate(ml_pipeline_batch_size_count[$__rate_interval])) > 0)) or on () vector(0)",
+        "{{instance}}",
+    ),
+    TimeseriesSpec(
+        "Batcher queue time p95",
+        "p95 of how long a request waited in the batcher's queue before its batch started: at most MAX_QUEUE_DELAY_MS plus the batch ahead of it. 0 while batching is off.",
+        units.Seconds,
+        "histogram_quantile(0.95, sum by (le) (rate(ml_pipeline_batch_queue_duration_seconds_bucket[$__rate_interval]))) or on () vector(0)",
+        "p95",
+    ),
     RowSpec("Result cache (RESULT_CACHE_SIZE > 0)"),
     TimeseriesSpec(
         "Result cache lookups per second",

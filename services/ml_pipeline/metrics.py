@@ -70,6 +70,18 @@ HANDOFF_BYTES = Histogram(
     ["transport"],
     buckets=BYTES_BUCKETS,
 )
+BATCH_SIZE = Histogram(
+    "ml_pipeline_batch_size",
+    "Samples per batch the model's dynamic batcher ran.",
+    ["service"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+)
+BATCH_QUEUE_DURATION = Histogram(
+    "ml_pipeline_batch_queue_duration_seconds",
+    "Time a request waited in the dynamic batcher's queue before its batch started.",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
 CACHE_LOOKUPS = Counter(
     "ml_pipeline_cache_lookups",
     "Result cache lookups by outcome (hit or miss); only counted when the cache is on.",

@@ -250,6 +250,19 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
         description="Address the gRPC service listens on; `ml-pipeline run` sets it to its `--host` (containers: all).",
     )
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the gRPC service (0: any free port).")
+    dynamic_batching: bool = Field(
+        False,
+        description="Run concurrent requests' tensors as one batch, as Triton's dynamic batcher does: a batch runs "
+        "at `MAX_BATCH` samples or when its oldest request has waited `MAX_QUEUE_DELAY_MS`; shown in `/v2/.../config`.",
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="Longest a request waits for others to batch with (`DYNAMIC_BATCHING`)."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes the batcher cuts at when more requests wait (a JSON list: `[4,8]`); empty: as many "
+        "as fit in `MAX_BATCH`.",
+    )
     open_inference_only: bool = Field(
         False,
         description="Serve the Open Inference Protocol alone: no `/predict`, none of the pipeline's own headers "

@@ -77,6 +77,8 @@ class Attr:
     MODEL_NAME: Final = "ml_pipeline.model.name"
     MODEL_BACKEND: Final = "ml_pipeline.model.backend"
     BATCH_SIZE: Final = "ml_pipeline.batch.size"
+    BATCH_REQUESTS: Final = "ml_pipeline.batch.requests"  # on a dynamic batch's span: the requests in it
+    BATCH_QUEUE_MS: Final = "ml_pipeline.batch.queue_ms"  # how long its oldest request waited
     # postprocess
     CACHE_HIT: Final = "ml_pipeline.cache.hit"
     PREDICTION_CLASS_ID: Final = "ml_pipeline.prediction.class_id"

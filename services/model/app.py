@@ -31,15 +31,18 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
 
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
-        await predictor.load()
-        if not settings.grpc_enabled:
-            yield
-            return
-        server, app.state.grpc_port = await start_grpc_server(predictor, settings, provider, app.state.tracer, SERVICE)
+        await predictor.load(app.state.tracer)
+        server = None
+        if settings.grpc_enabled:
+            server, app.state.grpc_port = await start_grpc_server(
+                predictor, settings, provider, app.state.tracer, SERVICE
+            )
         try:
             yield
         finally:
-            await server.stop(grace=GRPC_GRACE_S)
+            if server is not None:
+                await server.stop(grace=GRPC_GRACE_S)
+            await predictor.close()
 
     async def ready(app: FastAPI) -> tuple[bool, str]:
         return predictor.ready()

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from ml_pipeline import codec, deadline, handoff, metrics, open_inference
@@ -31,6 +32,7 @@ from ml_pipeline.wire import (
     Attr,
 )
 from model.backends import INPUT_SHAPE, Backend, load_backend, readiness
+from model.batcher import DynamicBatcher
 from model.convert import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 
 MODEL_VERSION = "1"  # the one version served (the protocol's routes may name it)
@@ -71,10 +73,24 @@ class Predictor:
         self.max_tensor_bytes = floats * 4 + NPY_HEADER_BYTES
         self.max_body_bytes = floats * JSON_BYTES_PER_FLOAT + NPY_HEADER_BYTES  # the verbose JSON baseline
         self.max_elements = floats  # of any one tensor a request may bring
+        self.batcher: DynamicBatcher | None = None  # DYNAMIC_BATCHING: requests' tensors run together
 
-    async def load(self) -> None:
+    async def load(self, tracer: trace.Tracer | None = None) -> None:
         self.backend = await anyio.to_thread.run_sync(load_backend, self.settings)
         metrics.MODEL_INFO.info({"name": self.backend.name, "backend": self.backend.kind})
+        if self.settings.dynamic_batching:
+            self.batcher = DynamicBatcher(
+                self.backend.predict,
+                max_batch_size=self.settings.max_batch,
+                max_queue_delay_s=self.settings.max_queue_delay_ms / 1000,
+                preferred_sizes=self.settings.preferred_batch_sizes,
+                tracer=tracer or trace.NoOpTracer(),
+            )
+            self.batcher.start()
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
 
     def ready(self) -> tuple[bool, str]:
         return readiness(self.backend)
@@ -139,6 +155,8 @@ class Predictor:
         deadline.check("inference")  # whoever asked has stopped waiting
         attributes = {Attr.MODEL_NAME: backend.name, Attr.MODEL_BACKEND: backend.kind, Attr.BATCH_SIZE: batch.shape[0]}
         with timer.stage("inference", attributes):
+            if self.batcher is not None:
+                return await self.batcher.submit(batch)
             return await anyio.to_thread.run_sync(backend.predict, batch)
 
     # ----------------------------------------------------------------------- Open Inference Protocol (v2)
@@ -175,7 +193,17 @@ class Predictor:
             "input": [{"name": INPUT_NAME, **tensor, "format": "FORMAT_NCHW", "dims": list(INPUT_SHAPE)}],
             "output": [{"name": output, **tensor, "dims": [NUM_CLASSES]} for output in OUTPUTS],
             "version_policy": {"latest": {"num_versions": 1}},
+            **self._batching_config(),
         }
+
+    def _batching_config(self) -> dict[str, Any]:
+        """Triton's ``dynamic_batching`` block, when the model batches."""
+        if self.batcher is None:
+            return {}
+        batching: dict[str, Any] = {"max_queue_delay_microseconds": int(self.settings.max_queue_delay_ms * 1000)}
+        if self.batcher.preferred_sizes:
+            batching["preferred_batch_size"] = self.batcher.preferred_sizes
+        return {"dynamic_batching": batching}
 
     async def infer(
         self,
