@@ -98,6 +98,7 @@ class SoakResult:
     samples: list[dict[str, Any]] = field(default_factory=list)  # per sample: t_s, processes {name: resources}
     shared_files_after: int | None = None
     client_cpu_s: float = 0.0
+    max_p99_ratio: float = MAX_P99_RATIO  # the latency criterion (a short CI soak allows more: see its test)
 
     def _window_level(self, process: str, key: str, start_s: float, end_s: float) -> float | None:
         """A window's level: the mean RSS; the *fewest* descriptors, since a leaked one never closes
@@ -148,7 +149,7 @@ class SoakResult:
         p99_first = float(np.median([w["p99_ms"] for w in opening])) if opening else None
         p99_ratio = last["p99_ms"] / p99_first if p99_first and last else None
         failures = _resource_failures(growth, self.samples)
-        failures += _latency_failures(p99_first, last, p99_ratio, len(measured))
+        failures += _latency_failures(p99_first, last, p99_ratio, len(measured), self.max_p99_ratio)
         if set(statuses) != {"200"}:
             failures.append(f"answers other than 200: {statuses}")
         if self.shared_files_after:
@@ -167,6 +168,7 @@ class SoakResult:
             "p99_first_windows": len(opening),
             "p99_last_ms": last["p99_ms"] if last else None,
             "p99_ratio": p99_ratio,
+            "max_p99_ratio": self.max_p99_ratio,
             "growth": growth,
             "shared_files_after": self.shared_files_after,
             "client_cpu_ms_per_request": 1000 * self.client_cpu_s / max(1, sum(statuses.values())),
@@ -192,12 +194,12 @@ def _resource_failures(growth: dict[str, dict[str, Any]], samples: list[dict[str
 
 
 def _latency_failures(
-    p99_first: float | None, last: dict[str, Any] | None, p99_ratio: float | None, measured: int
+    p99_first: float | None, last: dict[str, Any] | None, p99_ratio: float | None, measured: int, max_ratio: float
 ) -> list[str]:
     """The latency criterion: the last window's p99 against the first measured minutes'."""
     if p99_ratio is None or measured < 2:
         return ["fewer than two measured windows after the warm-up"]
-    if p99_ratio > MAX_P99_RATIO:
+    if p99_ratio > max_ratio:
         p99_last = last["p99_ms"] if last else float("nan")
         return [f"p99 of the last window {p99_last:.0f} ms is {p99_ratio:.2f}× the first's {p99_first:.0f} ms"]
     return []
@@ -216,6 +218,7 @@ async def run_soak(
     sample_every_s: float = 5,
     shared_dir: Path | None = None,
     capacity_s: float = 10,
+    max_p99_ratio: float = MAX_P99_RATIO,
     log=print,
 ) -> SoakResult:
     """Capacity first (closed loop of 8, after a warm-up) unless ``rate_rps`` is given, then
@@ -228,6 +231,7 @@ async def run_soak(
         capacity = await measure_capacity(send, url, (8,), capacity_s)
         rate_rps = load_x * capacity
     result = SoakResult(url, capacity or rate_rps / load_x, rate_rps, duration_s, warmup_s, window_s)
+    result.max_p99_ratio = max_p99_ratio
     log(
         f"soak: {rate_rps:.1f} req/s ({load_x:g} × {result.capacity_rps:.1f}) for {duration_s:.0f} s, "
         f"warm-up {warmup_s:.0f} s, windows of {window_s:.0f} s"
@@ -379,7 +383,7 @@ def _intro_lines(s: dict[str, Any], meta: dict[str, Any], plot_path: str) -> lis
         f"{s['window_s']:.0f} s, the first {s['warmup_s']:.0f} s a warm-up. Every process's resident memory and open "
         "descriptors come from Prometheus (its own `/metrics`, every 5 s). Criteria: growth under "
         f"{100 * MAX_GROWTH:.0f} % (the first measured window against the last: mean RSS; the fewest descriptors, "
-        f"which may move by {FDS_NOISE_FLOOR}), the last window's p99 within {MAX_P99_RATIO}× of the first measured minutes' (the median "
+        f"which may move by {FDS_NOISE_FLOOR}), the last window's p99 within {s.get('max_p99_ratio', MAX_P99_RATIO)}× of the first measured minutes' (the median "
         "per-minute p99 of the first third after the warm-up), every answer 200, the shared volume empty afterwards. "
         f"Verdict: {verdict}.",
         "",

@@ -1,6 +1,12 @@
 """The CI soak: three minutes at half the chain's capacity (SOAK_SECONDS to change), judged like the
 documented 30-minute run (docs/soak.md): every service process's RSS and open descriptors flat after
-the warm-up, p99 steady, every answer 200, the shared hand-off volume empty afterwards."""
+the warm-up, p99 steady, every answer 200, the shared hand-off volume empty afterwards.
+
+One difference: its p99 criterion compares two single minutes (the 30-minute run: the last minute
+against the median of a third of them), and on this shared 2-core host one minute's p99 of ~2,000
+requests moves by half between identical minutes (a CI soak: 47 → 72 ms, p50 24 → 27 ms, nothing of
+ours changed). So it fails at 2× — a collapse or a growing queue, not the host's weather; 1.5× is
+the 30-minute run's."""
 
 import asyncio
 import json
@@ -13,6 +19,7 @@ from ml_pipeline_bench.soak import run_soak
 from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
+CI_MAX_P99_RATIO = 2.0
 
 
 def test_steady_half_load_leaves_memory_descriptors_latency_and_volume_flat(stack, prometheus):
@@ -29,6 +36,7 @@ def test_steady_half_load_leaves_memory_descriptors_latency_and_volume_flat(stac
             warmup_s=seconds / 3,
             window_s=seconds / 3,
             shared_dir=Path(shared),
+            max_p99_ratio=CI_MAX_P99_RATIO,
         )
     )
     summary = result.summary()
