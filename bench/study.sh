@@ -21,7 +21,7 @@ repeats=${BENCH_REPEATS:-4}
 files=(-f docker-compose.yml -f bench/docker-compose.bench.yml)
 compose=(docker compose -p "$project" "${files[@]}")
 only=${BENCH_SCENARIOS:-}
-scenario_env=(TRANSPORT MODEL_PROTOCOL TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME MAX_IN_FLIGHT MAX_QUEUE)
+scenario_env=(TRANSPORT MODEL_PROTOCOL DYNAMIC_BATCHING TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME MAX_IN_FLIGHT MAX_QUEUE)
 overload_multiples=${BENCH_OVERLOAD:-1,1.5,2,2.5,3}
 overload_seconds=${BENCH_OVERLOAD_SECONDS:-30}
 pipeline=(model preprocess postprocess otel-collector jaeger prometheus)
@@ -103,6 +103,8 @@ run_scenarios() {
   # preprocess → model over the Open Inference Protocol instead of /predict.
   bench chain-v2-http "$chain" MODEL_PROTOCOL=v2-http -- "${pipeline[@]}"
   bench chain-v2-grpc "$chain" MODEL_PROTOCOL=v2-grpc -- "${pipeline[@]}"
+  # The model's dynamic batcher (off by default): the whole chain with it on.
+  bench chain-http-batching "$chain" DYNAMIC_BATCHING=true -- "${pipeline[@]}"
   bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
   bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
 
