@@ -87,6 +87,17 @@ class _Attempt:
     out_of_time: bool = False  # cut by the deadline: no time for another
 
 
+def spend_retry(budget: RetryBudget, downstream: str, reason: str) -> bool:
+    """Whether ``budget`` allows a retry of a call to ``downstream``; counted either way (the
+    retries metric by reason, or ``budget_exhausted`` and the span attribute when refused)."""
+    if not budget.try_spend():
+        metrics.DOWNSTREAM_RETRIES.labels(downstream, "budget_exhausted").inc()
+        trace.get_current_span().set_attribute(Attr.DOWNSTREAM_RETRY_BUDGET_EXHAUSTED, True)
+        return False
+    metrics.DOWNSTREAM_RETRIES.labels(downstream, reason).inc()
+    return True
+
+
 class Downstream:
     def __init__(
         self,
@@ -258,11 +269,8 @@ class Downstream:
 
     async def _may_retry(self, hop_deadline: float, attempts: int, reason: str) -> bool:
         """Another attempt only within the retry budget, after a jittered pause that fits the deadline."""
-        if not self.retry_budget.try_spend():
-            metrics.DOWNSTREAM_RETRIES.labels(self.name, "budget_exhausted").inc()
-            trace.get_current_span().set_attribute(Attr.DOWNSTREAM_RETRY_BUDGET_EXHAUSTED, True)
+        if not spend_retry(self.retry_budget, self.name, reason):
             return False
-        metrics.DOWNSTREAM_RETRIES.labels(self.name, reason).inc()
         # "Full jitter": replicas that failed together are not all retried in the same instant.
         pause = random.uniform(0, min(RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_BASE_S * 2 ** (attempts - 1)))
         if time.monotonic() + pause >= hop_deadline:

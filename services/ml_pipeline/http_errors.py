@@ -67,9 +67,7 @@ def error_response(
     if retry_after_s is not None:
         extra["retry_after_s"] = retry_after_s
     trace_id = current_trace_id()
-    body: dict[str, Any] = envelope(status, code, message, service, **extra)
-    if speaks_open_inference(path):
-        body = {"error": message}
+    body = {"error": message} if speaks_open_inference(path) else envelope(status, code, message, service, **extra)
     headers = {TRACE_ID_HEADER: trace_id} if trace_id else {}
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds (RFC 9110)

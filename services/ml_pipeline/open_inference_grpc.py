@@ -61,28 +61,38 @@ _CONTENTS_FIELD = {
 }
 
 
-def decode_request(request: Any, *, max_elements: int) -> InferenceRequest:
-    """A ``ModelInferRequest`` as the server reads it (the same checks as over HTTP)."""
-    if not request.inputs:
-        raise invalid("inputs must be a non-empty list")
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
-    inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
-        where = f"inputs[{i}]"
-        if not tensor.name:
-            raise invalid(f"{where}: name must be a non-empty string")
-        if tensor.name in inputs:
-            raise invalid(f"input {tensor.name!r} is given twice")
-        shape = list(tensor.shape)
+def _tensors(tensors: Any, raw_contents: Any, kind: str, *, max_elements: int) -> list[tuple[str, np.ndarray]]:
+    """(name, array) of each input or output tensor message, from its raw bytes (the
+    ``raw_*_contents`` entry in the same position) or its typed ``contents``."""
+    raw = list(raw_contents)
+    if raw and len(raw) != len(tensors):
+        raise invalid(f"raw_{kind[:-1]}_contents has {len(raw)} entries for {len(tensors)} {kind}")
+    arrays = []
+    for i, tensor in enumerate(tensors):
+        where, shape = f"{kind}[{i}]", list(tensor.shape)
         if raw:
             array = tensor_from(tensor.name, tensor.datatype, shape, raw=raw[i], where=where, max_elements=max_elements)
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             data = getattr(tensor.contents, field) if field else None
             array = tensor_from(tensor.name, tensor.datatype, shape, data=data, where=where, max_elements=max_elements)
-        inputs[tensor.name] = array
+        arrays.append((tensor.name, array))
+    return arrays
+
+
+def decode_request(request: Any, *, max_elements: int) -> InferenceRequest:
+    """A ``ModelInferRequest`` as the server reads it (the same checks as over HTTP)."""
+    if not request.inputs:
+        raise invalid("inputs must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    for i, (name, array) in enumerate(
+        _tensors(request.inputs, request.raw_input_contents, "inputs", max_elements=max_elements)
+    ):
+        if not name:
+            raise invalid(f"inputs[{i}]: name must be a non-empty string")
+        if name in inputs:
+            raise invalid(f"input {name!r} is given twice")
+        inputs[name] = array
     outputs = []
     for i, output in enumerate(request.outputs):
         if "classification" in output.parameters:
@@ -112,24 +122,8 @@ def encode_request(model_name: str, inputs: dict[str, np.ndarray], outputs: list
 
 def decode_response(response: Any, *, max_elements: int) -> InferenceResponse:
     """A client's reading of a ``ModelInferResponse``."""
-    raw = list(response.raw_output_contents)
-    if raw and len(raw) != len(response.outputs):
-        raise invalid(f"raw_output_contents has {len(raw)} entries for {len(response.outputs)} outputs")
-    outputs = {}
-    for i, tensor in enumerate(response.outputs):
-        where = f"outputs[{i}]"
-        if raw:
-            array = tensor_from(
-                tensor.name, tensor.datatype, list(tensor.shape), raw=raw[i], where=where, max_elements=max_elements
-            )
-        else:
-            field = _CONTENTS_FIELD.get(tensor.datatype)
-            data = getattr(tensor.contents, field) if field else None
-            array = tensor_from(
-                tensor.name, tensor.datatype, list(tensor.shape), data=data, where=where, max_elements=max_elements
-            )
-        outputs[tensor.name] = array
-    return InferenceResponse(response.model_name, outputs)
+    outputs = _tensors(response.outputs, response.raw_output_contents, "outputs", max_elements=max_elements)
+    return InferenceResponse(response.model_name, dict(outputs))
 
 
 def _little_endian_bytes(array: np.ndarray) -> bytes:

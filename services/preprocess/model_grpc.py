@@ -21,9 +21,9 @@ from grpc import StatusCode, aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from ml_pipeline import deadline, metrics
+from ml_pipeline import deadline
 from ml_pipeline import open_inference_grpc as grpc_codec
-from ml_pipeline.client import RetryBudget
+from ml_pipeline.client import RetryBudget, spend_retry
 from ml_pipeline.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
 from ml_pipeline.wire import (
     MODEL_HEADERS,
@@ -124,14 +124,7 @@ class GrpcModel:
         return logits, headers
 
     def _may_retry(self, call_deadline: float) -> bool:
-        if time.monotonic() >= call_deadline:
-            return False
-        if not self.retry_budget.try_spend():
-            metrics.DOWNSTREAM_RETRIES.labels("model", "budget_exhausted").inc()
-            trace.get_current_span().set_attribute(Attr.DOWNSTREAM_RETRY_BUDGET_EXHAUSTED, True)
-            return False
-        metrics.DOWNSTREAM_RETRIES.labels("model", "unavailable").inc()
-        return True
+        return time.monotonic() < call_deadline and spend_retry(self.retry_budget, "model", "unavailable")
 
     def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:
         code, details = error.code(), error.details() or ""

@@ -11,6 +11,7 @@ from ml_pipeline import deadline, metrics, wire
 from ml_pipeline.balancer import Balancer
 from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
 from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, DownstreamUnavailable, PipelineError
+from support.downstreams import model_downstream, static_resolver
 
 pytestmark = pytest.mark.anyio
 
@@ -21,13 +22,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-def static_resolver(addresses: list[str]):
-    async def resolve(host, port):
-        return list(addresses)
-
-    return resolve
 
 
 async def test_least_outstanding_spreads_evenly_and_prefers_the_idle():
@@ -127,16 +121,7 @@ def replicas(behaviour: dict[str, object]):
 
 
 def downstream(transport, addresses, **overrides) -> Downstream:
-    options = {
-        "timeout_s": 5,
-        "connect_timeout_s": 1,
-        "tracer_provider": NoOpTracerProvider(),
-        "pass_client_errors": False,
-        "max_attempts": 3,
-        "retry_statuses": RETRYABLE_5XX,
-    }
-    options.update(overrides)
-    return Downstream("model", "http://model:5000", transport=transport, resolver=static_resolver(addresses), **options)
+    return model_downstream("http://model:5000", addresses, transport=transport, **overrides)
 
 
 async def test_connection_errors_and_5xx_fail_over_to_another_replica():

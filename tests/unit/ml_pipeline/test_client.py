@@ -14,35 +14,18 @@ import time
 
 import httpx
 import pytest
-from opentelemetry.trace import NoOpTracerProvider
 
 from ml_pipeline import metrics
-from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget
+from ml_pipeline.client import Downstream, RetryBudget
 from ml_pipeline.errors import DownstreamTimeout
 from support.apps import free_port
+from support.downstreams import model_downstream
 
 pytestmark = pytest.mark.anyio
 
 
-def static_resolver(addresses: list[str]):
-    async def resolve(host, port):
-        return list(addresses)
-
-    return resolve
-
-
 def downstream(url: str, addresses: list[str], **overrides) -> Downstream:
-    options = {
-        "timeout_s": 5,
-        "connect_timeout_s": 1,
-        "tracer_provider": NoOpTracerProvider(),
-        "pass_client_errors": False,
-        "max_attempts": 3,
-        "retry_statuses": RETRYABLE_5XX,
-        "retry_budget": RetryBudget(1.0, 10),
-    }
-    options.update(overrides)
-    return Downstream("model", url, resolver=static_resolver(addresses), **options)
+    return model_downstream(url, addresses, **{"retry_budget": RetryBudget(1.0, 10), **overrides})
 
 
 def first_pick(d: Downstream, address: str) -> None:
