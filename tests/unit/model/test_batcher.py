@@ -166,3 +166,33 @@ async def test_the_batch_span_and_the_request_spans_link_both_ways():
     for span in requests:
         assert [link.context.span_id for link in span.links] == [batch.context.span_id]
         assert span.links[0].attributes["ml_pipeline.link"] == "batch"
+
+
+@pytest.mark.slow
+async def test_the_real_models_batched_logits_equal_unbatched_ones_within_tolerance():
+    """ONNX Runtime may pick other kernels for a batch of 4 than for 1: logits (magnitudes ~10) may
+    differ by float32 rounding, so the bound is 1e-4 absolute, and the top class must not change.
+    Measured here (ORT on x86-64): identical to the bit."""
+    from ml_pipeline.settings import PipelineSettings
+    from model.backends import OnnxBackend
+    from preprocess import imaging
+    from support.data import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO
+
+    backend = OnnxBackend(PipelineSettings())
+    photos = [
+        imaging.normalize(imaging.resize_crop(imaging.decode(p.read_bytes(), 10**8))) for p in (COFFEE_JPG, CHELSEA_JPG)
+    ]
+    noise = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    requests = [*photos, noise[:1], noise[1:]]
+    infer = Recording(backend.predict)
+    batcher = await batcher_for(infer)
+    try:
+        results = await asyncio.gather(*(batcher.submit(x) for x in requests))
+    finally:
+        await batcher.stop()
+    assert infer.batches == [4]
+    for x, got in zip(requests, results, strict=True):
+        alone = backend.predict(x)
+        np.testing.assert_allclose(got, alone, rtol=0, atol=1e-4)
+        assert got.argmax() == alone.argmax()
+    assert results[0].argmax() == ESPRESSO and results[1].argmax() in CAT_CLASSES
