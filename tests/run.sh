@@ -5,7 +5,8 @@
 # stack and the test runner, starts the stack as its own compose project (no host ports;
 # "ml-pipeline-test", or $ML_PIPELINE_TEST_PROJECT so two checkouts can test at once), waits
 # until it is healthy, runs pytest in a one-off `tests` container, then removes
-# everything it created (containers, network, volume) and checks that nothing is left.
+# everything it created (containers, network, volume) and checks that nothing is left. Then, with
+# no pytest arguments, the same images on Docker Swarm (tests/swarm/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ML_PIPELINE_TEST_PROJECT=${ML_PIPELINE_TEST_PROJECT:-ml-pipeline-test}
@@ -47,6 +48,12 @@ leftovers=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; 
 if [ -n "$leftovers" ]; then
   echo "tests/run.sh: 'docker compose down -v' left resources behind: $leftovers" >&2
   status=1
+fi
+# The same images on Docker Swarm (tests/swarm/run.sh): with the whole suite, after the compose
+# stack is gone (one stack at a time on this machine). RUN_SWARM_TEST=1 or 0 decides otherwise.
+run_swarm=${RUN_SWARM_TEST:-$([ "$#" -eq 0 ] && echo 1 || echo 0)}
+if [ "$run_swarm" = 1 ]; then
+  bash tests/swarm/run.sh || status=1
 fi
 echo "tests/run.sh: exit status $status"
 exit "$status"

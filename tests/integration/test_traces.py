@@ -1,12 +1,12 @@
 """Traces in the deployed Jaeger: one complete trace per request, across real containers."""
 
 import os
-import time
 
 import httpx
 import pytest
 
 from support.data import COFFEE_JPG
+from support.jaeger import fetch_trace, tags
 
 pytestmark = pytest.mark.integration
 
@@ -18,25 +18,6 @@ MODEL_ROUTES = {
 }
 PROTOCOL = os.environ.get("STACK_MODEL_PROTOCOL", "npy")
 SERVER_ROUTES = {"postprocess": "POST /finalize", "preprocess": "POST /process", "model": MODEL_ROUTES[PROTOCOL]}
-
-
-def fetch_trace(jaeger: str, trace_id: str, timeout_s: float = 45) -> dict:
-    """Poll Jaeger until the trace holds the server spans of all three services (export is batched)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{jaeger}/api/traces/{trace_id}", timeout=5)
-        if r.status_code == 200 and r.json().get("data"):
-            last = r.json()["data"][0]
-            services = {last["processes"][s["processID"]]["serviceName"] for s in last["spans"]}
-            if {"postprocess", "preprocess", "model"} <= services and len(last["spans"]) >= 13:
-                return last
-        time.sleep(1)
-    raise AssertionError(f"trace {trace_id} incomplete in Jaeger after {timeout_s}s: {last}")
-
-
-def tags(obj) -> dict:
-    return {t["key"]: t["value"] for t in obj.get("tags", [])}
 
 
 def test_each_request_is_one_complete_trace_in_jaeger(client, stack, jaeger):

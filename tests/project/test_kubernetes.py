@@ -1,0 +1,402 @@
+"""deploy/k8s/: every overlay rendered by kustomize v5.7.1, every object validated strictly against
+the Kubernetes schemas offline, and the policies a reviewer would check by hand: probes, limits,
+locked-down containers, selectors that match, ConfigMaps that exist, nothing forked from compose."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ml_pipeline.cli import uvicorn_config
+from support.data import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod")
+KUSTOMIZE_VERSION = "v5.7.1"
+# The oldest Kubernetes the manifests are for (the preStop `sleep` action is on by default from
+# 1.30) and the newest schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+PIPELINE = ("model", "preprocess", "postprocess")
+# A Secret the operator creates (README): never rendered, since a password is never committed.
+EXTERNAL_SECRETS = {"grafana-admin"}
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOTENV = dict(
+    line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if line and not line.startswith("#")
+)
+
+
+def _tool(name: str, install: str) -> str:
+    path = os.environ.get(name.upper()) or shutil.which(name)
+    assert path, f"{name} is not installed (the test image has it): {install}"
+    return path
+
+
+def _kustomize() -> str:
+    path = _tool("kustomize", f"go install sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}")
+    version = subprocess.run([path, "version"], capture_output=True, text=True, check=True).stdout
+    assert KUSTOMIZE_VERSION in version, f"kustomize {KUSTOMIZE_VERSION} expected, found {version!r}"
+    return path
+
+
+@functools.cache
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    """The objects ``kustomize build`` makes of an overlay, as the README tells users to run it."""
+    out = subprocess.run(
+        [_kustomize(), "build", "--load-restrictor", "LoadRestrictionsNone", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+
+
+def of_kind(objects, kind: str) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def pod_specs(objects) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, deployment in of_kind(objects, "Deployment").items():
+        yield name, deployment["spec"]["template"]["spec"]
+
+
+def containers(objects) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for name, pod in pod_specs(objects):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            yield f"{name}/{container['name']}", container, pod
+
+
+@pytest.fixture(params=OVERLAYS)
+def objects(request):
+    return render(request.param)
+
+
+# --- rendering and schemas ------------------------------------------------------------------------
+
+
+def test_kustomize_refuses_a_build_without_the_documented_flag():
+    """The README's command carries the flag for a reason: the configs live outside deploy/k8s."""
+    out = subprocess.run([_kustomize(), "build", str(K8S / "overlays" / "dev")], capture_output=True, text=True)
+    assert out.returncode != 0 and "not in or below" in out.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_is_valid_for_kubernetes_strictly(objects, version):
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Role"} <= kinds
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} on Kubernetes {version}: {error.message}")
+
+
+def test_strict_validation_catches_an_unknown_field():
+    """The validation can fail: a misspelt field is refused, not ignored."""
+    deployment = dict(of_kind(render("dev"), "Deployment")["model"])
+    deployment["spec"] = {**deployment["spec"], "replica": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_every_object_lands_in_the_overlays_namespace():
+    for overlay, namespace in (("dev", "ml-pipeline-dev"), ("prod", "ml-pipeline")):
+        objects = render(overlay)
+        assert {obj["metadata"].get("namespace") for obj in objects} == {namespace}
+        (binding,) = of_kind(objects, "RoleBinding").values()
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}]
+
+
+# --- policies -------------------------------------------------------------------------------------
+
+
+def test_every_container_has_startup_readiness_and_liveness_probes_on_a_port_it_opens(objects):
+    for name, container, _ in containers(objects):
+        ports = {port["name"] for port in container.get("ports", [])}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert probe in container, f"{name} has no {probe}"
+            assert container[probe]["httpGet"]["port"] in ports, f"{name}'s {probe} asks a port it does not open"
+
+
+def test_pipeline_probes_ask_the_services_own_routes(objects):
+    for name in PIPELINE:
+        (container,) = of_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert container["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits(objects):
+    for name, container, _ in containers(objects):
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{name} has no cpu/memory {kind}"
+
+
+def test_every_container_is_non_root_read_only_and_without_capabilities(objects):
+    for name, container, pod in containers(objects):
+        pod_security = pod["securityContext"]
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, name
+        assert security.get("runAsUser", pod_security.get("runAsUser", 0)) != 0, name
+        assert "privileged" not in security or security["privileged"] is False, name
+        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile"))
+        assert seccomp == {"type": "RuntimeDefault"}, name
+    for name, pod in pod_specs(objects):
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+
+
+def test_only_prometheus_gets_a_kubernetes_api_token(objects):
+    for name, pod in pod_specs(objects):
+        if name == "prometheus":
+            assert pod["serviceAccountName"] == "prometheus"
+        else:
+            assert pod["automountServiceAccountToken"] is False, name
+    (role,) = of_kind(objects, "Role").values()
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+def test_every_service_selects_a_deployments_pods_and_targets_a_port_they_open(objects):
+    deployments = of_kind(objects, "Deployment")
+    for name, service in of_kind(objects, "Service").items():
+        selector = service["spec"]["selector"]
+        matches = [
+            d
+            for d in deployments.values()
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            and d["metadata"].get("namespace") == service["metadata"].get("namespace")
+        ]
+        assert matches, f"Service {name} selects no Deployment's pods"
+        for deployment in matches:
+            opened = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in opened, f"Service {name} targets {port['targetPort']}, never opened"
+
+
+def test_every_deployment_selector_matches_its_own_pods_and_every_budget_and_autoscaler_a_deployment(objects):
+    deployments = of_kind(objects, "Deployment")
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+    budgets = of_kind(objects, "PodDisruptionBudget")
+    assert set(PIPELINE) <= set(budgets)
+    for name, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert any(
+            selector.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values()
+        )
+        assert budget["spec"]["maxUnavailable"] == 1, name  # never blocks a drain, even at one replica …
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", name  # … nor while not ready
+    for name, autoscaler in of_kind(objects, "HorizontalPodAutoscaler").items():
+        assert autoscaler["spec"]["scaleTargetRef"]["name"] in deployments, name
+
+
+def test_every_configmap_and_secret_the_pods_read_exists(objects):
+    configmaps = set(of_kind(objects, "ConfigMap"))
+    secrets = set(of_kind(objects, "Secret")) | EXTERNAL_SECRETS
+    for name, container, pod in containers(objects):
+        wanted = {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
+        wanted |= {e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e}
+        assert wanted <= configmaps, f"{name} reads missing ConfigMaps {wanted - configmaps}"
+        wanted_secrets = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        assert wanted_secrets <= secrets, f"{name} reads missing Secrets {wanted_secrets - secrets}"
+        mounted = {m["name"] for m in container.get("volumeMounts", [])}
+        assert mounted <= {v["name"] for v in pod.get("volumes", [])}, name
+
+
+def _with_model_container(objects, key: str, value: Any) -> list[dict[str, Any]]:
+    """The objects with the model's container changed (``value=None``: ``key`` removed)."""
+    deployment = of_kind(objects, "Deployment")["model"]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    changed = {k: v for k, v in container.items() if k != key}
+    if value is not None:
+        changed[key] = value
+    spec = {**template["spec"], "containers": [changed]}
+    copy = {**deployment, "spec": {**deployment["spec"], "template": {**template, "spec": spec}}}
+    return [copy if obj is deployment else obj for obj in objects]
+
+
+def test_the_policy_checks_can_fail():
+    """Each policy above against the rendered objects with the one thing it guards broken."""
+    objects = render("dev")
+    (container,) = of_kind(objects, "Deployment")["model"]["spec"]["template"]["spec"]["containers"]
+    for check, key, broken in (
+        (test_every_container_has_startup_readiness_and_liveness_probes_on_a_port_it_opens, "livenessProbe", None),
+        (
+            test_every_container_has_cpu_and_memory_requests_and_limits,
+            "resources",
+            {"requests": container["resources"]["requests"]},
+        ),
+        (
+            test_every_container_is_non_root_read_only_and_without_capabilities,
+            "securityContext",
+            {**container["securityContext"], "readOnlyRootFilesystem": False},
+        ),
+        (
+            test_every_configmap_and_secret_the_pods_read_exists,
+            "envFrom",
+            [{"configMapRef": {"name": "no-such-config"}}],
+        ),
+    ):
+        check(objects)  # passes as rendered …
+        with pytest.raises(AssertionError):  # … and fails with the one thing broken
+            check(_with_model_container(objects, key, broken))
+    service = {**of_kind(objects, "Service")["model"]}
+    service["spec"] = {**service["spec"], "selector": {"app.kubernetes.io/name": "modle"}}
+    with pytest.raises(AssertionError, match="selects no Deployment"):
+        test_every_service_selects_a_deployments_pods_and_targets_a_port_they_open([*objects, service])
+
+
+# --- the pipeline on Kubernetes -------------------------------------------------------------------
+
+
+def test_model_and_preprocess_services_are_headless_so_client_side_balancing_sees_every_pod(objects):
+    services = of_kind(objects, "Service")
+    assert services["model"]["spec"]["clusterIP"] == "None"
+    assert services["preprocess"]["spec"]["clusterIP"] == "None"
+    assert "clusterIP" not in services["postprocess"]["spec"]  # the entry point: one virtual address
+    assert {p["port"] for p in services["model"]["spec"]["ports"]} == {5000, 8001}
+
+
+def test_graceful_termination_outlasts_the_prestop_sleep_and_uvicorns_drain(objects):
+    drain_s = uvicorn_config("x:app", "127.0.0.1", 0).timeout_graceful_shutdown
+    for name in PIPELINE:
+        pod = of_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pre_stop_s >= 3, name  # long enough for callers' DNS refresh and kube-proxy
+        assert pod["terminationGracePeriodSeconds"] > pre_stop_s + drain_s, name
+
+
+def _compose_defaults(service: str) -> dict[str, str]:
+    """A compose service's environment with every ``${VAR:-default}`` resolved to its default."""
+    env = COMPOSE["services"][service]["environment"]
+    return {key: re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value)) for key, value in env.items()}
+
+
+# On Kubernetes only: the pod's identity on every span. In compose only: the volume hand-off.
+KUBERNETES_ONLY_ENV = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME", "OTEL_RESOURCE_ATTRIBUTES"}
+COMPOSE_ONLY_ENV = {"SHARED_DATA_DIR", "HANDOFF_FILE_TTL_S"}
+
+
+def test_pipeline_settings_are_composes_not_a_fork():
+    """Every setting compose gives a service, its pod gets with the same default value (prod; dev
+    changes LOG_LEVEL on purpose); the only differences are named."""
+    objects = render("prod")
+    configmaps = of_kind(objects, "ConfigMap")
+    for name in PIPELINE:
+        (container,) = of_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        for source in container.get("envFrom", []):
+            env.update(configmaps[source["configMapRef"]["name"]]["data"])
+        compose = _compose_defaults(name)
+        assert set(env) - KUBERNETES_ONLY_ENV == set(compose) - COMPOSE_ONLY_ENV, name
+        for key in set(compose) - COMPOSE_ONLY_ENV:
+            assert env[key] == compose[key], f"{name}: {key}={env[key]!r} on Kubernetes, {compose[key]!r} in compose"
+    assert _compose_defaults("preprocess")["TRANSPORT"] == "http"  # so the volume hand-off is off in both
+
+
+def test_images_are_composes_pins_and_the_pipelines_own_names():
+    objects = render("prod")
+    images = {name: container["image"] for name, container, _ in containers(objects)}
+    for name in PIPELINE:
+        assert images[f"{name}/{name}"] == f"ml-pipeline-{name}:latest"  # what `docker compose build` tags
+    pins = {
+        "otel-collector/otel-collector": "OTELCOL_IMAGE",
+        "jaeger/jaeger": "JAEGER_IMAGE",
+        "prometheus/prometheus": "PROMETHEUS_IMAGE",
+        "grafana/grafana": "GRAFANA_IMAGE",
+    }
+    for container, variable in pins.items():
+        assert images[container] == DOTENV[variable], container
+
+
+def test_observability_configs_are_the_files_compose_mounts():
+    configmaps = {re.sub(r"-[a-z0-9]{10}$", "", name): cm for name, cm in of_kind(render("prod"), "ConfigMap").items()}
+    same_files = {
+        "otel-collector-config": {
+            "otelcol-config.yml": "otel/otelcol-config.yml",
+            "otelcol-config-extras.yml": "otel/otelcol-config-extras.yml",
+        },
+        "jaeger-config": {"config.yml": "jaeger/config.yml"},
+        "prometheus-config": {"prometheus.yml": "prometheus/prometheus-kubernetes.yml"},
+        "prometheus-rules": {
+            "recording.yml": "prometheus/rules/recording.yml",
+            "alerts.yml": "prometheus/rules/alerts.yml",
+        },
+        "grafana-datasources": {"datasources.yml": "grafana/provisioning/datasources/datasources.yml"},
+        "grafana-dashboard-providers": {"dashboards.yml": "grafana/provisioning/dashboards/dashboards.yml"},
+        "grafana-dashboards": {"ml-pipeline.json": "grafana/dashboards/ml-pipeline.json"},
+    }
+    for name, files in same_files.items():
+        assert configmaps[name]["data"] == {key: (ROOT / path).read_text() for key, path in files.items()}, name
+
+
+def test_dev_runs_one_of_everything_and_prod_scales_the_model():
+    dev, prod = render("dev"), render("prod")
+    assert {d["spec"]["replicas"] for d in of_kind(dev, "Deployment").values()} == {1}
+    assert not of_kind(dev, "HorizontalPodAutoscaler")
+    prod_deployments = of_kind(prod, "Deployment")
+    autoscaler = of_kind(prod, "HorizontalPodAutoscaler")["model"]
+    assert "replicas" not in prod_deployments["model"]["spec"]  # the autoscaler's to set, never reset by an apply
+    assert autoscaler["spec"]["minReplicas"] >= 3
+    assert autoscaler["spec"]["maxReplicas"] > autoscaler["spec"]["minReplicas"]
+    assert prod_deployments["preprocess"]["spec"]["replicas"] >= 2
+    assert prod_deployments["postprocess"]["spec"]["replicas"] >= 2
+
+
+# --- Prometheus finds pods through the Kubernetes API ---------------------------------------------
+
+PROMETHEUS = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+PROMETHEUS_K8S = yaml.safe_load((ROOT / "prometheus" / "prometheus-kubernetes.yml").read_text())
+
+
+def test_kubernetes_prometheus_config_keeps_composes_jobs_rules_and_intervals():
+    assert PROMETHEUS_K8S["global"] == PROMETHEUS["global"]
+    assert PROMETHEUS_K8S["rule_files"] == PROMETHEUS["rule_files"]
+    jobs = [job["job_name"] for job in PROMETHEUS_K8S["scrape_configs"]]
+    assert jobs == [job["job_name"] for job in PROMETHEUS["scrape_configs"]]
+    for job in PROMETHEUS_K8S["scrape_configs"]:
+        if job["job_name"] in PIPELINE:
+            assert "dns_sd_configs" not in job
+            assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"own_namespace": True}}]
+            keep = job["relabel_configs"][0]
+            assert keep["action"] == "keep" and keep["regex"] == f"{job['job_name']};http;Running"
+
+
+def test_kubernetes_prometheus_config_is_valid_for_promtool():
+    promtool = _tool("promtool", "build it from github.com/prometheus/prometheus's cmd/promtool (tests/Dockerfile)")
+    out = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "prometheus" / "prometheus-kubernetes.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_pipeline_container_opens_the_port_prometheus_keeps():
+    for name in PIPELINE:
+        (container,) = of_kind(render("prod"), "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        assert {"name": "http", "containerPort": 5000} in container["ports"]
+
+
+def test_readme_documents_the_kubernetes_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "## Running on Kubernetes" in readme
+    for overlay in OVERLAYS:
+        assert f"kustomize build --load-restrictor LoadRestrictionsNone deploy/k8s/overlays/{overlay}" in readme
+    assert "create secret generic grafana-admin" in readme

@@ -1,0 +1,95 @@
+"""deploy/swarm/docker-stack.yml is docker-compose.yml in the format `docker stack deploy` reads:
+the same settings, limits, hardening, health checks, images and config files; what differs is
+named here. (tests/swarm/ deploys it on a real single-node swarm.)"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from support.data import ROOT
+
+STACK_FILE = ROOT / "deploy" / "swarm" / "docker-stack.yml"
+STACK = yaml.safe_load(STACK_FILE.read_text())
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOTENV = dict(
+    line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if line and not line.startswith("#")
+)
+PIPELINE = ("model", "preprocess", "postprocess")
+OBSERVABILITY = ("otel-collector", "jaeger", "prometheus", "grafana")
+MEMORY = {"1g": "1G", "512m": "512M"}
+
+
+def defaults(value: Any) -> str:
+    """``${VAR:-default}`` → ``default``: what the file means with nothing exported."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def test_the_stack_has_composes_services_but_the_one_shot_password_job():
+    assert set(STACK["services"]) == set(COMPOSE["services"]) - {"grafana-password"}  # a Swarm secret instead
+    assert STACK["secrets"]["grafana-admin-password"]["external"] is True
+
+
+def test_pipeline_settings_are_composes():
+    for name in PIPELINE:
+        stack = {key: defaults(value) for key, value in STACK["services"][name]["environment"].items()}
+        compose = {key: defaults(value) for key, value in COMPOSE["services"][name]["environment"].items()}
+        assert stack == compose, name
+
+
+def test_limits_hardening_health_and_grace_are_composes():
+    for name in PIPELINE + OBSERVABILITY:
+        stack, compose = STACK["services"][name], COMPOSE["services"][name]
+        assert stack["deploy"]["resources"]["limits"] == {"memory": MEMORY[compose["mem_limit"]], "pids": 256}, name
+        assert compose["pids_limit"] == 256
+        assert stack["read_only"] is True and stack["cap_drop"] == ["ALL"], name
+        assert stack["logging"] == compose["logging"], name
+        assert {"type": "tmpfs", "target": "/tmp", "tmpfs": {"size": 16 * 2**20}} in stack["volumes"], name
+        for key in ("healthcheck", "stop_grace_period", "init", "command"):
+            assert stack.get(key) == compose.get(key), f"{name}: {key}"
+    assert STACK["services"]["model"]["deploy"]["replicas"] == "${MODEL_REPLICAS:-2}"
+    assert COMPOSE["services"]["model"]["deploy"]["replicas"] == 2
+
+
+def test_images_default_to_composes_pins():
+    for name in OBSERVABILITY:
+        assert STACK["services"][name]["image"] == COMPOSE["services"][name]["image"], name
+        variable = re.match(r"\$\{([A-Z_]+):-", STACK["services"][name]["image"]).group(1)
+        assert defaults(STACK["services"][name]["image"]) == DOTENV[variable], name
+    for name in PIPELINE:  # what `docker compose build` tags (project ml-pipeline)
+        assert STACK["services"][name]["image"] == f"${{{name.upper()}_IMAGE:-ml-pipeline-{name}:latest}}"
+
+
+def test_every_config_is_a_file_compose_mounts_at_the_same_place():
+    """Compose bind-mounts directories; the stack ships each file as a Swarm config to the same path."""
+    for name in OBSERVABILITY:
+        mounts = dict(
+            v.removeprefix("./").split(":")[:2] for v in COMPOSE["services"][name]["volumes"] if v.startswith("./")
+        )
+        assert STACK["services"][name]["configs"], name
+        for config in STACK["services"][name]["configs"]:
+            source = (STACK_FILE.parent / STACK["configs"][config["source"]]["file"]).resolve()
+            assert source.is_file(), source
+            relative = source.relative_to(ROOT).as_posix()
+            (directory,) = [d for d in mounts if relative.startswith(d + "/")]
+            assert config["target"] == mounts[directory] + relative.removeprefix(directory), f"{name}: {relative}"
+
+
+def test_every_service_resolves_to_its_tasks_and_publishes_in_host_mode():
+    for name, service in STACK["services"].items():
+        # dnsrr: the name is every task's address (client-side balancing, one Prometheus target per
+        # task); a virtual IP would hide the replicas, and the routing mesh does not forward here.
+        assert service["deploy"]["endpoint_mode"] == "dnsrr", name
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", name
+    assert [p["target"] for p in STACK["services"]["postprocess"]["ports"]] == [5000]
+    assert "ports" not in STACK["services"]["model"] and "ports" not in STACK["services"]["preprocess"]
+    assert STACK["networks"]["ml_net"]["driver"] == "overlay"
+
+
+def test_readme_documents_swarm():
+    readme = (ROOT / "README.md").read_text()
+    assert "## Running on Swarm" in readme
+    assert "docker stack deploy --compose-file deploy/swarm/docker-stack.yml ml-pipeline" in readme
