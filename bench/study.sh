@@ -38,11 +38,27 @@ trap down EXIT
 
 wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
+# cpu_sources URL: --cpu-from for every server process the target's requests pass through (their
+# CPU ms per request, service by service), the collector and Jaeger included.
+cpu_sources() {
+  local services=()
+  case $1 in
+    http://postprocess:*) services=(model preprocess postprocess) ;;
+    http://monolith:*) services=(monolith) ;;
+    http://model:*) services=(model) ;;
+    *) return 0 ;;
+  esac
+  for s in "${services[@]}"; do printf -- '--cpu-from %s=http://%s:5000/metrics\n' "$s" "$s"; done
+  printf -- '--cpu-from otel-collector=http://otel-collector:8888/metrics\n--cpu-from jaeger=http://jaeger:8888/metrics\n'
+}
+
 # load PROJECT NAME URL [ml-pipeline-bench run options …]: the load generator on PROJECT's network
 load() {
   local p=$1 name=$2 url=$3; shift 3
+  # shellcheck disable=SC2046  # one word per line
   docker compose -p "$p" "${files[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" bench \
-    ml-pipeline-bench run "$url" --label "$name" --image test.jpg --out "/out/$name.json" --no-progress "$@"
+    ml-pipeline-bench run "$url" --label "$name" --image test.jpg --out "/out/$name.json" --no-progress \
+    $(cpu_sources "$url") "$@"
 }
 
 # up PROJECT [ENV=VALUE …] [--scale model=N] [-- services to start]: a fresh stack
@@ -63,19 +79,51 @@ up() {
   )
 }
 
-# bench NAME URL [--wrk] [up arguments …]: one scenario on a fresh stack; --wrk also drives it with wrk
+# bench NAME URL [--wrk] [--npy] [-c LIST] [up arguments …]: one scenario on a fresh stack; --wrk also
+# drives it with wrk, --npy sends the preprocessed tensor (the model alone), -c its own concurrencies
 bench() {
   local name=$1 url=$2; shift 2
   wanted "$name" || return 0
-  local with_wrk=
-  if [ "${1:-}" = --wrk ]; then with_wrk=1; shift; fi
+  local with_wrk= body=() levels=$concurrency
+  while true; do
+    case ${1:-} in
+      --wrk) with_wrk=1; shift ;;
+      --npy) body=(--body npy); shift ;;
+      -c) levels=$2; shift 2 ;;
+      *) break ;;
+    esac
+  done
   echo "=== $name"
   down
-  [ "$url" = inprocess ] || up "$project" "$@"
-  load "$project" "$name" "$url" -c "$concurrency" -n "$requests" --warmup "$warmup"
+  case $url in inprocess | straightforward) ;; *) up "$project" "$@" ;; esac
+  load "$project" "$name" "$url" -c "$levels" -n "$requests" --warmup "$warmup" "${body[@]}"
   if [ -n "$with_wrk" ]; then
     load "$project" "$name-wrk" "$url" --tool wrk -c "$concurrency" -d "$wrk_seconds"
   fi
+}
+
+# chain_local: the three services as `ml-pipeline serve` starts them (one process each, 127.0.0.1),
+# inside the bench container, exporting to the stack's collector; the load generator beside them.
+chain_local() {
+  wanted chain-local || return 0
+  echo "=== chain-local"
+  down
+  up "$project" -- otel-collector jaeger prometheus
+  local cpu=() s port
+  for s in preprocess:6001 model:6002 postprocess:6003; do
+    port=${s#*:}; cpu+=(--cpu-from "${s%:*}=http://127.0.0.1:$port/metrics")
+  done
+  docker compose -p "$project" "${files[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" \
+    -e OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318 bench sh -c '
+      ml-pipeline serve --base-port 6001 >/tmp/serve.log 2>&1 & serve=$!
+      until python -m ml_pipeline.healthcheck http://127.0.0.1:6003/ready >/dev/null 2>&1; do
+        kill -0 $serve 2>/dev/null || { cat /tmp/serve.log; exit 1; }; sleep 1
+      done
+      ml-pipeline-bench run http://127.0.0.1:6003/finalize --label chain-local --image test.jpg \
+        --out /out/chain-local.json --no-progress "$@"; status=$?
+      kill -INT $serve; wait $serve; exit $status' chain-local \
+    -c "$concurrency" -n "$requests" --warmup "$warmup" "${cpu[@]}" \
+    --cpu-from otel-collector=http://otel-collector:8888/metrics --cpu-from jaeger=http://jaeger:8888/metrics
 }
 
 # overload NAME [up arguments …]: open loop at multiples of the capacity measured first
@@ -94,6 +142,9 @@ mkdir -p "$BENCH_OUT"
 run_scenarios() {
   [ -z "$only" ] && rm -f "$BENCH_OUT"/*.json
 
+  # The yardstick (a plain Pillow + ONNX Runtime pipeline, one process per core) and the chain's own
+  # in-process twin (the same code as the services, no HTTP).
+  bench straightforward straightforward
   bench inprocess inprocess
   bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
   bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"
@@ -103,8 +154,14 @@ run_scenarios() {
   # preprocess → model over the Open Inference Protocol instead of /predict.
   bench chain-v2-http "$chain" MODEL_PROTOCOL=v2-http -- "${pipeline[@]}"
   bench chain-v2-grpc "$chain" MODEL_PROTOCOL=v2-grpc -- "${pipeline[@]}"
-  # The model's dynamic batcher (off by default): the whole chain with it on.
-  bench chain-http-batching "$chain" DYNAMIC_BATCHING=true -- "${pipeline[@]}"
+  # The chain as `ml-pipeline serve` runs it: three processes, no Docker networking.
+  chain_local
+  # The model's dynamic batcher (off by default): the model alone (one replica, tensors straight
+  # to /predict) and the whole chain, off and on.
+  bench model-alone http://model:5000/predict --npy -c 1,4,8,16 --scale model=1 -- model otel-collector jaeger prometheus
+  bench model-alone-batching http://model:5000/predict --npy -c 1,4,8,16 DYNAMIC_BATCHING=true --scale model=1 -- model otel-collector jaeger prometheus
+  bench chain-http-c16 "$chain" -c 1,4,8,16 -- "${pipeline[@]}"
+  bench chain-http-batching "$chain" -c 1,4,8,16 DYNAMIC_BATCHING=true -- "${pipeline[@]}"
   bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
   bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
 

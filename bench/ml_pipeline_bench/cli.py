@@ -29,12 +29,15 @@ from ml_pipeline_bench.load import (
     RunResult,
     format_overload_table,
     format_table,
+    npy_body,
     run_http,
     run_inprocess,
     run_overload,
+    run_straightforward,
     run_wrk,
     write_results,
 )
+from ml_pipeline_bench.server_cpu import CpuMeter, CpuSource
 
 
 def _refuse(command: str, message: str) -> int:
@@ -104,11 +107,15 @@ def _closed_loop_runs(args: argparse.Namespace, image: Path, concurrencies: list
     }
     if args.url == "inprocess":
         return asyncio.run(run_inprocess(image, concurrencies, **amount))
+    if args.url == "straightforward":
+        return asyncio.run(run_straightforward(image, concurrencies, **amount))
     if args.tool == "wrk":
         if not args.duration or not shutil.which("wrk"):
             return None
         return run_wrk(args.url, image, concurrencies, duration_s=args.duration, warmup_s=2 if args.warmup else 0)
-    return asyncio.run(run_http(args.url, image, concurrencies, **amount))
+    meter = CpuMeter(args.cpu_from) if args.cpu_from else None
+    body = npy_body(image) if args.body == "npy" else None
+    return asyncio.run(run_http(args.url, image, concurrencies, **amount, cpu_meter=meter, body=body))
 
 
 def _print_summaries(summaries: list[dict[str, Any]]) -> None:
@@ -182,7 +189,8 @@ def _add_run_parser(sub: Any) -> None:
         nargs="?",
         default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
         help="route taking a multipart `file` upload (default: /finalize on localhost), "
-        "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment)",
+        "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment), "
+        "or `straightforward`: the yardstick, a plain Pillow + ONNX Runtime pipeline in one process per core",
     )
     p_run.add_argument("--image", default="test.jpg", help="the image every request uploads")
     p_run.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")
@@ -192,6 +200,20 @@ def _add_run_parser(sub: Any) -> None:
     p_run.add_argument("--warmup", type=int, default=20, help="unrecorded requests before each run")
     p_run.add_argument("--out", help="write the results (summaries and raw latencies) to this JSON file")
     p_run.add_argument("--label", help="name of this scenario in the output (default: the URL)")
+    p_run.add_argument(
+        "--cpu-from",
+        action="append",
+        type=CpuSource.parse,
+        metavar="NAME=URL",
+        help="a service's /metrics (process_cpu_seconds), read before and after each run: its CPU ms "
+        "per request in the results; the host's every address counts (replicas); repeat per service",
+    )
+    p_run.add_argument(
+        "--body",
+        choices=["multipart", "npy"],
+        default="multipart",
+        help="`npy`: send the image preprocessed, as the model's .npy input (for /predict), not uploaded",
+    )
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.add_argument(
         "--tool",

@@ -23,6 +23,7 @@ import numpy as np
 
 from ml_pipeline.telemetry import parse_server_timing
 from ml_pipeline.wire import SERVER_TIMING_HEADER
+from ml_pipeline_bench.server_cpu import Meter, per_request_ms
 
 # One request: returns (HTTP status, stage timings in ms).
 Send = Callable[[], Awaitable[tuple[int, dict[str, float]]]]
@@ -42,6 +43,7 @@ class RunResult:
     statuses: dict[str, int] = field(default_factory=dict)
     client_cpu_s: float = 0.0  # this process's CPU time during the run: what the load generator itself costs
     reported_ms: dict[str, float] | None = None  # mean/p50/p95/p99 an external tool computed (no raw latencies)
+    server_cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU ms per request, per service (--cpu-from)
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
@@ -60,6 +62,7 @@ class RunResult:
             "p95_ms": stats["p95"],
             "p99_ms": stats["p99"],
             "client_cpu_ms_per_request": 1000 * self.client_cpu_s / self.requests if self.requests else 0.0,
+            "server_cpu_ms_per_request": dict(self.server_cpu_ms),
             "stages_mean_ms": {name: float(np.mean(v)) for name, v in sorted(self.stages_ms.items())},
             "statuses": dict(self.statuses),
         }
@@ -150,14 +153,17 @@ async def closed_loop(
     warmup: int = 0,
     target: str = "",
     progress: bool = True,
+    cpu_meter: Meter | None = None,
 ) -> RunResult:
     """Run ``concurrency`` workers until ``requests`` answers (or ``duration_s`` seconds), after
     ``warmup`` unrecorded requests at the same concurrency. Failures count as errors (status
-    ``transport:<error>`` or ``exception:<error>``); they never stop the run."""
+    ``transport:<error>`` or ``exception:<error>``); they never stop the run. With ``cpu_meter``,
+    each service's CPU per request over the recorded requests."""
     if concurrency < 1 or (requests is None) == (duration_s is None):
         raise ValueError("give concurrency >= 1 and exactly one of requests or duration_s")
     if warmup:
         await _warm_up(send, concurrency, warmup)
+    cpu_before = await cpu_meter.read() if cpu_meter else {}
     tally = _Tally()
     issued = 0
     bar = _progress_bar(requests, f"{target} c={concurrency}", progress)
@@ -183,7 +189,10 @@ async def closed_loop(
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     bar.close()
-    return tally.result(target, concurrency, elapsed, cpu)
+    result = tally.result(target, concurrency, elapsed, cpu)
+    if cpu_meter:
+        result.server_cpu_ms = per_request_ms(cpu_before, await cpu_meter.read(), result.requests)
+    return result
 
 
 def _progress_bar(requests: int | None, label: str, enabled: bool) -> Any:
@@ -234,6 +243,60 @@ async def run_inprocess(
     ]
 
 
+async def run_straightforward(
+    image: Path,
+    concurrencies: list[int],
+    *,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Closed-loop runs of the straightforward pipeline (``straightforward.py``), one process per
+    core; its CPU per request is its worker processes' (``workers``)."""
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from ml_pipeline_bench.server_cpu import ProcessCpuMeter
+    from ml_pipeline_bench.straightforward import StraightforwardPipeline
+    from model.convert import ensure_model
+
+    pipeline = StraightforwardPipeline(ensure_model(load_settings(MonolithSettings).model_path))
+    data = image.read_bytes()  # noqa: ASYNC240
+
+    async def send() -> tuple[int, dict[str, float]]:
+        await pipeline(data)
+        return 200, {}
+
+    meter = ProcessCpuMeter("workers", pipeline.pids)
+    try:
+        return [
+            await closed_loop(
+                send,
+                concurrency=c,
+                requests=requests,
+                duration_s=duration_s,
+                warmup=max(warmup, pipeline.workers),  # every worker started and its session loaded
+                target="straightforward",
+                progress=progress,
+                cpu_meter=meter,
+            )
+            for c in concurrencies
+        ]
+    finally:
+        pipeline.close()
+
+
+def npy_body(image: Path) -> tuple[bytes, str]:
+    """The image as the model's input: preprocessed once, encoded as a ``.npy`` body (for /predict)."""
+    from ml_pipeline import codec
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from ml_pipeline.wire import NPY_MEDIA_TYPE
+    from preprocess import imaging
+
+    settings = load_settings(MonolithSettings)  # its image settings, as the services read them
+    img = imaging.decode(image.read_bytes(), settings.max_image_pixels, settings.max_full_decode_pixels)
+    return codec.encode(imaging.normalize(imaging.resize_crop(img))), NPY_MEDIA_TYPE
+
+
 async def run_http(
     url: str,
     image: Path,
@@ -245,14 +308,17 @@ async def run_http(
     timeout_s: float = 60,
     transport: httpx.AsyncBaseTransport | None = None,
     progress: bool = True,
+    cpu_meter: Meter | None = None,
+    body: tuple[bytes, str] | None = None,
 ) -> list[RunResult]:
-    """Closed-loop runs against ``url`` at each concurrency, one connection per worker."""
-    body, content_type = multipart_body(image)
+    """Closed-loop runs against ``url`` at each concurrency, one connection per worker; each
+    request uploads ``image`` as multipart, or sends ``body`` (bytes, Content-Type) as it is."""
+    payload, content_type = body or multipart_body(image)
     results = []
     for concurrency in concurrencies:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
-            send = http_sender(client, url, body, content_type)
+            send = http_sender(client, url, payload, content_type)
             results.append(
                 await closed_loop(
                     send,
@@ -262,6 +328,7 @@ async def run_http(
                     warmup=warmup,
                     target=url,
                     progress=progress,
+                    cpu_meter=cpu_meter,
                 )
             )
     return results

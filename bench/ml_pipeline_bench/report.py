@@ -20,6 +20,20 @@ from ml_pipeline_bench.load import markdown_table
 
 # Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
 INPROCESS, CHAIN = "inprocess", "chain-http"
+STRAIGHTFORWARD = "straightforward"  # the yardstick: plain Pillow + ONNX Runtime, one process per core
+# The architecture's cost, step by step: the same photo through each, in one run.
+COMPARED = {
+    STRAIGHTFORWARD: "straightforward in-process (Pillow + ORT, 1 process per core)",
+    INPROCESS: "our pipeline in process (the chain's twin: same code, no HTTP)",
+    "monolith": "monolith (one FastAPI service, telemetry on)",
+    "chain-local": "chain, `ml-pipeline serve` (3 processes, telemetry on)",
+    CHAIN: "chain, compose as shipped (2 model replicas, telemetry on)",
+}
+# Dynamic batching, off and on: the model alone (tensors to /predict) and the whole chain.
+BATCHING_PAIRS = {
+    "model alone": ("model-alone", "model-alone-batching"),
+    "chain": ("chain-http-c16", "chain-http-batching"),
+}
 WRK_SUFFIX = "-wrk"  # the same scenario driven by wrk: "chain-http-wrk"
 TELEMETRY_RUN = re.compile(r"^telemetry-(on|off)-(\d+)$")  # the interleaved on/off repeats
 TRANSPORTS = {
@@ -143,16 +157,69 @@ def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
     """The study's targets, in the report's order, each judged on the scenarios it needs."""
     binary, naive, volume = (_handoff_at_c1(s, name) for name in ("chain-http", "chain-json", "chain-volume"))
     return [
+        _yardstick_throughput_target(s),
+        _yardstick_latency_target(s),
         _throughput_target(s),
         _latency_target(s),
+        *_batching_targets(s),
         _telemetry_target(s),
         _binary_handoff_target(binary, naive),
         _volume_handoff_target(binary, volume),
     ]
 
 
+def _yardstick_throughput_target(s: dict[str, dict[str, Any]]) -> Target:
+    name, wanted_ratio = "chain throughput at saturation vs the straightforward in-process pipeline", 0.85
+    wanted = f"≥ {wanted_ratio:.2f}×"
+    if CHAIN not in s or STRAIGHTFORWARD not in s:
+        return not_run(name, wanted)
+    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[STRAIGHTFORWARD])
+    return Target(
+        name, wanted, f"{chain / limit:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", chain / limit >= wanted_ratio
+    )
+
+
+def _yardstick_latency_target(s: dict[str, dict[str, Any]]) -> Target:
+    name, wanted = "p50 at concurrency 1: chain vs the straightforward pipeline", "≤ straightforward + 5 ms"
+    chain_c1 = at_concurrency(s[CHAIN], 1) if CHAIN in s else None
+    limit_c1 = at_concurrency(s[STRAIGHTFORWARD], 1) if STRAIGHTFORWARD in s else None
+    if not (chain_c1 and limit_c1):
+        return not_run(name, wanted)
+    chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
+    return Target(
+        name,
+        wanted,
+        f"{chain_p50:.1f} vs {limit_p50:.1f} ms (+{chain_p50 - limit_p50:.1f} ms)",
+        chain_p50 <= limit_p50 + 5,
+    )
+
+
+def _batching_targets(s: dict[str, dict[str, Any]]) -> list[Target]:
+    """On by default only if it wins at c ≥ 4 and costs at most 1 ms of p50 at c = 1."""
+    found = []
+    for what, (off_name, on_name) in BATCHING_PAIRS.items():
+        name, wanted = f"dynamic batching, {what}: throughput at c ≥ 4; p50 at c = 1", "higher at every c ≥ 4; ≤ +1 ms"
+        if off_name not in s or on_name not in s:
+            found.append(not_run(name, wanted))
+            continue
+        pairs = [
+            (r["concurrency"], r, on)
+            for r in s[off_name]["runs"]
+            if (on := at_concurrency(s[on_name], r["concurrency"])) is not None
+        ]
+        gains = [(c, on["throughput_rps"] / off["throughput_rps"]) for c, off, on in pairs if c >= 4]
+        c1 = [(off["p50_ms"], on["p50_ms"]) for c, off, on in pairs if c == 1]
+        if not gains or not c1:
+            found.append(not_run(name, wanted))
+            continue
+        delta = c1[0][1] - c1[0][0]
+        measured = ", ".join(f"c={c} {g:.2f}×" for c, g in gains) + f"; c=1 {delta:+.1f} ms"
+        found.append(Target(name, wanted, measured, all(g > 1 for _, g in gains) and delta <= 1))
+    return found
+
+
 def _throughput_target(s: dict[str, dict[str, Any]]) -> Target:
-    name, wanted_ratio = "chain throughput at saturation (telemetry on) vs in-process", 0.85
+    name, wanted_ratio = "chain throughput at saturation (telemetry on) vs its in-process twin", 0.85
     wanted = f"≥ {wanted_ratio:.2f}×"
     if CHAIN not in s or INPROCESS not in s:
         return not_run(name, wanted)
@@ -162,7 +229,7 @@ def _throughput_target(s: dict[str, dict[str, Any]]) -> Target:
 
 
 def _latency_target(s: dict[str, dict[str, Any]]) -> Target:
-    name, wanted = "p50 at concurrency 1: chain vs in-process", "≤ in-process + 5 ms"
+    name, wanted = "p50 at concurrency 1: chain vs its in-process twin", "≤ in-process + 5 ms"
     chain_c1 = at_concurrency(s[CHAIN], 1) if CHAIN in s else None
     limit_c1 = at_concurrency(s[INPROCESS], 1) if INPROCESS in s else None
     if not (chain_c1 and limit_c1):
@@ -413,7 +480,9 @@ def render(
     """The report: each section is a list of lines, the optional ones empty when their scenarios
     were not run."""
     shown, repeats = split(s)
-    lines = _intro_lines(s) + _targets_lines(s, o) + _results_lines(shown)
+    lines = (
+        _intro_lines(s) + _targets_lines(s, o) + _comparison_lines(shown) + _cpu_lines(shown) + _results_lines(shown)
+    )
     lines += _load_generator_lines(shown) + _telemetry_lines(repeats) + _plots_lines(shown, image_dir)
     if o:
         lines += render_overload(o, image_dir)
@@ -461,6 +530,89 @@ def _results_lines(s: dict[str, dict[str, Any]]) -> list[str]:
         for r in scenario["runs"]
     )
     return ["", "## Results", "", *markdown_table(header, "lrrrrrrrr", rows)]
+
+
+# The CPU table's columns in the request's order (then any other process, by name).
+CPU_COLUMNS = ["workers", "pipeline (bench process)", "monolith", "postprocess", "preprocess", "model"]
+CPU_COLUMNS += ["otel-collector", "jaeger"]
+
+
+def cpu_ms_per_request(run: dict[str, Any], scenario: str) -> dict[str, float]:
+    """Where a run's CPU went, per process, in ms per request: the servers' (``--cpu-from``), or for
+    ``inprocess`` the load generator's own process, where the whole pipeline ran."""
+    if scenario == INPROCESS:
+        return {"pipeline (bench process)": run.get("client_cpu_ms_per_request", float("nan"))}
+    return dict(run.get("server_cpu_ms_per_request") or {})
+
+
+def _comparison_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    """The ladder from the yardstick to the chain as shipped, each step's ratio to both baselines."""
+    present = [name for name in COMPARED if name in s]
+    if not present:
+        return []
+    yardstick = saturation_rps(s[STRAIGHTFORWARD]) if STRAIGHTFORWARD in s else None
+    twin = saturation_rps(s[INPROCESS]) if INPROCESS in s else None
+    base_c1 = at_concurrency(s[STRAIGHTFORWARD], 1) if STRAIGHTFORWARD in s else None
+    rows = []
+    for name in present:
+        best = max(s[name]["runs"], key=lambda r: r["throughput_rps"])
+        c1 = at_concurrency(s[name], 1)
+        cpu = sum(cpu_ms_per_request(c1, name).values()) if c1 else float("nan")
+        rows.append(
+            [
+                COMPARED[name],
+                f"{best['throughput_rps']:.1f} (c={best['concurrency']})",
+                f"{best['throughput_rps'] / yardstick:.2f}×" if yardstick else "—",
+                f"{best['throughput_rps'] / twin:.2f}×" if twin else "—",
+                f"{c1['p50_ms']:.1f}" if c1 else "—",
+                f"{c1['p50_ms'] - base_c1['p50_ms']:+.1f}" if c1 and base_c1 else "—",
+                f"{cpu:.1f}" if cpu else "—",
+            ]
+        )
+    header = ["scenario", "best req/s", "× straightforward", "× in-process twin", "p50 c=1 ms", "Δ p50 ms"]
+    return [
+        "",
+        "## Side by side: from a straightforward pipeline to the chain as shipped",
+        "",
+        "The same photo, one run, the same two cores. The in-process twin is our own code without HTTP, so "
+        "its ratio to the straightforward pipeline is the code's cost, and the chain's ratio to the twin "
+        "the architecture's (hops, telemetry, processes).",
+        "",
+        *markdown_table([*header, "CPU ms/req (c=1)"], "lrrrrrr", rows),
+    ]
+
+
+def _cpu_lines(s: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the CPU goes: each process's CPU ms per request, at each concurrency."""
+    measured = {
+        name: scenario for name, scenario in s.items() if any(cpu_ms_per_request(r, name) for r in scenario["runs"])
+    }
+    if not measured:
+        return []
+    found = {p for name, sc in measured.items() for r in sc["runs"] for p in cpu_ms_per_request(r, name)}
+    columns = sorted(found, key=lambda p: (CPU_COLUMNS.index(p) if p in CPU_COLUMNS else len(CPU_COLUMNS), p))
+    rows = []
+    for name, scenario in measured.items():
+        for r in scenario["runs"]:
+            cpu = cpu_ms_per_request(r, name)
+            rows.append(
+                [
+                    name,
+                    r["concurrency"],
+                    *(f"{cpu[p]:.2f}" if p in cpu else "" for p in columns),
+                    f"{sum(cpu.values()):.2f}",
+                ]
+            )
+    return [
+        "",
+        "## Where the CPU goes (ms of CPU per request, per process)",
+        "",
+        "Each server's own CPU counter (`process_cpu_seconds_total`; the collector's and Jaeger's "
+        "`otelcol_process_cpu_seconds`) read before and after each run, all replicas summed; the "
+        "straightforward pipeline's worker processes from /proc.",
+        "",
+        *markdown_table(["scenario", "c", *columns, "total"], "lr" + "r" * (len(columns) + 1), rows),
+    ]
 
 
 def _load_generator_lines(s: dict[str, dict[str, Any]]) -> list[str]:

@@ -172,12 +172,12 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["chain throughput at saturation (telemetry on) vs in-process"].endswith(
+    assert rows["chain throughput at saturation (telemetry on) vs its in-process twin"].endswith(
         "| 0.90× (36.0 vs 40.0 req/s) | met |"
     )
     assert (
         "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline-bench | met |"
-        in rows["p50 at concurrency 1: chain vs in-process"]
+        in rows["p50 at concurrency 1: chain vs its in-process twin"]
     )
     assert (
         "| 0.97× (median of 3 interleaved pairs: 0.97, 0.81, 1.03) | met |"
