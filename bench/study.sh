@@ -21,7 +21,7 @@ repeats=${BENCH_REPEATS:-4}
 files=(-f docker-compose.yml -f bench/docker-compose.bench.yml)
 compose=(docker compose -p "$project" "${files[@]}")
 only=${BENCH_SCENARIOS:-}
-scenario_env=(TRANSPORT MODEL_PROTOCOL DYNAMIC_BATCHING TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME MAX_IN_FLIGHT MAX_QUEUE)
+scenario_env=(TRANSPORT MODEL_PROTOCOL DYNAMIC_BATCHING ORT_INTRA_OP_THREADS TRACING_ENABLED OTEL_EXPORTER_OTLP_ENDPOINT RESULT_CACHE_SIZE SHARED_DATA_VOLUME MAX_IN_FLIGHT MAX_QUEUE)
 overload_multiples=${BENCH_OVERLOAD:-1,1.5,2,2.5,3}
 overload_seconds=${BENCH_OVERLOAD_SECONDS:-30}
 pipeline=(model preprocess postprocess otel-collector jaeger prometheus)
@@ -162,6 +162,8 @@ run_scenarios() {
   bench model-alone-batching http://model:5000/predict --npy -c 1,4,8,16 DYNAMIC_BATCHING=true --scale model=1 -- model otel-collector jaeger prometheus
   bench chain-http-c16 "$chain" -c 1,4,8,16 -- "${pipeline[@]}"
   bench chain-http-batching "$chain" -c 1,4,8,16 DYNAMIC_BATCHING=true -- "${pipeline[@]}"
+  # ONNX Runtime threads per model replica: 2 (as shipped) spends more CPU per inference than 1.
+  bench chain-http-ort1 "$chain" ORT_INTRA_OP_THREADS=1 -- "${pipeline[@]}"
   bench chain-http-1-replica "$chain" TRANSPORT=http --scale model=1 -- "${pipeline[@]}"
   bench chain-http-cache "$chain" TRANSPORT=http RESULT_CACHE_SIZE=1000 -- "${pipeline[@]}"
 
