@@ -138,6 +138,9 @@ overload() {
 
 mkdir -p "$BENCH_OUT"
 "${compose[@]}" --profile bench --profile monolith build
+# The telemetry-off twin is its own compose project, so its own image names: built too, or it
+# would run whatever images an earlier run left under them.
+docker compose -p "$project_off" "${files[@]}" --profile bench build
 # every scenario, then telemetry on/off; each writes $BENCH_OUT/<name>.json
 run_scenarios() {
   [ -z "$only" ] && rm -f "$BENCH_OUT"/*.json

@@ -324,20 +324,36 @@ def plot(s: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     return files + ([stages] if stages else [])
 
 
+def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """A line style per scenario that no other shares (twenty colours, then dashed, dotted, …)."""
+    import matplotlib
+
+    colours = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+    dashes = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D"]
+    return {
+        name: {"color": colours[i % 20], "linestyle": dashes[i // 20 % 4], "marker": markers[i // 20 % 4]}
+        for i, name in enumerate(names)
+    }
+
+
 def _plot_latency(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
     from matplotlib.ticker import NullLocator, ScalarFormatter
 
-    fig, axes = _pyplot().subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(13, 4.5))
+    styles = _styles(list(s))
     for name, scenario in s.items():
         cs = [r["concurrency"] for r in scenario["runs"]]
-        axes[0].plot(cs, [r["p50_ms"] for r in scenario["runs"]], marker="o", label=name)
-        axes[1].plot(cs, [r["p95_ms"] for r in scenario["runs"]], marker="o", label=name)
+        axes[0].plot(cs, [r["p50_ms"] for r in scenario["runs"]], label=name, **styles[name])
+        axes[1].plot(cs, [r["p95_ms"] for r in scenario["runs"]], label=name, **styles[name])
+    every_c = sorted({r["concurrency"] for v in s.values() for r in v["runs"]})
     for ax, title in zip(axes, ("p50 latency", "p95 latency"), strict=True):
-        ax.set(title=title, xlabel="concurrency (closed-loop workers)", ylabel="ms", xscale="log", xticks=cs)
+        ax.set(title=title, xlabel="concurrency (closed-loop workers)", ylabel="ms", xscale="log")
+        ax.set_xticks(every_c)
         ax.xaxis.set_minor_locator(NullLocator())
         ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out_dir / "latency.png")
     return "latency.png"
 
@@ -345,13 +361,14 @@ def _plot_latency(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
 def _plot_throughput(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
     from matplotlib.ticker import NullLocator, ScalarFormatter
 
-    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(9, 4.5))
+    styles = _styles(list(s))
     for name, scenario in s.items():
         ax.plot(
             [r["concurrency"] for r in scenario["runs"]],
             [r["throughput_rps"] for r in scenario["runs"]],
-            marker="o",
             label=name,
+            **styles[name],
         )
     # log y: the cache's hundreds of req/s and JSON's dozen share one readable axis
     ax.set(
@@ -366,7 +383,7 @@ def _plot_throughput(s: dict[str, dict[str, Any]], out_dir: Path) -> str:
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ScalarFormatter())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     _save(fig, out_dir / "throughput.png")
     return "throughput.png"
 
