@@ -291,3 +291,39 @@ async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_b
     assert "model" not in told_late  # the expired request never reached the model
     # Its deadline ran out in postprocess's hop: preprocess is not ejected for that, the next request is served.
     assert default.status_code == 200 and told["preprocess"] <= settings.request_timeout_s * 1000
+
+
+async def test_postprocess_forwards_the_upload_as_one_body_with_its_name_and_type(coffee_bytes):
+    """One body, one socket write (httpx streams ``files=`` in pieces, each a write and a wake-up
+    of preprocess's reader); preprocess still reads the same file, name and type."""
+    import httpx
+
+    from model.app import create_app as create_model
+    from postprocess.app import create_app as create_post
+    from preprocess.app import create_app as create_pre
+
+    seen = []
+
+    class Chunks(NetworkASGITransport):
+        async def handle_async_request(self, request):
+            chunks = [chunk async for chunk in request.stream]
+            seen.append((chunks, request.headers["content-type"]))
+            request.stream = httpx.ByteStream(b"".join(chunks))
+            return await super().handle_async_request(request)
+
+    settings = make_settings()
+    model = create_model(settings)
+    pre = create_pre(settings, model_transport=NetworkASGITransport(app=model))
+    post = create_post(settings, preprocess_transport=Chunks(app=pre))
+    async with (
+        model.router.lifespan_context(model),
+        pre.router.lifespan_context(pre),
+        post.router.lifespan_context(post),
+    ):
+        async with httpx.AsyncClient(transport=NetworkASGITransport(app=post), base_url="http://p") as client:
+            answer = await client.post("/finalize", files=upload(coffee_bytes, name='caf"é.jpg'))
+    assert answer.status_code == 200, answer.text
+    ((chunks, content_type),) = seen
+    assert len(chunks) == 1 and content_type.startswith("multipart/form-data; boundary=")
+    assert coffee_bytes in chunks[0] and b'filename="caf%22\xc3\xa9.jpg"' in chunks[0]
+    assert b"Content-Type: image/jpeg" in chunks[0]
