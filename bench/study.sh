@@ -116,8 +116,10 @@ chain_local() {
   docker compose -p "$project" "${files[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" \
     -e OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318 bench sh -c '
       ml-pipeline serve --base-port 6001 >/tmp/serve.log 2>&1 & serve=$!
+      waited=0
       until python -m ml_pipeline.healthcheck http://127.0.0.1:6003/ready >/dev/null 2>&1; do
-        kill -0 $serve 2>/dev/null || { cat /tmp/serve.log; exit 1; }; sleep 1
+        kill -0 $serve 2>/dev/null && [ $waited -lt 300 ] || { cat /tmp/serve.log; kill $serve; exit 1; }
+        sleep 1; waited=$((waited + 1))
       done
       ml-pipeline-bench run http://127.0.0.1:6003/finalize --label chain-local --image test.jpg \
         --out /out/chain-local.json --no-progress "$@"; status=$?

@@ -191,7 +191,7 @@ async def closed_loop(
     bar.close()
     result = tally.result(target, concurrency, elapsed, cpu)
     if cpu_meter:
-        result.server_cpu_ms = per_request_ms(cpu_before, await cpu_meter.read(), result.requests)
+        result.server_cpu_ms = per_request_ms(cpu_before, await cpu_meter.read(), result.requests, cpu_meter.names)
     return result
 
 
@@ -267,6 +267,7 @@ async def run_straightforward(
         return 200, {}
 
     meter = ProcessCpuMeter("workers", pipeline.pids)
+    pipeline.start_all()  # every worker up before the first read: none is started (and charged) mid-run
     try:
         return [
             await closed_loop(

@@ -189,7 +189,7 @@ def _yardstick_latency_target(s: dict[str, dict[str, Any]]) -> Target:
     return Target(
         name,
         wanted,
-        f"{chain_p50:.1f} vs {limit_p50:.1f} ms (+{chain_p50 - limit_p50:.1f} ms)",
+        f"{chain_p50:.1f} vs {limit_p50:.1f} ms ({chain_p50 - limit_p50:+.1f} ms)",
         chain_p50 <= limit_p50 + 5,
     )
 
@@ -239,7 +239,7 @@ def _latency_target(s: dict[str, dict[str, Any]]) -> Target:
     chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
     wrk_run = at_concurrency(s[CHAIN + WRK_SUFFIX], 1) if CHAIN + WRK_SUFFIX in s else None
     judged = wrk_run["p50_ms"] if wrk_run else chain_p50
-    measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms (+{judged - limit_p50:.1f} ms)"
+    measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms ({judged - limit_p50:+.1f} ms)"
     if wrk_run:
         measured += f", driven by wrk; {chain_p50:.1f} ms with ml-pipeline-bench"
     return Target(name, wanted, measured, judged <= limit_p50 + 5)
@@ -583,7 +583,7 @@ def _comparison_lines(s: dict[str, dict[str, Any]]) -> list[str]:
                 f"{best['throughput_rps'] / twin:.2f}×" if twin else "—",
                 f"{c1['p50_ms']:.1f}" if c1 else "—",
                 f"{c1['p50_ms'] - base_c1['p50_ms']:+.1f}" if c1 and base_c1 else "—",
-                f"{cpu:.1f}" if cpu else "—",
+                f"{cpu:.1f}" if c1 else "—",  # nan: a counter that was not read
             ]
         )
     header = ["scenario", "best req/s", "× straightforward", "× in-process twin", "p50 c=1 ms", "Δ p50 ms"]

@@ -10,10 +10,12 @@ tenths of a millisecond per request.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +50,8 @@ class CpuSource:
 
 
 class Meter(Protocol):
+    names: list[str]  # what each read should hold
+
     async def read(self) -> dict[str, float]:
         """CPU seconds so far, per name."""
         ...
@@ -63,6 +67,7 @@ class CpuMeter:
         resolve: Callable[[str, int], Awaitable[list[str]]] = resolve_dns,
     ):
         self.sources = sources
+        self.names = [source.name for source in sources]
         self._client = client
         self._resolve = resolve
 
@@ -81,21 +86,37 @@ class CpuMeter:
             if self._client is None:
                 await client.aclose()
 
+    async def _addresses(self, url: httpx.URL) -> list[str]:
+        """An address is itself (``localhost`` would also give ``::1``: one server, counted twice or
+        not at all); a name is every replica behind it."""
+        try:
+            ipaddress.ip_address(url.host)
+            return [url.host]
+        except ValueError:
+            return await self._resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
+
     async def _read_one(self, client: httpx.AsyncClient, source: CpuSource) -> float:
         url = httpx.URL(source.url)
         total = 0.0
-        for address in await self._resolve(url.host, url.port or (443 if url.scheme == "https" else 80)):
+        for address in await self._addresses(url):
             response = await client.get(url.copy_with(host=address))
             response.raise_for_status()
             total += cpu_seconds(response.text)
         return total
 
 
-def per_request_ms(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
-    """CPU milliseconds per request for every source read both times."""
+def per_request_ms(
+    before: dict[str, float], after: dict[str, float], requests: int, expected: Iterable[str] = ()
+) -> dict[str, float]:
+    """CPU milliseconds per request for every source; NaN for one that was not read both times or
+    whose counter went backwards (a restarted replica), so a total over them cannot look whole."""
     if requests <= 0:
         return {}
-    return {name: 1000 * (after[name] - before[name]) / requests for name in before if name in after}
+    result = {}
+    for name in sorted(set(before) | set(after) | set(expected)):
+        spent = after.get(name, math.nan) - before.get(name, math.nan)
+        result[name] = 1000 * spent / requests if spent >= 0 else math.nan
+    return result
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -109,6 +130,7 @@ class ProcessCpuMeter:
     """The CPU of local processes (``pids()`` at each read), summed under one name."""
 
     def __init__(self, name: str, pids: Callable[[], list[int]]):
+        self.names = [name]
         self._name = name
         self._pids = pids
 

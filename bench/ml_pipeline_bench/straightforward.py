@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ class StraightforwardPipeline:
 
     async def __call__(self, data: bytes) -> list[tuple[int, float]]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, classify, data)
+
+    def start_all(self) -> None:
+        """Start every worker now (a pool may start them on demand): each sleeps a moment, so each
+        sleep needs a process of its own."""
+        list(self._pool.map(time.sleep, [0.2] * self.workers))
 
     def pids(self) -> list[int]:
         """The worker processes started so far."""

@@ -1,6 +1,7 @@
 """Server CPU per request (``--cpu-from``), the straightforward yardstick and the model's ``.npy``
 body: what the study's "where the CPU goes" and comparison tables are built from."""
 
+import math
 import os
 
 import httpx
@@ -38,8 +39,11 @@ def test_a_source_is_a_name_and_a_metrics_url():
             CpuSource.parse(bad)
 
 
-def test_per_request_ms_is_the_difference_over_the_requests():
-    assert per_request_ms({"a": 1.0, "b": 2.0}, {"a": 1.5, "c": 9.0}, 10) == {"a": 50.0}
+def test_per_request_ms_is_the_difference_over_the_requests_and_nan_where_it_cannot_be():
+    got = per_request_ms({"a": 1.0, "b": 2.0, "r": 5.0}, {"a": 1.5, "c": 9.0, "r": 0.5}, 10, expected=["a", "d"])
+    assert got["a"] == 50.0
+    # read only before or only after, never read, or a counter that restarted: not a number
+    assert all(math.isnan(got[name]) for name in ("b", "c", "d", "r"))
     assert per_request_ms({"a": 1.0}, {"a": 2.0}, 0) == {}
 
 
@@ -62,6 +66,19 @@ async def test_the_meter_sums_every_replica_behind_a_name_from_the_real_metrics_
     assert both["model"] == pytest.approx(2 * single["model"], rel=0.2)  # both replicas counted
 
 
+async def test_an_address_is_read_as_it_is_not_resolved():
+    async def never(host, port):
+        raise AssertionError("an address is not resolved (localhost would give ::1 as well)")
+
+    def metrics(request):
+        assert request.url.host == "127.0.0.1"
+        return httpx.Response(200, text="process_cpu_seconds_total 4.5\n")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(metrics)) as client:
+        read = await CpuMeter([CpuSource("p", "http://127.0.0.1:7002/metrics")], client, resolve=never).read()
+    assert read == {"p": 4.5}
+
+
 async def test_an_unreadable_source_is_left_out_not_fatal(capsys):
     def refuse(request):
         raise httpx.ConnectError("refused", request=request)
@@ -78,6 +95,7 @@ async def test_an_unreadable_source_is_left_out_not_fatal(capsys):
 async def test_a_closed_loop_reports_each_services_cpu_per_recorded_request():
     class Counting:
         def __init__(self):
+            self.names = ["model", "preprocess"]
             self.reads = 0
 
         async def read(self):
