@@ -229,6 +229,23 @@ async def run_inprocess(
 
     pipeline = InProcessPipeline(load_settings(MonolithSettings))  # before the loop has anything else to do
     send = inprocess_sender(pipeline, image.read_bytes())  # noqa: ASYNC240
+    return await _each_concurrency(
+        send, concurrencies, "inprocess", requests=requests, duration_s=duration_s, warmup=warmup, progress=progress
+    )
+
+
+async def _each_concurrency(
+    send: Send,
+    concurrencies: list[int],
+    target: str,
+    *,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    progress: bool,
+    cpu_meter: Meter | None = None,
+) -> list[RunResult]:
+    """One closed-loop run of ``send`` per concurrency, one after the other."""
     return [
         await closed_loop(
             send,
@@ -236,8 +253,9 @@ async def run_inprocess(
             requests=requests,
             duration_s=duration_s,
             warmup=warmup,
-            target="inprocess",
+            target=target,
             progress=progress,
+            cpu_meter=cpu_meter,
         )
         for c in concurrencies
     ]
@@ -269,19 +287,16 @@ async def run_straightforward(
     meter = ProcessCpuMeter("workers", pipeline.pids)
     pipeline.start_all()  # every worker up before the first read: none is started (and charged) mid-run
     try:
-        return [
-            await closed_loop(
-                send,
-                concurrency=c,
-                requests=requests,
-                duration_s=duration_s,
-                warmup=max(warmup, pipeline.workers),  # every worker started and its session loaded
-                target="straightforward",
-                progress=progress,
-                cpu_meter=meter,
-            )
-            for c in concurrencies
-        ]
+        return await _each_concurrency(
+            send,
+            concurrencies,
+            "straightforward",
+            requests=requests,
+            duration_s=duration_s,
+            warmup=max(warmup, pipeline.workers),  # every worker's session has run before anything is measured
+            progress=progress,
+            cpu_meter=meter,
+        )
     finally:
         pipeline.close()
 

@@ -157,9 +157,11 @@ def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
     """The study's targets, in the report's order, each judged on the scenarios it needs."""
     binary, naive, volume = (_handoff_at_c1(s, name) for name in ("chain-http", "chain-json", "chain-volume"))
     return [
-        _yardstick_throughput_target(s),
+        _throughput_target(
+            s, STRAIGHTFORWARD, "chain throughput at saturation vs the straightforward in-process pipeline"
+        ),
         _yardstick_latency_target(s),
-        _throughput_target(s),
+        _throughput_target(s, INPROCESS, "chain throughput at saturation (telemetry on) vs its in-process twin"),
         _latency_target(s),
         *_batching_targets(s),
         _telemetry_target(s),
@@ -168,23 +170,23 @@ def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
     ]
 
 
-def _yardstick_throughput_target(s: dict[str, dict[str, Any]]) -> Target:
-    name, wanted_ratio = "chain throughput at saturation vs the straightforward in-process pipeline", 0.85
-    wanted = f"≥ {wanted_ratio:.2f}×"
-    if CHAIN not in s or STRAIGHTFORWARD not in s:
-        return not_run(name, wanted)
-    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[STRAIGHTFORWARD])
-    return Target(
-        name, wanted, f"{chain / limit:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", chain / limit >= wanted_ratio
-    )
+def _at_c1(s: dict[str, dict[str, Any]], *names: str) -> list[dict[str, Any]] | None:
+    """Each named scenario's run at concurrency 1 (None: one of them has none)."""
+    runs = []
+    for name in names:
+        run = at_concurrency(s[name], 1) if name in s else None
+        if run is None:
+            return None
+        runs.append(run)
+    return runs
 
 
 def _yardstick_latency_target(s: dict[str, dict[str, Any]]) -> Target:
     name, wanted = "p50 at concurrency 1: chain vs the straightforward pipeline", "≤ straightforward + 5 ms"
-    chain_c1 = at_concurrency(s[CHAIN], 1) if CHAIN in s else None
-    limit_c1 = at_concurrency(s[STRAIGHTFORWARD], 1) if STRAIGHTFORWARD in s else None
-    if not (chain_c1 and limit_c1):
+    c1 = _at_c1(s, CHAIN, STRAIGHTFORWARD)
+    if c1 is None:
         return not_run(name, wanted)
+    chain_c1, limit_c1 = c1
     chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
     return Target(
         name,
@@ -218,22 +220,23 @@ def _batching_targets(s: dict[str, dict[str, Any]]) -> list[Target]:
     return found
 
 
-def _throughput_target(s: dict[str, dict[str, Any]]) -> Target:
-    name, wanted_ratio = "chain throughput at saturation (telemetry on) vs its in-process twin", 0.85
+def _throughput_target(s: dict[str, dict[str, Any]], baseline: str, name: str) -> Target:
+    """The chain's throughput at saturation as a ratio to ``baseline``'s: ≥ 0.85×."""
+    wanted_ratio = 0.85
     wanted = f"≥ {wanted_ratio:.2f}×"
-    if CHAIN not in s or INPROCESS not in s:
+    if CHAIN not in s or baseline not in s:
         return not_run(name, wanted)
-    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[INPROCESS])
+    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[baseline])
     ratio = chain / limit
     return Target(name, wanted, f"{ratio:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", ratio >= wanted_ratio)
 
 
 def _latency_target(s: dict[str, dict[str, Any]]) -> Target:
     name, wanted = "p50 at concurrency 1: chain vs its in-process twin", "≤ in-process + 5 ms"
-    chain_c1 = at_concurrency(s[CHAIN], 1) if CHAIN in s else None
-    limit_c1 = at_concurrency(s[INPROCESS], 1) if INPROCESS in s else None
-    if not (chain_c1 and limit_c1):
+    c1 = _at_c1(s, CHAIN, INPROCESS)
+    if c1 is None:
         return not_run(name, wanted)
+    chain_c1, limit_c1 = c1
     # Judged on wrk's run when there is one: the in-process limit has no client at all, and
     # wrk's own latency is far below this driver's (see the load generator comparison).
     chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
