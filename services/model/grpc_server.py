@@ -144,9 +144,6 @@ class OpenInferenceService:
         return ((TRACE_ID_HEADER.lower(), trace_id),) if trace_id else ()
 
 
-MAX_CONNECTION_AGE_MS = 30_000
-
-
 async def start_grpc_server(
     predictor: Predictor, settings: ModelSettings, provider: trace.TracerProvider, tracer: trace.Tracer, service: str
 ) -> tuple[aio.Server, int]:
@@ -157,11 +154,6 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", predictor.max_body_bytes),
             ("grpc.max_send_message_length", predictor.max_body_bytes),
-            # A gRPC client re-resolves its `dns:///` target only when a connection ends: closing
-            # each one after 30 s (in-flight calls get 20 s more) lets callers find replicas added
-            # since (compose --scale, a Kubernetes autoscaler) and forget removed ones.
-            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-            ("grpc.max_connection_age_grace_ms", 20_000),
         ],
     )
     implementation = OpenInferenceService(predictor, settings, tracer, service)
