@@ -95,7 +95,7 @@ bench() {
   done
   echo "=== $name"
   down
-  case $url in inprocess | straightforward) ;; *) up "$project" "$@" ;; esac
+  case $url in inprocess | straightforward | bare-chain) ;; *) up "$project" "$@" ;; esac
   load "$project" "$name" "$url" -c "$levels" -n "$requests" --warmup "$warmup" "${body[@]}"
   if [ -n "$with_wrk" ]; then
     load "$project" "$name-wrk" "$url" --tool wrk -c "$concurrency" -d "$wrk_seconds"
@@ -151,6 +151,8 @@ run_scenarios() {
   # in-process twin (the same code as the services, no HTTP).
   bench straightforward straightforward
   bench inprocess inprocess
+  # The chain's floor: the yardstick's work in three bare HTTP processes (no framework, no telemetry).
+  bench bare-chain bare-chain
   bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
   bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"
   bench chain-json "$chain" TRANSPORT=json -- "${pipeline[@]}"

@@ -30,6 +30,7 @@ from ml_pipeline_bench.load import (
     format_overload_table,
     format_table,
     npy_body,
+    run_bare_chain,
     run_http,
     run_inprocess,
     run_overload,
@@ -109,6 +110,8 @@ def _closed_loop_runs(args: argparse.Namespace, image: Path, concurrencies: list
         return asyncio.run(run_inprocess(image, concurrencies, **amount))
     if args.url == "straightforward":
         return asyncio.run(run_straightforward(image, concurrencies, **amount))
+    if args.url == "bare-chain":
+        return asyncio.run(run_bare_chain(image, concurrencies, **amount))
     if args.tool == "wrk":
         if not args.duration or not shutil.which("wrk"):
             return None
@@ -190,7 +193,8 @@ def _add_run_parser(sub: Any) -> None:
         default=f"http://localhost:{DEFAULT_PORTS['postprocess']}/finalize",
         help="route taking a multipart `file` upload (default: /finalize on localhost), "
         "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment), "
-        "or `straightforward`: the yardstick, a plain Pillow + ONNX Runtime pipeline in one process per core",
+        "or `straightforward`: the yardstick, a plain Pillow + ONNX Runtime pipeline in one process per core, "
+        "or `bare-chain`: the yardstick's work in three bare HTTP processes shaped like the chain (its floor)",
     )
     p_run.add_argument("--image", default="test.jpg", help="the image every request uploads")
     p_run.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")

@@ -301,6 +301,41 @@ async def run_straightforward(
         pipeline.close()
 
 
+async def run_bare_chain(
+    image: Path,
+    concurrencies: list[int],
+    *,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Closed-loop runs of the bare chain (``bare_chain.py``) over HTTP like any target; its CPU per
+    request is each of its three processes' (from /proc)."""
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from ml_pipeline_bench.bare_chain import BareChain
+    from model.convert import ensure_model
+
+    chain = BareChain(ensure_model(load_settings(MonolithSettings).model_path))
+    url = await asyncio.to_thread(chain.start)
+    try:
+        results = await run_http(
+            url,
+            image,
+            concurrencies,
+            requests=requests,
+            duration_s=duration_s,
+            warmup=warmup,
+            progress=progress,
+            cpu_meter=chain.cpu_meter(),
+        )
+    finally:
+        chain.close()
+    for result in results:
+        result.target = "bare-chain"
+    return results
+
+
 def npy_body(image: Path) -> tuple[bytes, str]:
     """The image as the model's input: preprocessed once, encoded as a ``.npy`` body (for /predict)."""
     from ml_pipeline import codec

@@ -136,3 +136,17 @@ class ProcessCpuMeter:
 
     async def read(self) -> dict[str, float]:
         return {self._name: sum(process_cpu_seconds(pid) for pid in self._pids())}
+
+
+class Meters:
+    """Several meters read as one (each under its own names)."""
+
+    def __init__(self, *meters: Meter):
+        self.names = [name for meter in meters for name in meter.names]
+        self._meters = meters
+
+    async def read(self) -> dict[str, float]:
+        readings: dict[str, float] = {}
+        for meter in self._meters:
+            readings |= await meter.read()
+        return readings

@@ -33,19 +33,27 @@ def _load(model_path: str) -> None:
     _session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
 
-def classify(data: bytes) -> list[tuple[int, float]]:
-    """One image → its top-5 (class, probability), in the worker process."""
+def image_tensor(data: bytes) -> np.ndarray:
+    """An upload → the model's ``[1, 3, 224, 224]`` input: decode, centre crop, normalise."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(data)).convert("RGB")
     side = 224 * min(img.size) / 256  # the centre crop of the image scaled to 256, in its own pixels
     left, top = (img.width - side) / 2, (img.height - side) / 2
     img = img.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
-    x = (np.asarray(img, np.float32).transpose(2, 0, 1) - 127.0) / 128.0
-    logits = _session.run(None, {_session.get_inputs()[0].name: x[None]})[0][0]
+    return ((np.asarray(img, np.float32).transpose(2, 0, 1) - 127.0) / 128.0)[None]
+
+
+def top5(logits: np.ndarray) -> list[tuple[int, float]]:
+    """One image's logits → its five likeliest (class, probability)."""
     p = np.exp(logits - logits.max())
     p /= p.sum()
     return [(int(i), float(p[i])) for i in np.argsort(p)[::-1][:5]]
+
+
+def classify(data: bytes) -> list[tuple[int, float]]:
+    """One image → its top-5 (class, probability), in the worker process."""
+    return top5(_session.run(None, {_session.get_inputs()[0].name: image_tensor(data)})[0][0])
 
 
 class StraightforwardPipeline:

@@ -171,6 +171,7 @@ def test_the_report_has_the_side_by_side_ladder_the_cpu_table_and_the_batching_t
     scenario("inprocess", {1: 80, 4: 130}, 12.5, client_cpu_s=1.2)  # 12 ms of CPU per request
     chain_cpu = {"model": 15.7, "preprocess": 8.2, "postprocess": 3.9, "otel-collector": 0.5, "jaeger": 0.4}
     scenario("chain-http", {1: 40, 4: 70}, 24.0, chain_cpu)
+    scenario("bare-chain", {1: 75, 4: 102}, 13.5, {"model": 10.5, "preprocess": 4.5, "postprocess": 1.5})
     scenario("model-alone", {1: 100, 4: 120}, 9.0, {"model": 12.0})
     scenario("model-alone-batching", {1: 95, 4: 150}, 10.5, {"model": 9.0})
     out = tmp_path / "performance.md"
@@ -183,6 +184,10 @@ def test_the_report_has_the_side_by_side_ladder_the_cpu_table_and_the_batching_t
         "70.0 (c=4)", "0.41×", "0.54×", "24.0", "+13.0", "28.7",
     ]  # fmt: skip
     assert "| our pipeline in process (the chain's twin: same code, no HTTP) | 130.0 (c=4) | 0.76× | 1.00× |" in ladder
+    # the floor of any three-process chain, between the twin and the chain: 102 / 170, p50 13.5 vs 11
+    bare = "| bare chain (the same work in 3 bare HTTP processes: no framework, no telemetry) | 102.0 (c=4) | 0.60× |"
+    assert f"{bare} 0.78× | 13.5 | +2.5 | 16.5 |" in ladder
+    assert ladder.index("| bare chain") < ladder.index("| chain, compose")
     cpu = text.split("## Where the CPU goes")[1].split("\n## ")[0]
     assert (
         "| scenario | c | workers | pipeline (bench process) | postprocess | preprocess | model | otel-collector | jaeger | total |"
@@ -190,6 +195,7 @@ def test_the_report_has_the_side_by_side_ladder_the_cpu_table_and_the_batching_t
     )
     assert "| chain-http | 1 |  |  | 3.90 | 8.20 | 15.70 | 0.50 | 0.40 | 28.70 |" in cpu
     assert "| inprocess | 1 |  | 12.00 |  |  |  |  |  | 12.00 |" in cpu
+    assert "| bare-chain | 1 |  |  | 1.50 | 4.50 | 10.50 |  |  | 16.50 |" in cpu
     targets = text.split("## Targets")[1].split("\n## ")[0]
     assert (
         "chain throughput at saturation vs the straightforward in-process pipeline | ≥ 0.85× | 0.41× (70.0 vs 170.0 req/s) | **missed**"
