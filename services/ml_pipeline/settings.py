@@ -254,7 +254,7 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
         False,
         description="Run concurrent requests' tensors as one batch, as Triton's dynamic batcher does: a batch runs "
         "at `MAX_BATCH` samples or when its oldest request has waited `MAX_QUEUE_DELAY_MS`; shown in `/v2/.../config`. "
-        "Off: on two cores it raised no throughput and cost 1.8–3.5 ms at concurrency 1 (docs/performance.md).",
+        "Off: on two cores it raised no throughput and cost 1.8–4.0 ms at concurrency 1 in two study runs (docs/performance.md).",
     )
     max_queue_delay_ms: float = Field(
         2.0, ge=0, description="Longest a request waits for others to batch with (`DYNAMIC_BATCHING`)."
