@@ -261,6 +261,14 @@ async def _each_concurrency(
     ]
 
 
+def _model_path() -> Path:
+    """The services' ONNX model (converted on first use), for the pipelines built without them."""
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from model.convert import ensure_model
+
+    return ensure_model(load_settings(MonolithSettings).model_path)
+
+
 async def run_straightforward(
     image: Path,
     concurrencies: list[int],
@@ -272,12 +280,10 @@ async def run_straightforward(
 ) -> list[RunResult]:
     """Closed-loop runs of the straightforward pipeline (``straightforward.py``), one process per
     core; its CPU per request is its worker processes' (``workers``)."""
-    from ml_pipeline.settings import MonolithSettings, load_settings
     from ml_pipeline_bench.server_cpu import ProcessCpuMeter
     from ml_pipeline_bench.straightforward import StraightforwardPipeline
-    from model.convert import ensure_model
 
-    pipeline = StraightforwardPipeline(ensure_model(load_settings(MonolithSettings).model_path))
+    pipeline = StraightforwardPipeline(_model_path())
     data = image.read_bytes()  # noqa: ASYNC240
 
     async def send() -> tuple[int, dict[str, float]]:
@@ -312,11 +318,9 @@ async def run_bare_chain(
 ) -> list[RunResult]:
     """Closed-loop runs of the bare chain (``bare_chain.py``) over HTTP like any target; its CPU per
     request is each of its three processes' (from /proc)."""
-    from ml_pipeline.settings import MonolithSettings, load_settings
     from ml_pipeline_bench.bare_chain import BareChain
-    from model.convert import ensure_model
 
-    chain = BareChain(ensure_model(load_settings(MonolithSettings).model_path))
+    chain = BareChain(_model_path())
     url = await asyncio.to_thread(chain.start)
     try:
         results = await run_http(
