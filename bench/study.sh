@@ -151,7 +151,7 @@ run_scenarios() {
   # in-process twin (the same code as the services, no HTTP).
   bench straightforward straightforward
   bench inprocess inprocess
-  # The chain's floor: the yardstick's work in three bare HTTP processes (no framework, no telemetry).
+  # The floor of the chain's stack: the yardstick's work in three bare uvicorn + httpx processes.
   bench bare-chain bare-chain
   bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
   bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"

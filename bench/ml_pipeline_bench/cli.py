@@ -194,7 +194,8 @@ def _add_run_parser(sub: Any) -> None:
         help="route taking a multipart `file` upload (default: /finalize on localhost), "
         "or `inprocess`: the same pipeline called directly, no HTTP (settings from the environment), "
         "or `straightforward`: the yardstick, a plain Pillow + ONNX Runtime pipeline in one process per core, "
-        "or `bare-chain`: the yardstick's work in three bare HTTP processes shaped like the chain (its floor)",
+        "or `bare-chain`: the yardstick's work in three bare uvicorn + httpx processes shaped like the chain "
+        "(the floor of its stack)",
     )
     p_run.add_argument("--image", default="test.jpg", help="the image every request uploads")
     p_run.add_argument("-c", "--concurrency", default="1,2,4,8", help="comma-separated worker counts, one run each")

@@ -318,11 +318,12 @@ async def run_bare_chain(
 ) -> list[RunResult]:
     """Closed-loop runs of the bare chain (``bare_chain.py``) over HTTP like any target; its CPU per
     request is each of its three processes' (from /proc)."""
+    from ml_pipeline.settings import MonolithSettings, load_settings
     from ml_pipeline_bench.bare_chain import BareChain
 
-    chain = BareChain(_model_path())
-    url = await asyncio.to_thread(chain.start)
+    chain = BareChain(_model_path(), load_settings(MonolithSettings).ort_intra_op_threads)  # as the services run
     try:
+        url = chain.start()  # before any load: blocking the loop here delays nothing measured
         results = await run_http(
             url,
             image,

@@ -21,13 +21,13 @@ from ml_pipeline_bench.load import markdown_table
 # Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
 INPROCESS, CHAIN = "inprocess", "chain-http"
 STRAIGHTFORWARD = "straightforward"  # the yardstick: plain Pillow + ONNX Runtime, one process per core
-BARE_CHAIN = "bare-chain"  # the yardstick's work in three bare HTTP processes: any such chain's ceiling here
+BARE_CHAIN = "bare-chain"  # the yardstick's work in three bare uvicorn + httpx processes: the stack's floor
 # The architecture's cost, step by step: the same photo through each, in one run.
 COMPARED = {
     STRAIGHTFORWARD: "straightforward in-process (Pillow + ORT, 1 process per core)",
     INPROCESS: "our pipeline in process (the chain's twin: same code, no HTTP)",
     "monolith": "monolith (one FastAPI service, telemetry on)",
-    BARE_CHAIN: "bare chain (the same work in 3 bare HTTP processes: no framework, no telemetry)",
+    BARE_CHAIN: "bare chain (the yardstick's work in 3 bare uvicorn + httpx processes, no telemetry)",
     "chain-local": "chain, `ml-pipeline serve` (3 processes, telemetry on)",
     CHAIN: "chain, compose as shipped (2 model replicas, telemetry on)",
 }
@@ -599,8 +599,8 @@ def _comparison_lines(s: dict[str, dict[str, Any]]) -> list[str]:
         "The same photo, one run, the same two cores. The in-process twin is our own code without HTTP, so "
         "its ratio to the straightforward pipeline is the code's cost, and the chain's ratio to the twin "
         "the architecture's (hops, telemetry, processes). The bare chain is the chain's shape and work with "
-        "none of this project in it (raw ASGI on uvicorn, httpx, the yardstick's code inline): its ratio is "
-        "about the best any chain of three per-request HTTP processes reaches on this machine.",
+        "none of this project in it (raw ASGI on uvicorn, httpx, the yardstick's code inline, the services' "
+        "ORT threads): its ratio is about the most a three-process chain on this stack reaches on this machine.",
         "",
         *markdown_table([*header, "CPU ms/req (c=1)"], "lrrrrrr", rows),
     ]

@@ -1,5 +1,6 @@
-"""The bare chain: the floor the study compares the chain with — it must do the chain's work (the
-right class, over three real HTTP processes) and meter each process, or its ratio means nothing."""
+"""The bare chain: the lean three-process chain the study compares ours with — it must do the
+yardstick's work (the same answer, over three real HTTP processes), meter each process and leave
+nothing running, or its ratio means nothing."""
 
 import os
 
@@ -16,18 +17,30 @@ from support.data import COFFEE_JPG, ESPRESSO
 pytestmark = pytest.mark.anyio
 
 
+def _model_path():
+    from ml_pipeline.settings import MonolithSettings, load_settings
+    from model.convert import ensure_model
+
+    return ensure_model(load_settings(MonolithSettings).model_path)
+
+
 def test_the_upload_is_cut_out_of_the_multipart_body_byte_for_byte():
     body, content_type = multipart_body(COFFEE_JPG)
     assert multipart_file(body, content_type) == COFFEE_JPG.read_bytes()
+    # the boundary is a parameter like any other: quoted, or followed by another one
+    boundary = content_type.partition("boundary=")[2]
+    assert multipart_file(body, f'multipart/form-data; boundary="{boundary}"; charset=utf-8') == COFFEE_JPG.read_bytes()
 
 
 def test_the_yardsticks_pieces_make_a_top5_of_probabilities():
     x = image_tensor(COFFEE_JPG.read_bytes())
     assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
     assert x.min() >= -1.0 and x.max() <= 1.0  # (x - 127) / 128
-    ranked = top5(np.array([0.0, 3.0, 1.0, 2.0, -1.0, 0.5], np.float32))
+    logits = np.array([0.0, 3.0, 1.0, 2.0, -1.0, 0.5], np.float32)
+    ranked = top5(logits)
     assert [c for c, _ in ranked] == [1, 3, 2, 5, 0]
-    assert ranked[0][1] > ranked[1][1] > 0
+    softmax = np.exp(logits) / np.exp(logits).sum()
+    assert [p for _, p in ranked] == pytest.approx(softmax[[1, 3, 2, 5, 0]].tolist(), rel=1e-6)
 
 
 async def test_several_meters_read_as_one_under_their_own_names():
@@ -38,31 +51,45 @@ async def test_several_meters_read_as_one_under_their_own_names():
 
 
 @pytest.mark.slow
-def test_the_bare_chain_classifies_through_three_processes_and_stops_them():
-    from ml_pipeline.settings import MonolithSettings, load_settings
-    from model.convert import ensure_model
+def test_the_bare_chain_answers_as_the_yardstick_does_through_three_processes_and_stops_them():
+    from ml_pipeline_bench import straightforward
 
-    chain = BareChain(ensure_model(load_settings(MonolithSettings).model_path))
+    model_path = _model_path()
+    chain = BareChain(model_path)
     url = chain.start()
     try:
+        pids = {chain._processes[role].pid for role in ROLES}
+        assert len(pids) == 3 and os.getpid() not in pids
+        assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
         body, content_type = multipart_body(COFFEE_JPG)
         answer = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=30)
         assert answer.status_code == 200
-        (best, probability), *_ = answer.json()["top5"]
-        assert best == ESPRESSO and probability > 0.9
-        assert len({chain.urls[role].split("/")[2] for role in ROLES}) == 3  # three servers, three ports
+        ranked = [tuple(pair) for pair in answer.json()["top5"]]
     finally:
         chain.close()
     assert all(process.poll() is not None for process in chain._processes.values())
+
+    straightforward._load(str(model_path))  # the yardstick's own session, here in this process
+    expected = straightforward.classify(COFFEE_JPG.read_bytes())
+    assert [c for c, _ in ranked] == [c for c, _ in expected] and ranked[0][0] == ESPRESSO
+    assert [p for _, p in ranked] == pytest.approx([p for _, p in expected], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_bare_chain_that_cannot_start_says_so_and_leaves_nothing_running(tmp_path):
+    chain = BareChain(tmp_path / "missing.onnx")
+    with pytest.raises(RuntimeError, match="model did not start"):
+        chain.start(timeout_s=60)
+    assert chain._processes and all(process.poll() is not None for process in chain._processes.values())
 
 
 @pytest.mark.slow
 async def test_a_bare_chain_run_meters_each_of_its_processes():
     from ml_pipeline_bench.load import run_bare_chain
 
-    results = await run_bare_chain(COFFEE_JPG, [1, 2], requests=6, duration_s=None, warmup=1, progress=False)
-    for summary in (r.summary() for r in results):
-        assert (summary["target"], summary["requests"], summary["errors"]) == ("bare-chain", 6, 0)
-        cpu = summary["server_cpu_ms_per_request"]
-        assert set(cpu) == set(ROLES) and all(ms > 0 for ms in cpu.values())
-        assert cpu["model"] > cpu["postprocess"]  # the inference is where it should be
+    results = await run_bare_chain(COFFEE_JPG, [2], requests=40, duration_s=None, warmup=2, progress=False)
+    (summary,) = (r.summary() for r in results)
+    assert (summary["target"], summary["requests"], summary["errors"]) == ("bare-chain", 40, 0)
+    cpu = summary["server_cpu_ms_per_request"]
+    assert set(cpu) == set(ROLES)
+    assert cpu["model"] > cpu["postprocess"] > 0  # the inference is where it should be; every process counted

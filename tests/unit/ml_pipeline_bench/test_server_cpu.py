@@ -185,9 +185,11 @@ def test_the_report_has_the_side_by_side_ladder_the_cpu_table_and_the_batching_t
     ]  # fmt: skip
     assert "| our pipeline in process (the chain's twin: same code, no HTTP) | 130.0 (c=4) | 0.76× | 1.00× |" in ladder
     # the floor of any three-process chain, between the twin and the chain: 102 / 170, p50 13.5 vs 11
-    bare = "| bare chain (the same work in 3 bare HTTP processes: no framework, no telemetry) | 102.0 (c=4) | 0.60× |"
+    bare = (
+        "| bare chain (the yardstick's work in 3 bare uvicorn + httpx processes, no telemetry) | 102.0 (c=4) | 0.60× |"
+    )
     assert f"{bare} 0.78× | 13.5 | +2.5 | 16.5 |" in ladder
-    assert ladder.index("| bare chain") < ladder.index("| chain, compose")
+    assert ladder.index("| our pipeline in process") < ladder.index("| bare chain") < ladder.index("| chain, compose")
     cpu = text.split("## Where the CPU goes")[1].split("\n## ")[0]
     assert (
         "| scenario | c | workers | pipeline (bench process) | postprocess | preprocess | model | otel-collector | jaeger | total |"
