@@ -39,8 +39,14 @@ def encode_json(tensor: np.ndarray) -> bytes:
     return json.dumps({"shape": list(tensor.shape), "dtype": str(tensor.dtype), "data": tensor.tolist()}).encode()
 
 
-def decode_json(body: bytes) -> np.ndarray:
-    """``{"shape": [...], "dtype": "float32", "data": nested lists}`` → the array, or 400."""
+def decode_json(body: bytes, budget: codec.JsonBudget | None = None) -> np.ndarray:
+    """``{"shape": [...], "dtype": "float32", "data": nested lists}`` → the array, or 400.
+
+    With a ``budget`` (the model passes the largest tensor it accepts), a body holding more lists,
+    objects or values than that is refused before ``json.loads`` builds them. Slow (seconds for a
+    16-image batch, most of it holding the GIL): callers run it in a worker thread."""
+    if budget is not None:
+        codec.check_json_budget(body, budget, what="the JSON tensor", code="invalid_tensor")
     try:
         doc = json.loads(body)
         shape, dtype, data = doc["shape"], doc["dtype"], doc["data"]
@@ -49,9 +55,11 @@ def decode_json(body: bytes) -> np.ndarray:
             'send {"shape": [...], "dtype": "float32", "data": [...]} as JSON', code="invalid_tensor"
         ) from None
     if dtype != "float32":
-        raise BadRequest(f"tensor dtype {dtype!r} is not float32", code="invalid_tensor")
+        raise BadRequest(f"tensor dtype {_shown(dtype)} is not float32", code="invalid_tensor")
     if not isinstance(shape, list) or len(shape) > codec.MAX_DIMS:
-        raise BadRequest(f"tensor shape {shape!r} is not a list of up to {codec.MAX_DIMS} sizes", code="invalid_tensor")
+        raise BadRequest(
+            f"tensor shape {_shown(shape)} is not a list of up to {codec.MAX_DIMS} sizes", code="invalid_tensor"
+        )
     try:
         array = np.asarray(data, dtype=np.float32)
     except MemoryError:
@@ -61,6 +69,12 @@ def decode_json(body: bytes) -> np.ndarray:
     if list(array.shape) != shape:
         raise BadRequest(f"tensor data has shape {list(array.shape)}, not the declared {shape}", code="invalid_tensor")
     return array
+
+
+def _shown(value: object) -> str:
+    """A client's JSON value as JSON text, cut short: what it sent, never a Python repr."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------- volume
@@ -77,7 +91,7 @@ def decode_reference(body: bytes) -> str:
         raise BadRequest('send the tensor reference as {"name": "<file name>"}', code="invalid_reference") from None
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         # Not a name write_tensor could have made: paths, "..", absolute names, other files.
-        raise BadRequest(f"tensor reference {name!r} is not a hand-off file name", code="invalid_reference")
+        raise BadRequest(f"tensor reference {_shown(name)} is not a hand-off file name", code="invalid_reference")
     return name
 
 

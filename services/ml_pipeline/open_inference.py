@@ -6,18 +6,26 @@ data extension, as raw little-endian bytes after the JSON (whose length the
 
 Pipeline core: json and numpy only. The model's v2 routes decode requests and encode responses
 with it; preprocess's ``v2-http`` hand-off encodes requests and decodes responses. Anything a
-client can get wrong is a ``BadRequest`` naming what and where; nothing else escapes.
+client can get wrong is a ``BadRequest`` naming what and where (in its own words: never an
+exception's name or a Python repr); nothing else escapes.
+
+Bounded before parsed: the JSON part is counted against a ``JsonBudget`` (``ml_pipeline.codec``)
+before ``json.loads`` builds it, each shape against the elements allowed (zero dimensions
+included), and each binary tensor and the binary section as a whole against the bytes there.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ml_pipeline.codec import JsonBudget, check_json_budget
 from ml_pipeline.errors import BadRequest, PipelineError
 
 # The protocol's tensor datatypes this server reads and writes (BYTES, strings, is not one of them).
@@ -37,6 +45,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 MAX_DIMS = 32
 CODE = "invalid_inference_request"
+_BYTE_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
 
 
 class ModelNotFound(PipelineError):
@@ -45,6 +54,14 @@ class ModelNotFound(PipelineError):
 
 def invalid(message: str) -> BadRequest:
     return BadRequest(message, code=CODE)
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A client's value in a message: a string quoted, anything else as JSON text; cut short."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    text = json.dumps(value, default=lambda _: "?")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -77,21 +94,41 @@ class InferenceRequest:
 # --------------------------------------------------------------------------- bodies with a binary section
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
-    """The JSON object and the binary section after it (empty without the extension)."""
+def json_length(body_length: int, header_length: str | None) -> int:
+    """How many bytes of a body are JSON: all of it, or what ``Inference-Header-Content-Length`` says
+    (all of it when that is not a byte count within the body: ``split_body`` then refuses it)."""
+    if header_length is not None and _BYTE_COUNT.fullmatch(header_length):
+        return min(int(header_length), body_length)
+    return body_length
+
+
+def split_body(body: bytes, header_length: str | None, budget: JsonBudget) -> tuple[Any, memoryview]:
+    """The JSON object and the binary section after it (empty without the extension). The JSON part
+    is counted against ``budget`` before it is parsed."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
-        if not header_length.isdigit():
-            raise invalid(f"Inference-Header-Content-Length must be a byte count, not {header_length[:40]!r}")
+        if not _BYTE_COUNT.fullmatch(header_length):
+            raise invalid(
+                f"Inference-Header-Content-Length must be a byte count in ASCII digits, not {shown(header_length, 40)}"
+            )
         length = int(header_length)
         if length > len(body):
             raise invalid(f"Inference-Header-Content-Length {length} is past the end of the {len(body)}-byte body")
         json_part, binary = body[:length], memoryview(body)[length:]
+    check_json_budget(json_part, budget, what="the inference header (JSON)", code=CODE)
     try:
         document = json.loads(json_part)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise invalid(f"the inference header is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise invalid(
+            f"the inference header is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise invalid("the inference header is not valid JSON: it is not UTF-8 text") from None
+    except RecursionError:
+        raise invalid("the inference header is not valid JSON: it nests too deeply") from None
+    except ValueError:  # a number of thousands of digits, …
+        raise invalid("the inference header is not valid JSON: it holds a number too long to read") from None
     if not isinstance(document, dict):
         raise invalid("the inference header must be a JSON object")
     return document, binary
@@ -111,7 +148,7 @@ def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_DIMS:
         raise invalid(f"{where}: shape must be a list of at most {MAX_DIMS} dimensions")
     if not all(type(d) is int and 0 <= d < 2**63 for d in value):
-        raise invalid(f"{where}: shape {value!r} must hold non-negative integers")
+        raise invalid(f"{where}: shape {shown(value)} must hold non-negative integers")
     return tuple(value)
 
 
@@ -127,24 +164,34 @@ def tensor_from(
 ) -> np.ndarray:
     """One tensor as the protocol describes it, from its raw little-endian bytes or from its
     elements (``data``: nested or flat lists, JSON's or gRPC's typed contents), checked."""
-    where = f"{where} {name!r}"
+    where = f"{where} {shown(name)}"
     if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise invalid(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+        raise invalid(f"{where}: datatype {shown(datatype)} is not one of {', '.join(DATATYPES)}")
     dtype = DATATYPES[datatype]
     dims = _shape(shape, where)
     count = math.prod(dims)
     if count > max_elements:
         raise invalid(f"{where}: shape {list(dims)} holds {count} elements, more than the {max_elements} allowed")
+    if math.prod(d for d in dims if d) > max_elements:  # [2**62, 2**62, 0]: empty, yet no array has that shape
+        raise invalid(
+            f"{where}: shape {list(dims)} is empty but its other dimensions exceed the {max_elements} allowed"
+        )
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise invalid(
                 f"{where}: {len(raw)} bytes of data for {count} {datatype} elements ({count * dtype.itemsize} bytes)"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(dims)
+    if not isinstance(data, (list, str, dict)) and isinstance(data, Sized) and len(data) != count:
+        # gRPC's typed contents: flat, so their length is checked before a million are converted.
+        raise invalid(f"{where}: data holds {len(data)} elements, shape {list(dims)} needs {count}")
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"{where}: data is not {datatype}: {exc}") from None
+        with np.errstate(over="ignore"):  # 1e39 as FP32 is infinite, as IEEE says: a finite check is the model's
+            array = np.asarray(data, dtype=dtype)
+    except OverflowError:
+        raise invalid(f"{where}: data is not {datatype}: a value is out of its range") from None
+    except (ValueError, TypeError):
+        raise invalid(f"{where}: data is not {datatype}: not numbers in regular nested or flat lists") from None
     if array.size != count:
         raise invalid(f"{where}: data holds {array.size} elements, shape {list(dims)} needs {count}")
     return array.reshape(dims)
@@ -175,9 +222,12 @@ def _tensor(
     return name, tensor_from(name, datatype, shape, raw=raw, where=where, max_elements=max_elements), size
 
 
-def decode_request(body: bytes, header_length: str | None, *, max_elements: int) -> InferenceRequest:
-    """An inference request as the server reads it; ``max_elements`` bounds each tensor."""
-    document, binary = split_body(body, header_length)
+def decode_request(
+    body: bytes, header_length: str | None, *, max_elements: int, json_budget: JsonBudget | None = None
+) -> InferenceRequest:
+    """An inference request as the server reads it; ``max_elements`` bounds each tensor, and
+    ``json_budget`` its JSON part (by default: ``max_elements`` values in all, however nested)."""
+    document, binary = split_body(body, header_length, json_budget or JsonBudget.for_elements(max_elements))
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("inputs must be a non-empty list")
@@ -189,14 +239,20 @@ def decode_request(body: bytes, header_length: str | None, *, max_elements: int)
             raise invalid(f"input {name!r} is given twice")
         inputs[name] = array
         offset += used
-    if offset != len(binary):
-        raise invalid(f"the binary data has {len(binary)} bytes but the inputs declare {offset}")
+    _check_binary_size(binary, offset, "inputs")
     return InferenceRequest(
         inputs=inputs,
         outputs=_requested_outputs(document.get("outputs", [])),
         id=_request_id(document.get("id")),
         binary_output=_binary_output(document.get("parameters", {})),
     )
+
+
+def _check_binary_size(binary: memoryview, declared: int, kind: str) -> None:
+    """The binary section holds exactly the tensors' ``binary_data_size`` bytes, no more, no fewer
+    (each tensor was already checked to end within it: this is the guarantee again, as a whole)."""
+    if declared != len(binary):
+        raise invalid(f"the binary data has {len(binary)} bytes but the {kind} declare {declared}")
 
 
 def _requested_outputs(raw: object) -> list[RequestedOutput]:
@@ -249,12 +305,25 @@ def _encode(
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = _json_values(array)
         entries.append(entry)
-    header = json.dumps({**document, tensors_key: entries}, separators=(",", ":")).encode()
+    # allow_nan=False: never a bare NaN or Infinity, which no JSON parser but Python's reads.
+    header = json.dumps({**document, tensors_key: entries}, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
+
+
+def _json_values(array: np.ndarray) -> list[Any]:
+    """A tensor's elements as JSON values, flat. JSON has no NaN or infinity: a non-finite float is
+    written as ``null`` (as JavaScript's ``JSON.stringify``, orjson and MLServer write it), which
+    NumPy reads back as NaN for a float datatype; the exact value (its sign, infinity) travels only
+    as binary data (``binary_data_output``)."""
+    flat = array.ravel()
+    values: list[Any] = flat.tolist()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():  # rare: the plain list stays the fast path
+        return [value if math.isfinite(value) else None for value in values]
+    return values
 
 
 def encode_response(
@@ -287,10 +356,12 @@ class InferenceResponse:
 
 def decode_response(body: bytes, header_length: str | None, *, max_elements: int) -> InferenceResponse:
     """A client's reading of a server's answer. A malformed answer is a ``BadRequest`` here too;
-    the caller decides whose fault it is (for a client: the server's)."""
-    document, binary = split_body(body, header_length)
+    the caller decides whose fault it is (for a client: the server's). The same bounds as a
+    request's: the JSON part counted before it is parsed, every tensor's bytes and all of them."""
+    document, binary = split_body(body, header_length, JsonBudget.for_elements(max_elements))
     if "error" in document:
-        raise invalid(f"the server answered an error: {document['error']}")
+        error = document["error"]
+        raise invalid(f"the server answered an error: {error[:300] if isinstance(error, str) else shown(error)}")
     raw_outputs = document.get("outputs")
     if not isinstance(raw_outputs, list):
         raise invalid("outputs must be a list")
@@ -300,5 +371,6 @@ def decode_response(body: bytes, header_length: str | None, *, max_elements: int
         name, array, used = _tensor(raw, f"outputs[{i}]", binary, offset, max_elements=max_elements)
         outputs[name] = array
         offset += used
+    _check_binary_size(binary, offset, "outputs")
     model_name = document.get("model_name")
     return InferenceResponse(model_name if isinstance(model_name, str) else "", outputs)

@@ -7,6 +7,10 @@ process holding both (a test, a tool) would otherwise fail to import the second.
 
 Tensors travel as ``raw_input_contents`` / ``raw_output_contents`` (little-endian bytes, the fast
 way); typed ``contents`` lists are read too. Checks and errors are ``ml_pipeline.open_inference``'s.
+
+The server parses requests itself (``parse``), not gRPC's deserializer: undecodable bytes are then a
+400 (``INVALID_ARGUMENT``) saying so, and the fields are counted on the wire before protobuf builds
+an object for each (a few megabytes of empty ``inputs`` would otherwise be millions of messages).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError
 
 from ml_pipeline.open_inference import (
+    MAX_DIMS,
     InferenceRequest,
     InferenceResponse,
     RequestedOutput,
@@ -28,6 +35,9 @@ from ml_pipeline.open_inference import (
 
 SERVICE = "inference.GRPCInferenceService"
 DESCRIPTOR_SET = Path(__file__).parent / "protos" / "open_inference.binpb"
+# Fields of one request, nested ones included (a packed list is one): a real ModelInferRequest has a
+# few dozen. Counted in Python before protobuf parses, so a hostile message costs at most this many steps.
+MAX_WIRE_FIELDS = 4096
 
 
 def _load_messages() -> dict[str, Any]:
@@ -61,6 +71,57 @@ _CONTENTS_FIELD = {
 }
 
 
+def parse(message_type: Any, data: bytes) -> Any:
+    """``data`` as a ``message_type`` message, or a 400: bytes that are not one, or that hold more
+    than ``MAX_WIRE_FIELDS`` fields (counted before protobuf builds an object for each)."""
+    descriptor = message_type.DESCRIPTOR
+    _count_fields(memoryview(data), descriptor, [MAX_WIRE_FIELDS], descriptor.name)
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise invalid(f"the request is not a valid {descriptor.name} protobuf message") from None
+
+
+def _count_fields(data: memoryview, descriptor: Descriptor, left: list[int], name: str) -> None:
+    """Walk ``data``'s fields (into the ones that are messages) without building any, taking one
+    from ``left[0]`` for each; a 400 when they run out or the bytes are not protobuf's wire format."""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos, name)
+        left[0] -= 1
+        if left[0] < 0:
+            raise invalid(f"the request holds more than {MAX_WIRE_FIELDS} protobuf fields: no {name} needs that many")
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos, name)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length, pos = _varint(data, pos, name)
+            if pos + length > end:
+                break
+            field = descriptor.fields_by_number.get(number)
+            if field is not None and field.message_type is not None:
+                _count_fields(data[pos : pos + length], field.message_type, left, name)
+            pos += length
+        else:  # groups (3, 4) are proto2's, and 6, 7 are no wire type
+            break
+    if pos != end:
+        raise invalid(f"the request is not a valid {name} protobuf message")
+
+
+def _varint(data: memoryview, pos: int, name: str) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise invalid(f"the request is not a valid {name} protobuf message")
+
+
 def _tensors(tensors: Any, raw_contents: Any, kind: str, *, max_elements: int) -> list[tuple[str, np.ndarray]]:
     """(name, array) of each input or output tensor message, from its raw bytes (the
     ``raw_*_contents`` entry in the same position) or its typed ``contents``."""
@@ -69,7 +130,10 @@ def _tensors(tensors: Any, raw_contents: Any, kind: str, *, max_elements: int) -
         raise invalid(f"raw_{kind[:-1]}_contents has {len(raw)} entries for {len(tensors)} {kind}")
     arrays = []
     for i, tensor in enumerate(tensors):
-        where, shape = f"{kind}[{i}]", list(tensor.shape)
+        where = f"{kind}[{i}]"
+        if len(tensor.shape) > MAX_DIMS:  # before a list of millions of dimensions is made
+            raise invalid(f"{where}: shape must be a list of at most {MAX_DIMS} dimensions")
+        shape = list(tensor.shape)
         if raw:
             array = tensor_from(tensor.name, tensor.datatype, shape, raw=raw[i], where=where, max_elements=max_elements)
         else:

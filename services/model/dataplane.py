@@ -17,7 +17,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ml_pipeline import codec, deadline, handoff, metrics, open_inference
 from ml_pipeline.errors import BadRequest, UnsupportedMediaType
-from ml_pipeline.open_inference import InferenceRequest, ModelNotFound
+from ml_pipeline.open_inference import InferenceRequest, ModelNotFound, shown
 from ml_pipeline.settings import ModelSettings
 from ml_pipeline.telemetry import StageTimer
 from ml_pipeline.wire import (
@@ -38,7 +38,13 @@ from model.convert import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 MODEL_VERSION = "1"  # the one version served (the protocol's routes may name it)
 NPY_HEADER_BYTES = 4096  # room for a .npy header, however it is padded
 REFERENCE_MAX_BYTES = 1024  # {"name": "<32 hex>.npy"} is ~50 bytes: no megabytes for json.loads
-JSON_BYTES_PER_FLOAT = 24  # the JSON baseline spends up to ~24 characters per float
+# A float32 as Python's json writes it (`.tolist()`, ", " between): normalized pixels and normals
+# average 20.4-20.6 bytes, the longest (-1.2345678e-05 written to 17 digits) 25; preprocess's own
+# values (k/128) at most 12. 24 a float holds any realistic batch; the JSON budget, not this, bounds
+# what parsing it may cost.
+JSON_BYTES_PER_FLOAT = 24
+GRPC_OVERHEAD_BYTES = 64 * 1024  # a ModelInferRequest's names, shape and parameters beside its tensor bytes
+INLINE_JSON_BYTES = 64 * 1024  # a v2 request with more JSON than this is decoded in a worker thread
 
 
 def validate_batch(x: np.ndarray, max_batch: int) -> None:
@@ -70,9 +76,14 @@ class Predictor:
         self.settings = settings
         self.backend: Backend | None = None  # until load() finished: /ready says "loading"
         floats = settings.max_batch * int(np.prod(INPUT_SHAPE))
-        self.max_tensor_bytes = floats * 4 + NPY_HEADER_BYTES
-        self.max_body_bytes = floats * JSON_BYTES_PER_FLOAT + NPY_HEADER_BYTES  # the verbose JSON baseline
+        self.max_tensor_bytes = floats * 4 + NPY_HEADER_BYTES  # a binary body: .npy, or v2's raw bytes over gRPC
+        self.max_grpc_bytes = self.max_tensor_bytes + GRPC_OVERHEAD_BYTES  # raw or packed FP32: 4 bytes a float
+        # A JSON body (/predict's JSON hand-off, a v2 request): the largest batch written as JSON text.
+        self.max_json_bytes = floats * JSON_BYTES_PER_FLOAT + NPY_HEADER_BYTES
+        self.max_body_bytes = self.max_json_bytes  # the largest any route takes: the app-wide bound
         self.max_elements = floats  # of any one tensor a request may bring
+        # What a JSON body may hold, counted before it is parsed: the largest batch as nested lists.
+        self.json_budget = codec.JsonBudget.for_shape((settings.max_batch, *INPUT_SHAPE))
         self.batcher: DynamicBatcher | None = None  # DYNAMIC_BATCHING: requests' tensors run together
 
     async def load(self, tracer: trace.Tracer | None = None) -> None:
@@ -109,7 +120,7 @@ class Predictor:
     def body_limit(self, transport: str) -> int:
         """A binary body gets the tensor's size, a file reference a few hundred bytes; only the
         JSON baseline needs more."""
-        return {"json": self.max_body_bytes, "volume": REFERENCE_MAX_BYTES}.get(transport, self.max_tensor_bytes)
+        return {"json": self.max_json_bytes, "volume": REFERENCE_MAX_BYTES}.get(transport, self.max_tensor_bytes)
 
     async def predict(self, body: bytes, transport: str, timer: StageTimer) -> Logits:
         backend = self._loaded()
@@ -119,7 +130,7 @@ class Predictor:
             if transport == "http":
                 batch = codec.decode(body)
             elif transport == "json":
-                batch = await anyio.to_thread.run_sync(handoff.decode_json, body)
+                batch = await anyio.to_thread.run_sync(handoff.decode_json, body, self.json_budget)
             else:
                 name = handoff.decode_reference(body)
                 start = time.perf_counter()
@@ -165,9 +176,11 @@ class Predictor:
         """The backend serving model ``name`` (at ``version``); 404 for any other."""
         backend = self._loaded()
         if name != backend.name:
-            raise ModelNotFound(f"unknown model {name!r}: this server serves {backend.name!r}")
+            raise ModelNotFound(f"unknown model {shown(name)}: this server serves {backend.name!r}")
         if version is not None and version != MODEL_VERSION:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}: it has version {MODEL_VERSION!r}")
+            raise ModelNotFound(
+                f"model {shown(name)} has no version {shown(version)}: it has version {MODEL_VERSION!r}"
+            )
         return backend
 
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -230,7 +243,7 @@ class Predictor:
         unknown = sorted(set(wanted) - set(OUTPUTS))
         if unknown:
             raise open_inference.invalid(
-                f"model {name!r} has no output {unknown[0]!r}; its outputs are {list(OUTPUTS)}"
+                f"model {shown(name)} has no output {shown(unknown[0])}; its outputs are {shown(list(OUTPUTS))}"
             )
         logits = await self._infer(backend, batch, timer)
         return backend, request, {output: OUTPUTS[output](logits) for output in wanted}
@@ -238,10 +251,19 @@ class Predictor:
     async def infer_http(
         self, name: str, version: str | None, body: bytes, header_length: str | None, timer: StageTimer
     ) -> OpenInferenceAnswer:
-        """``POST /v2/models/{name}[/versions/{version}]/infer``: each output inline or binary, as asked."""
-        decode = partial(open_inference.decode_request, body, header_length, max_elements=self.max_elements)
+        """``POST /v2/models/{name}[/versions/{version}]/infer``: each output inline or binary, as asked.
+        Its JSON part is counted against ``json_budget`` before it is parsed, in a worker thread when
+        it is large (a JSON part may carry the tensor inline, with or without a binary section)."""
+        decode = partial(
+            open_inference.decode_request,
+            body,
+            header_length,
+            max_elements=self.max_elements,
+            json_budget=self.json_budget,
+        )
+        offload = open_inference.json_length(len(body), header_length) > INLINE_JSON_BYTES
         backend, request, outputs = await self.infer(
-            name, version, decode, timer, transport="v2-http", body_bytes=len(body), offload=header_length is None
+            name, version, decode, timer, transport="v2-http", body_bytes=len(body), offload=offload
         )
         encode = partial(open_inference.encode_response, backend.name, MODEL_VERSION, outputs, request)
         answer, json_length = await anyio.to_thread.run_sync(encode)
@@ -250,7 +272,7 @@ class Predictor:
     def _input_batch(self, name: str, request: InferenceRequest) -> np.ndarray:
         if set(request.inputs) != {INPUT_NAME}:
             raise open_inference.invalid(
-                f"model {name!r} takes one input, {INPUT_NAME!r}; got {sorted(request.inputs)}"
+                f"model {shown(name)} takes one input, {INPUT_NAME!r}; got {shown(sorted(request.inputs))}"
             )
         batch = request.inputs[INPUT_NAME]
         if batch.dtype != np.float32:

@@ -9,10 +9,16 @@ the caller's gRPC deadline (and ``REQUEST_TIMEOUT_S``), and refused with ``RESOU
 beyond ``MAX_IN_FLIGHT`` + ``MAX_QUEUE`` calls at once. Errors are the protocol's: a gRPC status
 with the message. The answer's trailing metadata carries ``x-trace-id``, and its initial metadata
 the model's name, backend and replica (as the HTTP headers do).
+
+Requests arrive as bytes and are parsed by the handler (``open_inference_grpc.parse``): bytes that
+are no such message are ``INVALID_ARGUMENT`` saying so, not gRPC's ``UNKNOWN``; a failure of ours is
+``INTERNAL`` with no exception's name or words (those go to the log). Messages are bounded by the
+largest binary batch (``max_grpc_bytes``), not by the JSON limit: FP32 travels as 4 bytes a float.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -53,7 +59,8 @@ HTTP_STATUSES = {
     grpc.StatusCode.CANCELLED: CLIENT_CLOSED,
     grpc.StatusCode.UNIMPLEMENTED: 501,
 }
-Handler = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[bytes, aio.ServicerContext], Awaitable[Any]]
+log = logging.getLogger("model.grpc")
 
 
 class OpenInferenceService:
@@ -108,11 +115,13 @@ class OpenInferenceService:
         return grpc_codec.encode_response(backend.name, MODEL_VERSION, outputs, decoded.id)
 
     def handler(self, method: str) -> Handler:
-        """``method`` with the request's deadline, its metrics and log line, and errors as gRPC statuses."""
+        """``method`` with its request parsed, the request's deadline, its metrics and log line, and
+        errors as gRPC statuses."""
         call = getattr(self, method)
         route = f"/{grpc_codec.SERVICE}/{method}"
+        request_type = grpc_codec.METHODS[method][0]
 
-        async def handle(request: Any, context: aio.ServicerContext) -> Any:
+        async def handle(data: bytes, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             left = context.time_remaining()
@@ -120,7 +129,7 @@ class OpenInferenceService:
                 self.settings.request_timeout_s if left is None else min(left, self.settings.request_timeout_s)
             )
             try:
-                response = await call(request, context)
+                response = await call(grpc_codec.parse(request_type, data), context)
                 context.set_trailing_metadata(self._trace_metadata())
                 return response
             except PipelineError as error:
@@ -128,9 +137,10 @@ class OpenInferenceService:
                 await context.abort(code, error.message, trailing_metadata=self._trace_metadata())
             except aio.AbortError:
                 raise
-            except Exception:
+            except Exception:  # gRPC itself would answer UNKNOWN with the exception's class and words
                 code = grpc.StatusCode.INTERNAL
-                raise
+                log.exception("unhandled error in %s", route)
+                await context.abort(code, "internal error", trailing_metadata=self._trace_metadata())
             finally:
                 deadline.reset(token)
                 status = HTTP_STATUSES.get(code, 500)
@@ -152,18 +162,17 @@ async def start_grpc_server(
         interceptors=[aio_server_interceptor(tracer_provider=provider)],
         maximum_concurrent_rpcs=settings.max_in_flight + settings.max_queue,
         options=[
-            ("grpc.max_receive_message_length", predictor.max_body_bytes),
-            ("grpc.max_send_message_length", predictor.max_body_bytes),
+            ("grpc.max_receive_message_length", predictor.max_grpc_bytes),
+            ("grpc.max_send_message_length", predictor.max_grpc_bytes),
         ],
     )
     implementation = OpenInferenceService(predictor, settings, tracer, service)
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(
-            implementation.handler(method),
-            request_deserializer=request_type.FromString,
+            implementation.handler(method),  # parses the request bytes itself
             response_serializer=response_type.SerializeToString,
         )
-        for method, (request_type, response_type) in grpc_codec.METHODS.items()
+        for method, (_, response_type) in grpc_codec.METHODS.items()
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(grpc_codec.SERVICE, handlers)])
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")

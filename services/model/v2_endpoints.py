@@ -78,7 +78,7 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, service: str) -> None:
             openapi_extra={"requestBody": {**_BINARY_OR_JSON, "required": True}},
         )
         async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
-            body = await read_body(request, predictor.max_body_bytes)
+            body = await read_body(request, predictor.max_json_bytes)  # any v2 body may carry JSON tensors
             header_length = request.headers.get(INFERENCE_HEADER_LENGTH_HEADER)
             answer = await predictor.infer_http(
                 name, version, body, header_length, StageTimer(request.app.state.tracer, service)

@@ -8,8 +8,8 @@ crash: a 500 that the service would answer for that body.
   does with an upload); the result must be a ``[1,3,224,224]`` float32 tensor.
 * ``npy``: ``ml_pipeline.codec.decode`` (the ``application/x-npy`` body of ``/predict``, and the
   model's answer in postprocess), then ``model.dataplane.validate_batch`` as ``/predict`` does next.
-* ``json``: ``ml_pipeline.handoff.decode_json`` (the ``application/json`` body of ``/predict``),
-  then ``validate_batch``.
+* ``json``: ``ml_pipeline.handoff.decode_json`` (the ``application/json`` body of ``/predict``,
+  counted against the model's JSON budget as the model does), then ``validate_batch``.
 * ``oip``: ``ml_pipeline.open_inference.decode_request`` (the body of the Open Inference
   Protocol's ``/v2/models/{name}/infer``), then ``validate_batch`` on its ``input``. An input with a
   newline is a binary-extension body: the JSON before the first newline, the binary data after it
@@ -106,9 +106,18 @@ def check_npy(data: bytes) -> None:
 
 
 def check_json(data: bytes) -> None:
+    from functools import partial
+
     from ml_pipeline import handoff
 
-    _check_batch(handoff.decode_json, data)
+    _check_batch(partial(handoff.decode_json, budget=_model_json_budget()), data)
+
+
+def _model_json_budget():
+    """What the model counts a JSON body against before parsing it (``Predictor.json_budget``)."""
+    from ml_pipeline.codec import JsonBudget
+
+    return JsonBudget.for_shape((MAX_BATCH, 3, 224, 224))
 
 
 def check_oip(data: bytes) -> None:
@@ -118,7 +127,9 @@ def check_oip(data: bytes) -> None:
     header, newline, binary = data.partition(b"\n")
     body, header_length = (header + binary, str(len(header))) if newline else (data, None)
     try:
-        request = open_inference.decode_request(body, header_length, max_elements=MAX_BATCH * 3 * 224 * 224)
+        request = open_inference.decode_request(
+            body, header_length, max_elements=MAX_BATCH * 3 * 224 * 224, json_budget=_model_json_budget()
+        )
         for name, array in request.inputs.items():
             if not isinstance(name, str) or array.dtype.hasobject:
                 raise AssertionError(f"input {name!r}: {array.dtype}")

@@ -1,10 +1,13 @@
 import io
+import json
 import pickle
+import time
 
 import numpy as np
 import pytest
 
 from ml_pipeline import codec
+from ml_pipeline.errors import BadRequest
 
 DTYPES = [
     "float32",
@@ -141,3 +144,70 @@ def test_every_prefix_and_byte_flip_of_a_tensor_is_an_array_or_a_400():
             codec.decode(body)
         except codec.TensorDecodeError as exc:
             assert exc.status == 400
+
+
+@pytest.mark.parametrize("shape", [(2**31, 2**31, 0), (0, 2**31, 2**31), (2**20, 0, 2**20, 2**20)])
+def test_an_empty_shape_whose_other_dimensions_overflow_is_a_400_not_numpys_error(shape):
+    """The byte count is 0 whatever the other dimensions say; numpy still cannot make the array."""
+    body = _npy(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}}}")
+    with pytest.raises(codec.TensorDecodeError, match="too large") as info:
+        codec.decode(body)
+    assert info.value.status == 400
+
+
+def test_an_empty_shape_that_fits_still_decodes():
+    assert codec.decode(codec.encode(np.zeros((0, 3, 224, 224), np.float32))).shape == (0, 3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _npy("{'descr': x, 'fortran_order': False, 'shape': (2,)}"),  # literal_eval: "<ast.Name object at 0x…>"
+        _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)}", version=(9, 0)),
+        b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100,
+        b"garbage",
+    ],
+)
+def test_header_errors_say_what_is_wrong_not_what_numpy_raised(body):
+    with pytest.raises(codec.TensorDecodeError) as info:
+        codec.decode(body)
+    for leak in ("Error", "<", "0x", "ast."):
+        assert leak not in info.value.message, info.value.message
+
+
+# --------------------------------------------------------------------------- JSON budgets
+
+
+def test_a_json_budget_for_a_shape_fits_that_tensor_nested_and_flat():
+    x = np.ones((2, 3, 4, 5), np.float32)
+    budget = codec.JsonBudget.for_shape(x.shape)
+    assert budget.lists == 1 + 2 + 6 + 24 + codec.JSON_SLACK
+    for data in (x.tolist(), x.ravel().tolist()):
+        codec.check_json_budget(json.dumps({"data": data}).encode(), budget, what="it", code="c")
+
+
+@pytest.mark.parametrize(
+    "body, kind",
+    [
+        (b"[" + b"[]," * 2000 + b"[]]", "lists"),
+        (b"[" + b"0," * 5000 + b"0]", "values"),
+        (b"[" + b"{}," * 2000 + b"{}]", "objects"),
+        (b"[" + b'"a",' * 1100 + b"0]", "strings"),
+        (b'{"a":{' + b"1:" * 2000 + b"}}", "object members"),
+    ],
+)
+def test_a_json_body_over_its_budget_is_refused_before_it_is_parsed(body, kind):
+    budget = codec.JsonBudget(values=4000, lists=1500)
+    with pytest.raises(BadRequest) as info:
+        codec.check_json_budget(body, budget, what="the body", code="invalid_x")
+    assert (info.value.status, info.value.code) == (400, "invalid_x")
+    assert f"more {kind}" in info.value.message
+
+
+def test_a_hostile_json_body_is_refused_after_its_first_chunk():
+    """Counted a megabyte at a time: 50 MB of ``[],`` stops after the first, in milliseconds."""
+    body = b"[" + b"[]," * 17_000_000 + b"[]]"
+    start = time.perf_counter()
+    with pytest.raises(BadRequest, match="more lists"):
+        codec.check_json_budget(body, codec.JsonBudget.for_shape((16, 3, 224, 224)), what="it", code="c")
+    assert time.perf_counter() - start < 0.1

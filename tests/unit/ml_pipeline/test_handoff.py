@@ -40,6 +40,30 @@ def test_malformed_json_tensors_are_400(body, words):
         handoff.decode_json(body)
 
 
+def test_a_json_tensor_is_counted_against_the_budget_before_it_is_parsed():
+    budget = codec.JsonBudget.for_shape((1, 3, 224, 224))
+    x = tensor()
+    np.testing.assert_array_equal(handoff.decode_json(handoff.encode_json(x), budget), x)  # the largest fits
+    hostile = b'{"shape": [1, 3, 224, 224], "dtype": "float32", "data": [' + b"[]," * 1_000_000 + b"[]]}"
+    with pytest.raises(BadRequest, match="more lists") as refused:
+        handoff.decode_json(hostile, budget)
+    assert refused.value.code == "invalid_tensor"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"shape": [1], "dtype": {"a": [true]}, "data": [1]}',
+        b'{"shape": {"a": null}, "dtype": "float32", "data": [1]}',
+    ],
+)
+def test_json_tensor_messages_show_the_json_sent_not_a_python_repr(body):
+    with pytest.raises(BadRequest) as refused:
+        handoff.decode_json(body)
+    assert "True" not in refused.value.message and "None" not in refused.value.message
+    assert "true" in refused.value.message or "null" in refused.value.message
+
+
 # --------------------------------------------------------------------------- volume files
 
 

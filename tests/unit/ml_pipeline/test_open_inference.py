@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from ml_pipeline import codec
 from ml_pipeline import open_inference as oip
 from ml_pipeline.errors import BadRequest
 
@@ -219,3 +220,95 @@ def test_every_prefix_and_byte_flip_of_a_binary_request_is_a_request_or_a_400():
 def test_an_error_answer_is_read_as_one():
     with pytest.raises(BadRequest, match="server answered an error: no such model"):
         oip.decode_response(b'{"error": "no such model"}', None, max_elements=MAX)
+
+
+@pytest.mark.parametrize("header_length", ["\u00b2", "\u0663", "\uff11\uff16", "9" * 5000, "+16", "-1", " 16", ""])
+def test_the_header_length_must_be_ascii_digits(header_length):
+    """``str.isdigit()`` says yes to "²", "٣" and "１６", which ``int()`` then rejects or reads."""
+    body, _ = binary_body(x_binary(), FP32_4)
+    with pytest.raises(BadRequest) as refused:
+        oip.decode_request(body, header_length, max_elements=MAX)
+    assert refused.value.code == oip.CODE and "ASCII digits" in refused.value.message
+
+
+@pytest.mark.parametrize("shape", [[2**62, 2**62, 0], [0, 2**40], [MAX + 1, 0]])
+@pytest.mark.parametrize("binary", [True, False])
+def test_an_empty_shape_whose_other_dimensions_exceed_the_bound_is_a_400(shape, binary):
+    tensor = {"name": "x", "datatype": "FP32", "shape": shape}
+    if binary:
+        body, length = binary_body({"inputs": [{**tensor, "parameters": {"binary_data_size": 0}}]})
+    else:
+        body, length = json.dumps({"inputs": [{**tensor, "data": []}]}).encode(), None
+    with pytest.raises(BadRequest) as refused:
+        oip.decode_request(body, length, max_elements=MAX)
+    assert refused.value.code == oip.CODE and "is empty but its other dimensions exceed" in refused.value.message
+
+
+def test_an_empty_shape_within_the_bound_decodes():
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [0, 5], "data": []}]}).encode()
+    assert oip.decode_request(body, None, max_elements=MAX).inputs["x"].shape == (0, 5)
+
+
+def test_the_json_part_is_counted_against_its_budget_before_parsing():
+    """The default budget: ``max_elements`` values however nested; a body of empty lists is over it."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [[]] * 2000}]}).encode()
+    with pytest.raises(BadRequest, match="more lists") as refused:
+        oip.decode_request(body, None, max_elements=100)
+    assert refused.value.code == oip.CODE
+    tight = codec.JsonBudget.for_shape((2, 2))
+    fits = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]})
+    assert oip.decode_request(fits.encode(), None, max_elements=4, json_budget=tight).inputs["x"].shape == (2, 2)
+
+
+def test_a_response_is_counted_against_its_budget_too():
+    body = b'{"outputs": [' + b"[]," * 5000 + b"[]]}"
+    with pytest.raises(BadRequest, match="more lists"):
+        oip.decode_response(body, None, max_elements=1000)
+
+
+def test_non_finite_json_values_are_written_as_null_never_bare_nan():
+    x = np.array([[1.5, np.nan], [np.inf, -np.inf]], np.float32)
+    request = oip.InferenceRequest(inputs={}, outputs=[oip.RequestedOutput("o", False)])
+    body, length = oip.encode_response("m", "1", {"o": x}, request)
+    assert length is None
+    document = json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert document["outputs"][0]["data"] == [1.5, None, None, None]
+    back = oip.decode_response(body, None, max_elements=MAX).outputs["o"]
+    assert back[0, 0] == 1.5 and np.isnan(back[0, 1]) and np.isnan(back[1]).all()  # null reads back as NaN
+    request_body, _ = oip.encode_request({"x": x}, [], binary=False)
+    json.loads(request_body, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+
+
+def test_non_finite_values_keep_their_value_in_binary():
+    x = np.array([np.nan, np.inf, -np.inf], np.float32)
+    request = oip.InferenceRequest(inputs={}, outputs=[oip.RequestedOutput("o", True)])
+    body, length = oip.encode_response("m", "1", {"o": x}, request)
+    np.testing.assert_array_equal(oip.decode_response(body, str(length), max_elements=MAX).outputs["o"], x)
+
+
+@pytest.mark.parametrize(
+    "body, header_length",
+    [
+        (b'{"id": "\xff", "inputs": []}', None),
+        (b"[" * 5000 + b"]" * 5000, None),
+        (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [' + b"7" * 5000 + b"]}]}", None),
+        (json.dumps({"inputs": [{"name": "x", "datatype": {"a": 1}, "shape": [1], "data": [1]}]}).encode(), None),
+        (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [None], "data": [1]}]}).encode(), None),
+        (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [{}]}]}).encode(), None),
+        (json.dumps({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [-1]}]}).encode(), None),
+        (binary_body(x_binary(), FP32_4)[0], "\u00b2"),
+    ],
+    ids=["utf8", "deep", "digits", "datatype-object", "shape-null", "data-object", "uint8-negative", "header"],
+)
+def test_messages_say_what_was_wrong_never_which_exception_or_a_python_repr(body, header_length):
+    with pytest.raises(BadRequest) as refused:
+        oip.decode_request(body, header_length, max_elements=MAX)
+    message = refused.value.message
+    for leak in ("Error", "Exception", "<", "0x", "None", "'dict'", "sys.", "set_int_max"):
+        assert leak not in message, message
+
+
+def test_the_server_answering_an_error_object_is_shown_as_json():
+    with pytest.raises(BadRequest) as refused:
+        oip.decode_response(b'{"error": {"code": 7}}', None, max_elements=MAX)
+    assert '{"code": 7}' in refused.value.message

@@ -76,3 +76,71 @@ def test_our_messages_and_tritons_client_load_in_one_process():
         probe = f"import {first}, {second}; print('ok')"
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+REQUEST = grpc_codec.messages["ModelInferRequest"]
+
+
+def test_parse_reads_what_the_encoder_writes():
+    request = grpc_codec.encode_request("m", {"input": np.ones((2, 3), np.float32)}, ["logits"])
+    request.parameters["priority"].int64_param = 3  # a map: its entries are messages too
+    parsed = grpc_codec.parse(REQUEST, request.SerializeToString())
+    assert parsed == request
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xff\xff\xff",  # a varint that never ends
+        b"\x0a\x05ab",  # model_name: 5 bytes declared, 2 there
+        b"\x2a\x03\x0a\x05a",  # an input whose name runs past the input's end
+        b"\x0b",  # a group: proto2's, no field here
+        b"\x0f",  # wire type 7: none such
+        b"\x39\x00\x00",  # a fixed64 cut short
+    ],
+)
+def test_bytes_that_are_no_message_are_a_400_saying_so(data):
+    with pytest.raises(BadRequest) as refused:
+        grpc_codec.parse(REQUEST, data)
+    assert (refused.value.status, refused.value.code) == (400, "invalid_inference_request")
+    assert refused.value.message == "the request is not a valid ModelInferRequest protobuf message"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x2a\x00" * 5000,  # 5000 empty inputs
+        b"\x2a\x02\x1a\x00" * 3000,  # 3000 inputs of one field each: nested fields count too
+        b"\x22\x00" * 5000,  # 5000 empty parameter map entries
+        b"\x0a\x01a" * 5000,  # one field, repeated: protobuf keeps the last, we count them all
+    ],
+    ids=["inputs", "nested", "map-entries", "repeated-scalar"],
+)
+def test_more_fields_than_any_request_has_are_refused_before_parsing(data):
+    with pytest.raises(BadRequest, match=f"more than {grpc_codec.MAX_WIRE_FIELDS} protobuf fields"):
+        grpc_codec.parse(REQUEST, data)
+
+
+def test_typed_contents_of_the_wrong_length_are_refused_before_conversion():
+    request = grpc_codec.messages["ModelInferRequest"](model_name="m")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 2])
+    tensor.contents.fp32_contents.extend([0.0] * 100_000)
+    with pytest.raises(BadRequest, match="data holds 100000 elements, shape \\[2, 2\\] needs 4"):
+        grpc_codec.decode_request(request, max_elements=MAX)
+
+
+def test_a_shape_of_millions_of_dimensions_is_refused_before_it_is_listed():
+    request = grpc_codec.messages["ModelInferRequest"](model_name="m")
+    request.inputs.add(name="input", datatype="FP32", shape=[1] * 1_000_000)
+    request.raw_input_contents.append(b"\0" * 4)
+    with pytest.raises(BadRequest, match="at most 32 dimensions"):
+        grpc_codec.decode_request(request, max_elements=MAX)
+
+
+@pytest.mark.parametrize("shape", [[2**62, 2**62, 0], [0, MAX + 1]])
+def test_an_empty_shape_whose_other_dimensions_exceed_the_bound_is_a_400(shape):
+    request = grpc_codec.messages["ModelInferRequest"](model_name="m")
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    with pytest.raises(BadRequest, match="is empty but its other dimensions exceed"):
+        grpc_codec.decode_request(request, max_elements=MAX)
