@@ -48,7 +48,7 @@ cpu_sources() {
     http://model:*) services=(model) ;;
     *) return 0 ;;
   esac
-  for s in "${services[@]}"; do printf -- '--cpu-from %s=http://%s:5000/metrics\n' "$s" "$s"; done
+  for s in "${services[@]}"; do printf -- '--cpu-from %s=http://%s:9464/metrics\n' "$s" "$s"; done  # METRICS_PORT
   printf -- '--cpu-from otel-collector=http://otel-collector:8888/metrics\n--cpu-from jaeger=http://jaeger:8888/metrics\n'
 }
 
@@ -110,7 +110,7 @@ chain_local() {
   down
   up "$project" -- otel-collector jaeger prometheus
   local cpu=() s port
-  for s in preprocess:6001 model:6002 postprocess:6003; do
+  for s in preprocess:9464 model:9465 postprocess:9466; do  # serve's metrics ports (--metrics-base-port)
     port=${s#*:}; cpu+=(--cpu-from "${s%:*}=http://127.0.0.1:$port/metrics")
   done
   docker compose -p "$project" "${files[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" \

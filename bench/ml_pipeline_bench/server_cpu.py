@@ -36,7 +36,7 @@ def cpu_seconds(exposition: str) -> float:
 
 @dataclass(frozen=True)
 class CpuSource:
-    """``name=url``: a service and its metrics URL (``model=http://model:5000/metrics``)."""
+    """``name=url``: a service and its metrics URL (``model=http://model:9464/metrics``)."""
 
     name: str
     url: str

@@ -1,4 +1,5 @@
-"""Prometheus metrics of every service, served on ``/metrics`` (prometheus-client).
+"""Prometheus metrics of every service (prometheus-client), served by ``serve_metrics`` on an
+internal port of their own (``METRICS_PORT``), never on the port the service answers requests on.
 
 Module-level, so creating an app (tests create many) never registers anything twice; the
 ``service`` label tells the three services apart when they share one process. Prometheus scrapes
@@ -6,16 +7,21 @@ each replica on its own (``dns_sd_configs``), so its ``instance`` label is the r
 
 Duration histograms carry the current ``trace_id`` as an exemplar: in the OpenMetrics exposition
 (which Prometheus asks for when exemplar storage is on) a slow bucket links to a trace in Jaeger.
+Exemplars carry other clients' trace ids, one more reason the exposition is off the public port.
 The default registry also holds prometheus-client's process collector
 (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, …).
 """
 
 from __future__ import annotations
 
+import logging
 import platform
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, make_wsgi_app
 
 from ml_pipeline import __version__
 
@@ -48,7 +54,8 @@ QUEUED = Gauge(
 REFUSED = Counter(
     "ml_pipeline_requests_refused",
     "Requests refused or dropped by admission control, by reason: queue_full, queue_timeout (503), "
-    "deadline (504: it passed while queued), client_gone (the client hung up while queued).",
+    "deadline (504: it passed while queued), client_gone (the client hung up while queued), body_budget (503: "
+    "too many request bodies being received at once).",
     ["service", "reason"],
 )
 DOWNSTREAM_RETRIES = Counter(
@@ -96,11 +103,6 @@ BUILD_INFO = Info(
 MODEL_INFO = Info("ml_pipeline_model", "The model this replica serves: name and backend (onnx or random).")
 
 
-# What ``exposition`` answers with (prometheus-client's two formats).
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
 def exemplar(trace_id: str | None) -> dict[str, str] | None:
     return {"trace_id": trace_id} if trace_id else None
 
@@ -114,6 +116,80 @@ def register_service(service: str, instance_id: str) -> None:
 
 
 def exposition(accept_header: str | None) -> tuple[bytes, str]:
-    """The registry in the format the scraper asked for (OpenMetrics carries the exemplars)."""
+    """The registry in the format the scraper asked for (OpenMetrics carries the exemplars); what
+    the metrics server answers, for in-process readers (tests)."""
     encoder, content_type = choose_encoder(accept_header or "")
     return encoder(REGISTRY), content_type
+
+
+# --------------------------------------------------------------------------- the metrics server
+
+# A scrape connection that sends nothing for this long is closed: an idle or trickling client
+# never holds a server thread for ever.
+SCRAPE_READ_TIMEOUT_S = 5.0
+# Scrapes served at once (a thread each); more are closed at once, not queued. Prometheus takes
+# one per interval; every scrape encodes the whole registry holding the GIL, so a crowd of them
+# would slow the service's own requests.
+MAX_SCRAPES = 4
+
+_log = logging.getLogger("ml_pipeline.metrics")
+
+
+class _ScrapeHandler(WSGIRequestHandler):
+    timeout = SCRAPE_READ_TIMEOUT_S
+
+    def log_message(self, format: str, *args: object) -> None:
+        """No line per scrape (the request log is for requests)."""
+
+
+class _MetricsServer(ThreadingWSGIServer):
+    """prometheus-client's thread-per-scrape server with its scrapes bounded (``max_scrapes``)
+    and a failed one (timed out, reset) logged at DEBUG instead of a traceback on stderr."""
+
+    max_scrapes = MAX_SCRAPES
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_scrapes)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # closed, not queued: the next interval's scrape gets in
+            return
+        try:
+            super().process_request(request, client_address)  # a thread, which releases the slot
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        _log.debug("metrics scrape from %s failed", client_address, exc_info=True)
+
+
+def serve_metrics(
+    host: str,
+    port: int,
+    *,
+    read_timeout_s: float = SCRAPE_READ_TIMEOUT_S,
+    max_scrapes: int = MAX_SCRAPES,
+) -> WSGIServer:
+    """Serve the registry on ``host``:``port`` (0: any free port) from a daemon thread, as
+    prometheus-client's ``start_http_server`` does, with its WSGI app: every path answers with the
+    metrics, in OpenMetrics (exemplars included) when the scraper's ``Accept`` asks for it, else in
+    the Prometheus text format; gzip when accepted. Unlike ``start_http_server``, an idle connection
+    is closed after ``read_timeout_s`` and at most ``max_scrapes`` are served at once.
+
+    The caller owns the returned server: ``server.server_address`` is where it listens,
+    ``server.shutdown()`` stops it (a process that exits just leaves it: the thread is a daemon)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    handler = type("ScrapeHandler", (_ScrapeHandler,), {"timeout": read_timeout_s})
+    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family, "max_scrapes": max_scrapes})
+    server: WSGIServer = make_server(host, port, make_wsgi_app(REGISTRY), server_class, handler_class=handler)
+    threading.Thread(target=server.serve_forever, name=f"metrics:{server.server_port}", daemon=True).start()
+    return server

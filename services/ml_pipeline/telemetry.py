@@ -41,8 +41,12 @@ if TYPE_CHECKING:
 
     from ml_pipeline.settings import ServiceSettings
 
-# Probes and scrapes: no spans, no request log lines.
-QUIET_PATHS = ("/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready")
+# Probes: no spans, no request log lines. (Metrics are not served on this port at all:
+# ml_pipeline.metrics.serve_metrics, on METRICS_PORT.)
+QUIET_PATHS = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")
+# The ``method`` label of a request whose method no route answers (PROPFIND, FOO, …): any client
+# picks the method, and each new value would be a new series.
+OTHER_METHOD = "other"
 # The status recorded for a request that got no response because its client hung up (nginx's 499).
 CLIENT_CLOSED = 499
 
@@ -279,10 +283,26 @@ def route_template(scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-def record_request(service: str, route: str, method: str, path: str, status: int, duration_s: float) -> None:
+def answered_methods(app) -> frozenset[str]:
+    """The HTTP methods some route of ``app`` answers (GET, HEAD, POST, …)."""
+    routes = getattr(getattr(app, "router", None), "routes", ())
+    return frozenset(method for route in routes for method in (getattr(route, "methods", None) or ()))
+
+
+def record_request(
+    service: str,
+    route: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_s: float,
+    *,
+    method_label: str | None = None,
+) -> None:
     """One served request in the request metrics (the trace id as exemplar) and one log line:
-    HTTP requests and gRPC calls alike (their method ``GRPC``, their status the HTTP one)."""
-    labels = (service, route, method, str(status))
+    HTTP requests and gRPC calls alike (their method ``GRPC``, their status the HTTP one).
+    ``method_label``: the method as the metrics record it, when not ``method`` itself."""
+    labels = (service, route, method_label or method, str(status))
     metrics.REQUESTS.labels(*labels).inc()
     metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=metrics.exemplar(current_trace_id()))
     log.info("%s %s %d", method, path, status, extra={"status": status, "duration_ms": round(duration_s * 1000, 3)})
@@ -295,12 +315,20 @@ class RequestTelemetryMiddleware:
     """Adds ``X-Trace-Id`` to every traced response, logs one line per request and records the
     request metrics (count, duration with the trace id as exemplar, in-flight).
 
-    Runs inside the OpenTelemetry middleware, so the server span is current here.
+    Runs inside the OpenTelemetry middleware, so the server span is current here. The ``method``
+    label is one of the methods the app's routes answer, any other is ``other`` (the log line keeps
+    the real one).
     """
 
     def __init__(self, app, service: str):
         self.app = app
         self.service = service
+        self._methods: frozenset[str] | None = None  # the app's answered methods, read at the first request
+
+    def method_label(self, scope) -> str:
+        if self._methods is None:
+            self._methods = answered_methods(scope.get("app"))
+        return scope["method"] if scope["method"] in self._methods else OTHER_METHOD
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -336,4 +364,12 @@ class RequestTelemetryMiddleware:
             if not quiet:
                 in_flight.dec()
                 duration_s = time.perf_counter() - start
-                record_request(self.service, route_template(scope), scope["method"], scope["path"], status, duration_s)
+                record_request(
+                    self.service,
+                    route_template(scope),
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    duration_s,
+                    method_label=self.method_label(scope),
+                )

@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
+from ml_pipeline import metrics
 from ml_pipeline_bench.load import closed_loop, npy_body, run_http
 from ml_pipeline_bench.server_cpu import (
     CpuMeter,
@@ -33,7 +34,7 @@ def test_the_cpu_counter_is_read_from_our_services_and_the_collectors_exposition
 
 
 def test_a_source_is_a_name_and_a_metrics_url():
-    assert CpuSource.parse("model=http://model:5000/metrics") == CpuSource("model", "http://model:5000/metrics")
+    assert CpuSource.parse("model=http://model:9464/metrics") == CpuSource("model", "http://model:9464/metrics")
     for bad in ("model", "=http://x/metrics", "model=model:5000/metrics"):
         with pytest.raises(ValueError):
             CpuSource.parse(bad)
@@ -47,21 +48,25 @@ def test_per_request_ms_is_the_difference_over_the_requests_and_nan_where_it_can
     assert per_request_ms({"a": 1.0}, {"a": 2.0}, 0) == {}
 
 
-async def test_the_meter_sums_every_replica_behind_a_name_from_the_real_metrics_route():
-    async with running_chain(make_settings()) as chain:
-        model = httpx.AsyncClient(transport=NetworkASGITransport(app=chain.apps["model"]))
+async def test_the_meter_sums_every_replica_behind_a_name_from_the_real_metrics_server():
+    server = metrics.serve_metrics("127.0.0.1", 0)  # what `ml-pipeline run` starts on METRICS_PORT
+    port = server.server_port
+    try:
 
-        async def two_replicas(host, port):
-            assert (host, port) == ("model", 5000)
-            return ["10.0.0.1", "10.0.0.2"]  # both answered by the same app here
+        async def two_replicas(host, p):
+            assert (host, p) == ("model", port)
+            return ["127.0.0.1", "127.0.0.1"]  # both answered by the same server here
 
-        async def one(host, port):
-            return ["10.0.0.1"]
+        async def one(host, p):
+            return ["127.0.0.1"]
 
-        async with model:
-            source = [CpuSource("model", "http://model:5000/metrics")]
-            both = await CpuMeter(source, model, resolve=two_replicas).read()
-            single = await CpuMeter(source, model, resolve=one).read()
+        async with httpx.AsyncClient(timeout=5) as client:
+            source = [CpuSource("model", f"http://model:{port}/metrics")]
+            both = await CpuMeter(source, client, resolve=two_replicas).read()
+            single = await CpuMeter(source, client, resolve=one).read()
+    finally:
+        server.shutdown()
+        server.server_close()
     assert both["model"] > 0 and single["model"] > 0
     assert both["model"] == pytest.approx(2 * single["model"], rel=0.2)  # both replicas counted
 
