@@ -3,6 +3,9 @@
     ml-pipeline run model --port 5002        # one service (what each container runs)
     ml-pipeline serve                        # all three on 5001/5002/5003; Ctrl-C stops them
 
+Each process serves its Prometheus metrics on an internal port of its own (``METRICS_PORT``, 9464;
+``serve``: 9464/9465/9466), never on the port it answers requests on.
+
 The load generator, the study's report and the soak are tooling, not runtime: ``ml-pipeline-bench``
 (bench/ml_pipeline_bench, ``pip install -e '.[bench]'``).
 """
@@ -10,6 +13,7 @@ The load generator, the study's report and the soak are tooling, not runtime: ``
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -17,25 +21,49 @@ import sys
 import time
 from typing import Any
 
-from ml_pipeline.settings import DEFAULT_PORTS, SETTINGS_BY_SERVICE, load_settings
+from ml_pipeline.settings import (
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORTS,
+    ENV_PREFIX_VARIABLE,
+    SETTINGS_BY_SERVICE,
+    ServiceSettings,
+    load_settings,
+)
 
 # The benchmark's one-hop baseline runs like a service but is not part of the chain.
 RUNNABLE_PORTS = {**DEFAULT_PORTS, "monolith": 5004}
 
 
-def uvicorn_config(app: Any, host: str, port: int):
-    """The one uvicorn configuration, used by containers, ``serve`` and the keep-alive test.
+def uvicorn_config(app: Any, host: str, port: int, settings: ServiceSettings | None = None):
+    """The one uvicorn configuration, used by containers, ``serve`` and the tests' real servers.
 
-    ``app``: ``"<service>.app:create_app"`` (an app factory) or an ASGI app instance.
+    ``app``: ``"<service>.app:create_app"`` (an app factory) or an ASGI app instance. ``settings``:
+    the header timeout and size limit; by default an app instance's own, else the environment's.
     """
     import uvicorn
 
+    from ml_pipeline.server import connection_log_limit, hardened_http_protocol
+
+    if isinstance(app, str):
+        service = app.split(".", 1)[0]
+    else:
+        service = getattr(getattr(app, "state", None), "service", "")
+        settings = settings or getattr(getattr(app, "state", None), "settings", None)
+    settings = settings or load_settings(ServiceSettings)
+    connection_log_limit()  # a flood of bad connections takes a few log lines per interval
     return uvicorn.Config(
         app,
         factory=isinstance(app, str),
         host=host,
         port=port,
-        http="httptools",  # C parser (a requirement): h11 costs milliseconds per large body
+        # httptools, the C parser (a requirement: h11 costs milliseconds per large body), with a
+        # header-read timeout, a header size limit and the JSON envelope for what it refuses.
+        http=hardened_http_protocol(
+            service,
+            header_read_timeout_s=settings.header_read_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+        ),
+        server_header=False,  # no `server: uvicorn` (the `date` header stays)
         log_config=None,  # our JSON logging, set up by ``run``
         access_log=False,  # one request line comes from RequestTelemetryMiddleware, with trace ids
         # A fresh contextvars.Context per request: on the plain asyncio loop, context leaks between
@@ -53,20 +81,49 @@ def run(service: str, host: str, port: int) -> int:
     from ml_pipeline.telemetry import setup_logging
 
     os.environ.setdefault("GRPC_HOST", host)  # the model's gRPC service listens where its HTTP does
-    setup_logging(service, load_settings(SETTINGS_BY_SERVICE[service]))
+    settings = load_settings(SETTINGS_BY_SERVICE[service])
+    setup_logging(service, settings)
+    start_metrics_server(host, settings.metrics_port)
     uvicorn.Server(uvicorn_config(f"{service}.app:create_app", host, port)).run()
     return 0
 
 
+def start_metrics_server(host: str, port: int) -> None:
+    """The process's metrics on ``host``:``port`` (0: none), served from a daemon thread before
+    uvicorn starts: Prometheus scrapes them there, apart from the port the service answers on."""
+    if not port:
+        return
+    from ml_pipeline.metrics import serve_metrics
+
+    try:
+        serve_metrics(host, port)
+    except OSError as error:
+        raise SystemExit(
+            f"ml-pipeline: cannot serve metrics on {host}:{port} ({error}); METRICS_PORT=0 turns them off"
+        ) from error
+    logging.getLogger("ml_pipeline.metrics").info("metrics on http://%s:%d/metrics", host, port)
+
+
 SERVE_ORDER = ("model", "preprocess", "postprocess")  # each before the service that calls it
+PORT_OFFSETS = {"preprocess": 0, "model": 1, "postprocess": 2}  # from serve's base ports
 
 
-def serve(host: str, wait_ready_s: float, base_port: int = DEFAULT_PORTS["preprocess"]) -> int:
+def serve(
+    host: str,
+    wait_ready_s: float,
+    base_port: int = DEFAULT_PORTS["preprocess"],
+    metrics_base_port: int = DEFAULT_METRICS_PORT,
+) -> int:
     """Start the three services as child processes, wired to each other on localhost: preprocess
-    on ``base_port``, the model on the next port, postprocess on the one after (5001/5002/5003)."""
-    ports = {service: base_port + offset for service, offset in (("preprocess", 0), ("model", 1), ("postprocess", 2))}
-    children = _start_children(host, ports)
-    print(f"ml-pipeline: started {', '.join(f'{s} on :{p}' for s, p in ports.items())}; Ctrl-C stops", flush=True)
+    on ``base_port``, the model on the next port, postprocess on the one after (5001/5002/5003);
+    their metrics likewise from ``metrics_base_port`` (9464/9465/9466; 0: none)."""
+    ports = {service: base_port + offset for service, offset in PORT_OFFSETS.items()}
+    metrics_ports = {s: metrics_base_port + offset if metrics_base_port else 0 for s, offset in PORT_OFFSETS.items()}
+    children = _start_children(host, ports, metrics_ports)
+    started = ", ".join(
+        f"{s} on :{p}" + (f" (metrics :{metrics_ports[s]})" if metrics_ports[s] else "") for s, p in ports.items()
+    )
+    print(f"ml-pipeline: started {started}; Ctrl-C stops", flush=True)
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -89,15 +146,17 @@ def serve(host: str, wait_ready_s: float, base_port: int = DEFAULT_PORTS["prepro
     return status
 
 
-def _start_children(host: str, ports: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+def _start_children(host: str, ports: dict[str, int], metrics_ports: dict[str, int]) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ)
     env.setdefault("MODEL_URL", f"http://127.0.0.1:{ports['model']}")
     env.setdefault("PREPROCESS_URL", f"http://127.0.0.1:{ports['preprocess']}")
+    metrics_port_variable = env.get(ENV_PREFIX_VARIABLE, "") + "METRICS_PORT"  # as load_settings reads it
     children = []
     for service in SERVE_ORDER:
         cmd = [sys.executable, "-m", "ml_pipeline", "run", service, "--host", host, "--port", str(ports[service])]
+        child_env = {**env, metrics_port_variable: str(metrics_ports[service])}  # one environment, three ports
         # Own session: a terminal Ctrl-C reaches only us, and each child gets exactly one SIGINT.
-        children.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        children.append(subprocess.Popen(cmd, env=child_env, start_new_session=True))
     return children
 
 
@@ -146,10 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PORTS["preprocess"],
         help="preprocess's port; the model and postprocess take the next two (default: 5001, 5002, 5003)",
     )
+    p_serve.add_argument(
+        "--metrics-base-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="preprocess's metrics port; the model and postprocess take the next two "
+        "(default: 9464, 9465, 9466); 0: no metrics servers",
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.service, args.host, args.port or RUNNABLE_PORTS[args.service])
-    return serve(args.host, args.wait_ready, args.base_port)
+    return serve(args.host, args.wait_ready, args.base_port, args.metrics_base_port)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ to the next hop in ``X-Request-Timeout-Ms``.
 
 Transport failures and downstream errors become ``PipelineError``s with a clear status:
 unreachable → 503, too slow → 504, a downstream 5xx → 502, and (for hops that carry the
-client's own input) a downstream 4xx passes through unchanged.
+client's own input) a downstream 4xx passes through unchanged. Their messages say what happened
+in plain words ("preprocess could not be reached (connection failed)"): they reach the end
+client, so never a replica's address or an exception's class. Those are the operator's: in the
+error's ``detail`` (the log line of the failed request), on the attempt-failed span events and
+on httpx's client spans (``url.full``, ``error.type``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -37,6 +42,8 @@ from ml_pipeline.errors import BadGateway, DeadlineExceeded, DownstreamTimeout, 
 from ml_pipeline.settings import DownstreamSettings
 from ml_pipeline.telemetry import instrument_client
 from ml_pipeline.wire import REQUEST_TIMEOUT_HEADER, Attr
+
+log = logging.getLogger("ml_pipeline.client")
 
 RETRYABLE_5XX = frozenset({500, 502, 503, 504})
 # Pause before a retry: uniform in [0, min(cap, base * 2^(attempt-1))] seconds.
@@ -161,26 +168,32 @@ class Downstream:
         await self.balancer.ensure_fresh()
         endpoints = self.balancer.endpoints
         if not endpoints:
-            return False, f"{self.name}: {self.base_url} resolves to no address"
+            log.warning("%s not ready: %s resolves to no address", self.name, self.base_url)
+            return False, f"{self.name} could not be reached (no replica is known)"
         # The first ready replica settles it: a dead replica's address may take the whole
         # timeout to fail, which would make this probe time out for its own caller.
         reasons = []
         for probe in asyncio.as_completed([self._probe(e, timeout_s) for e in endpoints]):
-            ok, reason = await probe
+            ok, reason, detail = await probe
             if ok:
                 return True, f"{self.name} ready ({len(endpoints)} replicas known)"
-            reasons.append(reason)
-        return False, reasons[0]
+            reasons.append((reason, detail))
+        # The answer (public on postprocess's /ready) says what; which replica and why, the log.
+        log.warning("%s not ready: %s", self.name, "; ".join(detail for _, detail in reasons))
+        return False, reasons[0][0]
 
-    async def _probe(self, endpoint: Endpoint, timeout_s: float) -> tuple[bool, str]:
+    async def _probe(self, endpoint: Endpoint, timeout_s: float) -> tuple[bool, str, str]:
+        """Whether ``endpoint`` is ready; if not, why (for the answer) and the detail (for the log)."""
+        url = f"{endpoint.base_url}/ready"
         try:
             with suppress_instrumentation():  # probes are not traced (like the /ready routes themselves)
-                response = await self._client.get(f"{endpoint.base_url}/ready", timeout=timeout_s)
+                response = await self._client.get(url, timeout=timeout_s)
         except httpx.HTTPError as exc:
-            return False, f"{self.name} unreachable at {endpoint.base_url}: {type(exc).__name__}"
+            return False, f"{self.name} could not be reached", f"GET {url}: {_described(exc)}"
         if response.status_code != 200:
-            return False, f"{self.name} not ready (HTTP {response.status_code})"
-        return True, "ready"
+            status = f"HTTP {response.status_code}"
+            return False, f"{self.name} not ready ({status})", f"GET {url}: {status}"
+        return True, "ready", ""
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         await self.balancer.ensure_fresh()
@@ -219,8 +232,11 @@ class Downstream:
         if failure is not None:
             raise failure
         if not self.balancer.endpoints:
-            raise DownstreamUnavailable(f"{self.name}: {self.base_url} resolves to no address")
-        raise self._timed_out(self.base_url, request_bound)
+            raise DownstreamUnavailable(
+                f"{self.name} could not be reached (no replica is known)",
+                detail=f"{self.base_url} resolves to no address",
+            )
+        raise self._timed_out(f"{method} {self.base_url}{path}", request_bound)
 
     async def _attempt(
         self,
@@ -242,19 +258,25 @@ class Downstream:
             # httpx times each socket operation; this bounds the attempt as a whole.
             async with asyncio.timeout(attempt_s):
                 response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
-        except (httpx.ConnectTimeout, httpx.ConnectError):
+        except (httpx.ConnectTimeout, httpx.ConnectError) as exc:
             self._attempt_failed(endpoint, number, "connect_error")
-            return _Attempt(failure=DownstreamUnavailable(f"{self.name} unreachable at {url}"), reason="connect_error")
-        except (httpx.TimeoutException, TimeoutError):
+            failure: PipelineError = DownstreamUnavailable(
+                f"{self.name} could not be reached (no connection could be made)",
+                detail=f"{method} {url}: {_described(exc)}",
+            )
+            return _Attempt(failure=failure, reason="connect_error")
+        except (httpx.TimeoutException, TimeoutError) as exc:
             # Cut by the per-attempt timeout with time left: this replica is hung, ejected like a
             # dead one and the call retried. Cut by the deadline: the time is up, nobody's fault.
             hung = attempt_s < remaining
             self._attempt_failed(endpoint, number, "timeout", eject=hung)
-            failure = self._timed_out(url, request_bound and not hung)
+            failure = self._timed_out(f"{method} {url}: {_described(exc)}", request_bound and not hung)
             return _Attempt(failure=failure, reason="timeout", out_of_time=not hung)
         except httpx.TransportError as exc:  # e.g. the replica died mid-request
             self._attempt_failed(endpoint, number, "transport_error")
-            failure = DownstreamUnavailable(f"{self.name} connection failed at {url}: {type(exc).__name__}")
+            failure = DownstreamUnavailable(
+                f"{self.name} could not be reached (connection failed)", detail=f"{method} {url}: {_described(exc)}"
+            )
             return _Attempt(failure=failure, reason="transport_error")
         finally:
             endpoint.outstanding -= 1
@@ -287,10 +309,11 @@ class Downstream:
         )
         self._annotate(endpoint, attempts)
 
-    def _timed_out(self, url: str, request_deadline: bool) -> PipelineError:
+    def _timed_out(self, detail: str, request_deadline: bool) -> PipelineError:
+        """``detail``: which call (and what cut it), for the log."""
         if request_deadline:
-            return DeadlineExceeded(f"the request's deadline passed while waiting for {self.name} at {url}")
-        return DownstreamTimeout(f"{self.name} did not answer {url} in time")
+            return DeadlineExceeded(f"the request's deadline passed while waiting for {self.name}", detail=detail)
+        return DownstreamTimeout(f"{self.name} did not answer in time", detail=detail)
 
     @staticmethod
     def _annotate(endpoint: Endpoint, attempts: int) -> None:
@@ -309,6 +332,12 @@ class Downstream:
         if (status < 500 and self._pass_client_errors) or status in (503, 504):
             return PipelineError(message, status=status, code=code, service=service)
         return BadGateway(f"{self.name} answered HTTP {status}: {message}", service=None)
+
+
+def _described(exc: BaseException) -> str:
+    """An exception for the operator's log: its class, and its words when it has some."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def downstream_from_settings(

@@ -22,12 +22,14 @@ class PipelineError(Exception):
         code: str | None = None,
         service: str | None = None,
         retry_after_s: float | None = None,
+        detail: str | None = None,
     ):
         self.status = status or self.status
         self.code = code or self.code
-        self.message = message
+        self.message = message  # what the client is told: what went wrong, never an address or a class
         self.service = service  # set when the error comes from another service
         self.retry_after_s = retry_after_s  # when to try again (overload): `Retry-After` + the envelope
+        self.detail = detail  # for operators only (the replica's URL, the exception): logged, never sent
         super().__init__(message)
 
 

@@ -82,7 +82,12 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
 
     async def pipeline_error(request: Request, exc: PipelineError) -> JSONResponse:
         if exc.status >= 500:
-            log.warning("request failed: %s (%s)", exc.message, exc.code, extra={"status": exc.status})
+            if exc.detail:  # the operator's part (which replica, which exception): the log, not the answer
+                log.warning(
+                    "request failed: %s (%s): %s", exc.message, exc.code, exc.detail, extra={"status": exc.status}
+                )
+            else:
+                log.warning("request failed: %s (%s)", exc.message, exc.code, extra={"status": exc.status})
         return error_response(
             exc.status, exc.code, exc.message, exc.service or service, exc.retry_after_s, path=request.url.path
         )
@@ -102,9 +107,8 @@ def install_error_handlers(app: FastAPI, service: str) -> None:
         return error_response(422, "invalid_request", message, service, path=request.url.path, details=problems)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        message = f"internal error: {type(exc).__name__}"
-        return error_response(500, "internal_error", message, service, path=request.url.path)
+        log.exception("unhandled error")  # the class and traceback, under the trace id the client gets
+        return error_response(500, "internal_error", "internal error", service, path=request.url.path)
 
     # Starlette types every handler as taking `Exception`; each is registered for its own class.
     app.add_exception_handler(PipelineError, pipeline_error)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTS = {"preprocess": 5001, "model": 5002, "postprocess": 5003}
+DEFAULT_METRICS_PORT = 9464  # the containers' internal metrics port (9464: OpenTelemetry's Prometheus exporter's)
 ENV_PREFIX_VARIABLE = "ML_PIPELINE_ENV_PREFIX"
 
 
@@ -58,7 +59,7 @@ class ServiceSettings(_Env):
         8,
         ge=1,
         description="Requests one service instance works on at once; more wait in its queue. "
-        "Probes and `/metrics` are never counted or queued.",
+        "Probes are never counted or queued.",
     )
     max_queue: int = Field(
         16,
@@ -78,6 +79,27 @@ class ServiceSettings(_Env):
         description="Deadline of a request that brings none: the whole chain must answer within it (504 "
         "`deadline_exceeded`). A caller may ask for less with the `X-Request-Timeout-Ms` header; each hop "
         "passes what is left on.",
+    )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers, counted from the connection's "
+        "start (from the request's first byte on a keep-alive connection); later, the connection is closed, with "
+        "408 `request_timeout` if part of a request came. Idle keep-alive between requests is not counted.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line plus headers in bytes (64 KiB: above the edge proxy's 32 KiB plus what "
+        "it and each hop add); larger → 431 `headers_too_large` and the connection closed, the rest never read.",
+    )
+    metrics_port: int = Field(
+        DEFAULT_METRICS_PORT,
+        ge=0,
+        le=65535,
+        description="Port of the internal metrics server, on the service's address but apart from the port it "
+        "serves on (which has no `/metrics`): Prometheus text, or OpenMetrics with exemplars when asked. 0: off. "
+        "`ml-pipeline serve` gives its three processes their own (9464, 9465, 9466).",
     )
 
 

@@ -133,8 +133,12 @@ class Preprocessor:
                 response.content, response.headers.get(INFERENCE_HEADER_LENGTH_HEADER), max_elements=MAX_SCORES
             )
             logits = answer.outputs[MODEL_OUTPUT_NAME]
-        except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
-            raise BadGateway(f"the model's Open Inference Protocol answer is unusable: {exc}") from None
+        except BadRequest as exc:  # the model's answer, not our request, is malformed (our decoder's words)
+            raise BadGateway(f"the model's Open Inference Protocol answer is unusable: {exc.message}") from None
+        except KeyError:
+            raise BadGateway(
+                f"the model's Open Inference Protocol answer has no output {MODEL_OUTPUT_NAME!r}"
+            ) from None
         headers = dict(response.headers)
         if answer.model_name and MODEL_NAME_HEADER.lower() not in {h.lower() for h in headers}:
             headers[MODEL_NAME_HEADER] = answer.model_name  # a Triton or KServe server names it only here

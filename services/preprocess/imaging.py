@@ -44,8 +44,17 @@ class UnsupportedImageMode(PipelineError):
 
 
 def _corrupt(fmt: str | None, exc: Exception) -> BadRequest:
+    """What is wrong with the bytes, in plain words: never the class Pillow raised, its text (which
+    holds reprs of chunk bytes and objects) or its settings."""
     what = f"the {fmt} image" if fmt else "the image"
-    return BadRequest(f"{what} is truncated or corrupt: {type(exc).__name__}: {exc}"[:300], code="corrupt_image")
+    text = str(exc).lower()
+    if "text chunk" in text or "decompressed data too large" in text:
+        problem = "has a metadata chunk (text or ICC profile) that inflates past the size allowed"
+    elif "truncated" in text:
+        problem = "is truncated: the data ends before the image does"
+    else:
+        problem = "is corrupt: its data cannot be decoded"
+    return BadRequest(f"{what} {problem}", code="corrupt_image")
 
 
 def decode(data: bytes, max_pixels: int, max_full_decode_pixels: int | None = None) -> Image.Image:
@@ -62,8 +71,10 @@ def decode(data: bytes, max_pixels: int, max_full_decode_pixels: int | None = No
         raise UnsupportedMediaType(
             "the upload is not a JPEG, PNG or WebP image", code="unsupported_image_format"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image has too many pixels: {exc}", code="too_many_pixels") from None
+    except Image.DecompressionBombError:  # Pillow's own bound, far above ours: say ours
+        raise PayloadTooLarge(
+            f"the image's header claims more pixels than the limit of {max_pixels}", code="too_many_pixels"
+        ) from None
     except MemoryError:
         raise
     except Exception as exc:  # a recognised format whose header is broken: any type Pillow raises

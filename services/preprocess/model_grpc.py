@@ -91,7 +91,7 @@ class GrpcModel:
 
     async def logits(self, model_name: str, tensor: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
         """The model's scores for ``tensor``, and the answer's headers to pass on."""
-        deadline.check(f"calling the model at {self.target}")
+        deadline.check("calling the model")
         left = deadline.remaining()
         timeout_s = self._timeout_s if left is None else min(left, self._timeout_s)
         call_deadline = time.monotonic() + timeout_s
@@ -116,8 +116,10 @@ class GrpcModel:
         try:
             answer = grpc_codec.decode_response(response, max_elements=MAX_SCORES)
             logits = answer.outputs[MODEL_OUTPUT_NAME]
-        except (BadRequest, KeyError) as exc:  # the model's answer, not our request, is malformed
-            raise BadGateway(f"the model's gRPC answer is unusable: {exc}") from None
+        except BadRequest as exc:  # the model's answer, not our request, is malformed (our decoder's words)
+            raise BadGateway(f"the model's gRPC answer is unusable: {exc.message}") from None
+        except KeyError:
+            raise BadGateway(f"the model's gRPC answer has no output {MODEL_OUTPUT_NAME!r}") from None
         headers = {_FORWARDED[key]: value for key, value in _pairs(metadata) if key in _FORWARDED}
         if answer.model_name:
             headers.setdefault(MODEL_NAME_HEADER, answer.model_name)  # a Triton or KServe server names it only here
@@ -127,14 +129,17 @@ class GrpcModel:
         return time.monotonic() < call_deadline and spend_retry(self.retry_budget, "model", "unavailable")
 
     def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:
+        """The client's words; the target and gRPC's own details (for UNAVAILABLE, the addresses
+        it failed to connect to) go to the error's ``detail``, for the log."""
         code, details = error.code(), error.details() or ""
-        where = f"the model at {self.target}"
+        detail = f"ModelInfer on {self.target}: {code.name}: {details}"
         if code == StatusCode.DEADLINE_EXCEEDED:
-            return DownstreamTimeout(f"{where} did not answer within {timeout_s:g} s")
+            return DownstreamTimeout(f"the model did not answer within {timeout_s:g} s", detail=detail)
         if code in (StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED):
-            return DownstreamUnavailable(f"{where} is unavailable: {details}")
+            return DownstreamUnavailable(f"the model is unavailable (gRPC {code.name})", detail=detail)
         # Anything else (INVALID_ARGUMENT included): we built the request, so it is our chain's fault.
-        return BadGateway(f"{where} answered {code.name}: {details}")
+        # The details are the model's own answer (its error message), as over HTTP.
+        return BadGateway(f"the model answered {code.name}: {details}", detail=detail)
 
 
 def _pairs(metadata: Any) -> list[tuple[str, str]]:

@@ -191,8 +191,10 @@ async def test_model_down_is_503(coffee_bytes):
             ready = await client.get("/ready")
             tensor = await client.post("/process?output=tensor", files=upload(coffee_bytes))
     assert r.status_code == 503 and r.json()["error"]["code"] == "downstream_unavailable"
-    assert "model unreachable" in r.json()["error"]["message"]
-    assert ready.status_code == 503 and "model unreachable" in ready.json()["error"]["message"]
+    assert "model could not be reached" in r.json()["error"]["message"]
+    assert ready.status_code == 503 and "model could not be reached" in ready.json()["error"]["message"]
+    for answer in (r, ready):  # what happened, not where: no replica address, no exception class
+        assert "127.0.0.1" not in answer.text and "ConnectError" not in answer.text
     assert tensor.status_code == 200  # standalone use needs no model
 
 

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from support.apps import free_port
 from support.data import COFFEE_JPG
@@ -23,17 +24,21 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def three_free_ports() -> dict[str, int]:
-    """Three consecutive free ports, as ``serve --base-port`` takes them (not 5001–5003: those may be a running stack's)."""
+def three_free_ports(taken: dict[str, int] | None = None) -> dict[str, int]:
+    """Three consecutive free ports, as ``serve --base-port`` takes them (not 5001–5003: those may be a running stack's),
+    none of them ``taken``."""
     for _ in range(50):
         base = free_port()
-        if base + 2 < 65536 and not any(port_in_use(base + i) for i in (1, 2)):
-            return {"preprocess": base, "model": base + 1, "postprocess": base + 2}
+        ports = {"preprocess": base, "model": base + 1, "postprocess": base + 2}
+        clash = set(ports.values()) & set((taken or {}).values())
+        if base + 2 < 65536 and not clash and not any(port_in_use(base + i) for i in (1, 2)):
+            return ports
     raise AssertionError("no three consecutive free ports")
 
 
 def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     ports = three_free_ports()
+    metrics_ports = three_free_ports(taken=ports)  # not 9464–9466: a concurrent test run may hold them
     env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "GRPC_PORT": "0"}
     env.pop("MODEL_URL", None)
     env.pop("PREPROCESS_URL", None)
@@ -41,7 +46,16 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     # Started with SIGINT ignored, as a shell starts a background job (`ml-pipeline serve &`):
     # Ctrl-C/SIGINT must still stop it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ml_pipeline", "serve", "--base-port", str(ports["preprocess"])],
+        [
+            sys.executable,
+            "-m",
+            "ml_pipeline",
+            "serve",
+            "--base-port",
+            str(ports["preprocess"]),
+            "--metrics-base-port",
+            str(metrics_ports["preprocess"]),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -64,6 +78,24 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
         )
         assert r.status_code == 200 and r.json()["backend"] == "random"
         trace_id = r.json()["trace_id"]
+        # Metrics: each process's on its own internal port, none on the ports that serve requests.
+        for service, port in ports.items():
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404, service
+            scraped = httpx.get(
+                f"http://127.0.0.1:{metrics_ports[service]}/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+                timeout=5,
+            )
+            assert scraped.headers["content-type"].startswith("application/openmetrics-text"), service
+            build = [
+                s
+                for f in text_string_to_metric_families(scraped.text)
+                for s in f.samples
+                if s.name.endswith("build_info")
+            ]
+            assert [s.labels["service"] for s in build] == [service]  # this process's own
+            if service == "postprocess":  # the request's duration bucket carries its trace id
+                assert f'trace_id="{trace_id}"' in scraped.text
         # The load generator against the real servers: two runs, every request answered.
         results = tmp_path / "bench.json"
         bench = subprocess.run(
@@ -99,7 +131,7 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     log.seek(0)
     output = log.read()
     assert code == 0, output
-    assert not [p for p in ports.values() if port_in_use(p)], "a service outlived Ctrl-C"
+    assert not [p for p in [*ports.values(), *metrics_ports.values()] if port_in_use(p)], "a service outlived Ctrl-C"
     # One grep follows the request through all three services' logs.
     lines = [line for line in output.splitlines() if trace_id in line]
     assert {svc for svc in ports if any(f'"service": "{svc}"' in line for line in lines)} == set(ports)

@@ -327,3 +327,50 @@ def test_prefixes_and_broken_headers_are_4xx_whatever_pillow_raises():
             imaging.normalize(imaging.resize_crop(imaging.decode(body, BIG, 20_000_000)))
         except PipelineError as exc:
             assert 400 <= exc.status < 500, exc
+
+
+def test_error_messages_say_what_is_wrong_with_the_image_not_which_class_raised():
+    """Issue 28: messages carried exception class names, reprs and Pillow's internal pixel limit.
+    Over the same prefixes and flipped bytes as above, plus the metadata bombs and a claim past
+    Pillow's own limit, every message is plain: no class name, no address, no Pillow setting."""
+    photos = [
+        COFFEE_JPG.read_bytes(),
+        image_bytes(smooth_image(64, 48)),
+        image_bytes(smooth_image(64, 48), "WEBP"),
+        image_bytes(smooth_image(64, 48).convert("P")),
+    ]
+    rng = np.random.default_rng(28)
+    bodies = [image_bytes(Image.new("1", (15000, 12000)))]  # past Pillow's 2 x MAX_IMAGE_PIXELS
+    bodies += [_png_with_chunk(b"zTXt", b"Comment\0\0" + __import__("zlib").compress(b"a" * 2_000_000))]
+    for data in photos:
+        bodies += [data[:n] for n in range(1, min(len(data), 700), 5)] + [data[: len(data) // 2]]
+        for _ in range(200):
+            mutated = bytearray(data)
+            for i in rng.integers(0, min(len(data), 300), size=rng.integers(1, 5)):
+                mutated[i] = rng.integers(0, 256)
+            bodies.append(bytes(mutated))
+    leaks = (
+        "Error",  # OSError, SyntaxError, ValueError, DecompressionBombError, struct.error, …
+        "error:",
+        "Exception",
+        "0x",
+        "<",
+        "b'",
+        "178956970",  # Pillow's own bomb limit (2 x Image.MAX_IMAGE_PIXELS)
+        str(Image.MAX_IMAGE_PIXELS),
+        "MAX_",
+        "PngImagePlugin",
+        "decompression bomb",
+    )
+    messages: dict[str, set[str]] = {}
+    for body in bodies:
+        try:
+            imaging.decode(body, 50_000_000, 20_000_000)
+        except PipelineError as exc:
+            messages.setdefault(exc.code, set()).add(exc.message)
+    assert {"corrupt_image", "too_many_pixels", "unsupported_image_format"} <= set(messages)
+    for code, texts in messages.items():
+        for text in texts:
+            assert not [leak for leak in leaks if leak in text], (code, text)
+    assert any("50000000" in text for text in messages["too_many_pixels"])  # our limit, the one that applies
+    assert any("truncated" in text for text in messages["corrupt_image"])
