@@ -17,3 +17,12 @@ docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" --entrypoint promtool "$
   check config /etc/prometheus/prometheus.yml
 docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" -w /etc/prometheus --entrypoint promtool "$prometheus_image" \
   test rules tests/rules_test.yml
+# The edge's nginx config, with each platform's upstream beside it (`nginx -t` resolves the
+# Kubernetes upstream's host name: any address will do for the check).
+nginx_image=${NGINX_IMAGE:-nginxinc/nginx-unprivileged:1.28.0-bookworm}
+for upstream in edge/upstream-docker.conf deploy/k8s/base/edge-upstream.conf; do
+  docker run --rm --read-only --tmpfs /tmp --add-host postprocess:127.0.0.1 \
+    -v "$PWD/edge/nginx.conf:/etc/nginx/conf.d/default.conf:ro" -v "$PWD/$upstream:/etc/nginx/conf.d/upstream.conf:ro" \
+    "$nginx_image" nginx -t -q
+  echo "edge/nginx.conf with $upstream: valid ($nginx_image)"
+done

@@ -7,9 +7,14 @@ the service keeps answering the requests it admitted in good time instead of ans
 them too late (congestion collapse). It counts requests, not connections (uvicorn's
 ``limit_concurrency`` would let idle keep-alive sockets lock real requests out).
 
-A queued request whose client hangs up leaves the queue without being worked on. Each admitted
-request gets its deadline (``ml_pipeline.deadline``); a body that has not arrived by then is a
-408. Probes and ``/metrics`` bypass all of this: they never wait behind inference.
+A request's body is read whole before it asks for a slot: a client trickling its upload holds
+its own connection, never one of the ``max_in_flight`` slots (eight such clients used to lock every
+real request out). Bodies being read, queued or worked on share a byte budget (``max_body_bytes``
+× (``max_in_flight`` + ``max_queue``), what the slots and the queue held before); a body that would
+overrun it is refused with 503 ``overloaded``. Each request gets its deadline
+(``ml_pipeline.deadline``) when its headers arrive; a body that has not arrived by then is a 408.
+
+A queued request whose client hangs up leaves the queue without being worked on. Probes bypass all of this: they never wait behind inference (metrics are not on this port).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class AdmissionControl:
         max_queue: int,
         queue_timeout_s: float,
         request_timeout_s: float,
+        max_body_bytes: int,
     ):
         self.app = app
         self.service = service
@@ -46,6 +52,8 @@ class AdmissionControl:
         self.queue_timeout_s = queue_timeout_s
         self.request_timeout_s = request_timeout_s
         self.in_flight = 0
+        self.body_budget_bytes = max_body_bytes * (max_in_flight + max_queue)
+        self.buffered_bytes = 0  # of the bodies read so far by requests not finished yet
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._queued = metrics.QUEUED.labels(service)
         self._queued.set(0)
@@ -61,9 +69,18 @@ class AdmissionControl:
             return
         timeout_s = self.request_timeout_s if asked is None else min(asked, self.request_timeout_s)
         token = deadline.start(timeout_s)
+        body = _BufferedBody(self)
         try:
+            try:
+                receive = await body.read(receive)
+            except RaisedWhileReadingBody as exc:  # too large, too slow, or over the budget
+                if exc.error.code == Overloaded.code:
+                    metrics.REFUSED.labels(self.service, "body_budget").inc()
+                await self._answer(exc.error, scope, receive, send)
+                return
             await self._admit_and_run(scope, receive, send)
         finally:
+            body.release()
             deadline.reset(token)
 
     async def _admit_and_run(self, scope, receive, send):
@@ -145,6 +162,39 @@ class AdmissionControl:
             error.status, error.code, error.message, self.service, error.retry_after_s, path=scope.get("path", "")
         )
         await response(scope, receive, send)
+
+
+class _BufferedBody:
+    """One request's body, read whole before admission and counted against the app's budget."""
+
+    def __init__(self, admission: AdmissionControl):
+        self._admission = admission
+        self._bytes = 0
+
+    async def read(self, receive):
+        """Every message up to the body's end (or the client leaving); a ``receive`` replaying them."""
+        messages: list[dict] = []
+        bounded = _deadline_bound(receive)
+        while True:
+            message = await bounded()
+            messages.append(message)
+            size = len(message.get("body", b""))
+            admission = self._admission
+            if admission.buffered_bytes + size > admission.body_budget_bytes:
+                raise RaisedWhileReadingBody(
+                    Overloaded(
+                        f"{admission.service} is receiving too many request bodies at once; try again later",
+                        retry_after_s=RETRY_AFTER_S,
+                    )
+                )
+            self._bytes += size
+            admission.buffered_bytes += size
+            if ends_body(message):
+                return _replaying(messages, receive)
+
+    def release(self) -> None:
+        self._admission.buffered_bytes -= self._bytes
+        self._bytes = 0
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 URLS = {
+    "edge": os.environ.get("STACK_EDGE_URL"),  # the public entry: nginx in front of postprocess
     "postprocess": os.environ.get("STACK_POSTPROCESS_URL"),
     "preprocess": os.environ.get("STACK_PREPROCESS_URL"),
     "model": os.environ.get("STACK_MODEL_URL"),
@@ -69,5 +70,6 @@ def stack_control(stack):
 
 @pytest.fixture
 def client(stack):
-    with httpx.Client(base_url=stack["postprocess"], timeout=30) as c:
+    """A client of the public entry, as users call it (through the edge)."""
+    with httpx.Client(base_url=stack["edge"], timeout=30) as c:
         yield c

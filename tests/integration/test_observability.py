@@ -1,6 +1,7 @@
-"""The observability stack, live: Prometheus scrapes every replica and the collector's spanmetrics,
-exemplars lead to traces Jaeger has, Jaeger's SPM answers, every dashboard query returns data, and
-a stopped collector costs the pipeline nothing."""
+"""The observability stack, live: Prometheus scrapes every replica (on its internal metrics port;
+the service ports have no /metrics) and the collector's spanmetrics, exemplars lead to traces Jaeger
+has, Jaeger's SPM answers, every dashboard query returns data, methods no route answers are one
+`other` label, and a stopped collector costs the pipeline nothing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import math
 import socket
 import statistics
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text_format
 
 from support.dashboards import panel_queries
 from support.data import COFFEE_JPG
@@ -19,6 +20,8 @@ from support.data import COFFEE_JPG
 pytestmark = pytest.mark.integration
 SERVICES = ("postprocess", "preprocess", "model")
 SERVER_ROUTES = {"postprocess": "/finalize", "preprocess": "/process", "model": "/predict"}
+METRICS_PORT = 9464  # every service container's (compose's METRICS_PORT), reached on the stack's network
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
 def poll(check, what: str, timeout_s: float = 60, interval_s: float = 1.0):
@@ -73,7 +76,7 @@ def load(stack, prometheus) -> list[str]:
 
     In two rounds, each waited for until scraped: rate() needs a series to *increase* between
     two scrapes, and a series created and filled within one scrape interval never does."""
-    with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
+    with httpx.Client(base_url=stack["edge"], timeout=30) as client:
         warmup = [finalize(client) for _ in range(5)]
         assert [r.status_code for r in warmup] == [200] * 5
         poll(lambda: counted(prometheus, 5), "the first round of requests in Prometheus", timeout_s=90)
@@ -84,10 +87,14 @@ def load(stack, prometheus) -> list[str]:
     return [r.json()["trace_id"] for r in responses]
 
 
+def replica_addresses(service: str) -> set[str]:
+    """Every replica's address, as Prometheus's DNS discovery finds them (the compose service name)."""
+    return {info[4][0] for info in socket.getaddrinfo(service, METRICS_PORT, type=socket.SOCK_STREAM)}
+
+
 def test_prometheus_scrapes_every_replica_of_every_service(prometheus, load):
     for service in SERVICES:
-        host = urlsplit(f"http://{service}:5000").hostname
-        replicas = {f"{info[4][0]}:5000" for info in socket.getaddrinfo(host, 5000, type=socket.SOCK_STREAM)}
+        replicas = {f"{address}:{METRICS_PORT}" for address in replica_addresses(service)}
         up = {s["metric"]["instance"]: s["value"][1] for s in instant(prometheus, f'up{{job="{service}"}}')}
         assert up == dict.fromkeys(replicas, "1"), f"{service}: DNS has {replicas}, Prometheus scrapes {up}"
         cpu = poll(lambda: instant(prometheus, f'process_cpu_seconds_total{{job="{service}"}}'), f"{service} CPU")
@@ -115,6 +122,66 @@ def test_spanmetrics_for_every_hop(prometheus, load):
         prometheus, 'count by (service_instance_id) (traces_span_metrics_calls_total{service_name="model"})'
     )
     assert per_replica and all(s["metric"].get("service_instance_id") for s in per_replica)
+
+
+def scrape_replicas(service: str, accept: str = "text/plain") -> dict[str, httpx.Response]:
+    """Every replica's own metrics port, by address."""
+    return {
+        address: httpx.get(f"http://{address}:{METRICS_PORT}/metrics", headers={"Accept": accept}, timeout=10)
+        for address in replica_addresses(service)
+    }
+
+
+def request_counts(exposition: str) -> list:
+    """The ``ml_pipeline_requests_total`` samples of a Prometheus text exposition."""
+    return [
+        sample
+        for family in parse_text_format(exposition)
+        for sample in family.samples
+        if sample.name == "ml_pipeline_requests_total"
+    ]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_metrics_are_served_on_the_internal_port_only(stack, load, service):
+    """The service port answers /metrics like any unknown path (404); the metrics port of every
+    replica answers the exposition, OpenMetrics with exemplars when asked."""
+    public = [stack[service]] + ([stack["edge"]] if service == "postprocess" else [])  # the entry too
+    for url in public:
+        r = httpx.get(f"{url}/metrics", headers={"Accept": OPENMETRICS}, timeout=10)
+        assert r.status_code == 404, (url, r.text[:300])
+        assert "ml_pipeline_" not in r.text and "trace_id=" not in r.text, url
+    for address, r in scrape_replicas(service, OPENMETRICS).items():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text"), address
+        assert f'service="{service}"' in r.text, address
+        if service == "postprocess":  # one replica: it served the load
+            assert ' # {trace_id="' in r.text, "no exemplars in the OpenMetrics exposition"
+
+
+def test_methods_no_route_answers_are_one_label(stack):
+    """WebDAV methods uvicorn's parser accepts reach the app and are answered 405: counted as
+    `other`, never as themselves (any client could otherwise add series: ~35 methods were seen)."""
+    odd = ("PROPFIND", "MKCOL", "LOCK", "PATCH")
+
+    def other_405s(service: str) -> float:
+        return sum(
+            s.value
+            for r in scrape_replicas(service).values()
+            for s in request_counts(r.text)
+            if s.labels["method"] == "other" and s.labels["status"] == "405"
+        )
+
+    before = {service: other_405s(service) for service in SERVICES}
+    for service in SERVICES:
+        for method in odd:
+            r = httpx.request(method, f"{stack[service]}{SERVER_ROUTES[service]}", timeout=10)
+            assert r.status_code == 405, (service, method, r.status_code)
+    for service in SERVICES:
+        for address, r in scrape_replicas(service).items():
+            methods = {s.labels["method"] for s in request_counts(r.text)}
+            assert methods <= {"GET", "HEAD", "POST", "GRPC", "other"}, (service, address, methods)
+        # Each request went to some replica: together they counted every one as `other`.
+        assert other_405s(service) - before[service] == len(odd), service
 
 
 @pytest.mark.parametrize(
@@ -174,7 +241,7 @@ def test_pipeline_serves_at_normal_latency_with_the_collector_stopped(stack, sta
 
     def latencies_ms(n: int) -> list[float]:
         out = []
-        with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
+        with httpx.Client(base_url=stack["edge"], timeout=30) as client:
             for _ in range(n):
                 start = time.perf_counter()
                 assert finalize(client).status_code == 200
@@ -199,7 +266,7 @@ def test_pipeline_serves_at_normal_latency_with_the_collector_stopped(stack, sta
     assert max(during) < 1000, during
 
     # And tracing recovers once the collector is back.
-    with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
+    with httpx.Client(base_url=stack["edge"], timeout=30) as client:
 
         def traced_again():
             trace_id = finalize(client).json()["trace_id"]

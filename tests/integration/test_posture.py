@@ -66,7 +66,7 @@ def test_injected_span_names_cannot_explode_span_metric_series(prometheus, colle
     assert folded >= 2000 and calls + folded >= 3000  # … and the spans over it are counted, not lost
 
 
-HARDENED = ["model", "preprocess", "postprocess", "otel-collector", "jaeger", "prometheus"]
+HARDENED = ["edge", "model", "preprocess", "postprocess", "otel-collector", "jaeger", "prometheus"]
 
 
 @pytest.mark.parametrize("service", HARDENED)

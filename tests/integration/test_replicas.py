@@ -29,7 +29,7 @@ def test_requests_spread_over_every_replica(stack, stack_control):
     replicas = replica_ids(stack_control)
     assert len(replicas) >= 2, f"the stack runs {len(replicas)} model replica(s); compose asks for 2"
     with (
-        httpx.Client(base_url=stack["postprocess"], timeout=30) as client,
+        httpx.Client(base_url=stack["edge"], timeout=30) as client,
         concurrent.futures.ThreadPoolExecutor(4) as pool,
     ):
         answers = list(pool.map(lambda _: finalize(client), range(200)))
@@ -52,7 +52,7 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
     failures: list[str] = []  # what a failed request said, to diagnose it
 
     def stream():
-        with httpx.Client(base_url=stack["postprocess"], timeout=30) as client:
+        with httpx.Client(base_url=stack["edge"], timeout=30) as client:
             while not stop.is_set():
                 r = finalize(client)
                 statuses.append(r.status_code)

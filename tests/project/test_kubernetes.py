@@ -271,6 +271,21 @@ def test_model_and_preprocess_services_are_headless_so_client_side_balancing_see
     assert {p["port"] for p in services["model"]["spec"]["ports"]} == {5000, 8001}
 
 
+def test_the_edge_is_the_entry_and_mounts_its_config_where_nginx_reads_it(objects):
+    """The edge's Service is the one to publish; its pod reads compose's nginx config plus this
+    platform's upstream from conf.d, with /tmp in memory for the bodies it buffers."""
+    services, deployments = of_kind(objects, "Service"), of_kind(objects, "Deployment")
+    assert services["edge"]["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+    pod = deployments["edge"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/etc/nginx/conf.d", "tmp": "/tmp"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"].startswith("edge-config")
+    assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "512Mi"}
+    assert pod["securityContext"]["runAsUser"] == 101  # nginx-unprivileged's user
+
+
 def test_graceful_termination_outlasts_the_prestop_sleep_and_uvicorns_drain(objects):
     drain_s = uvicorn_config("x:app", "127.0.0.1", 0).timeout_graceful_shutdown
     for name in PIPELINE:
@@ -319,6 +334,7 @@ def test_images_are_composes_pins_and_the_pipelines_own_names():
         "jaeger/jaeger": "JAEGER_IMAGE",
         "prometheus/prometheus": "PROMETHEUS_IMAGE",
         "grafana/grafana": "GRAFANA_IMAGE",
+        "edge/edge": "NGINX_IMAGE",
     }
     for container, variable in pins.items():
         assert images[container] == DOTENV[variable], container
@@ -340,6 +356,7 @@ def test_observability_configs_are_the_files_compose_mounts():
         "grafana-datasources": {"datasources.yml": "grafana/provisioning/datasources/datasources.yml"},
         "grafana-dashboard-providers": {"dashboards.yml": "grafana/provisioning/dashboards/dashboards.yml"},
         "grafana-dashboards": {"ml-pipeline.json": "grafana/dashboards/ml-pipeline.json"},
+        "edge-config": {"default.conf": "edge/nginx.conf", "upstream.conf": "deploy/k8s/base/edge-upstream.conf"},
     }
     for name, files in same_files.items():
         assert configmaps[name]["data"] == {key: (ROOT / path).read_text() for key, path in files.items()}, name
@@ -374,7 +391,7 @@ def test_kubernetes_prometheus_config_keeps_composes_jobs_rules_and_intervals():
             assert "dns_sd_configs" not in job
             assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"own_namespace": True}}]
             keep = job["relabel_configs"][0]
-            assert keep["action"] == "keep" and keep["regex"] == f"{job['job_name']};http;Running"
+            assert keep["action"] == "keep" and keep["regex"] == f"{job['job_name']};metrics;Running"
 
 
 def test_kubernetes_prometheus_config_is_valid_for_promtool():
@@ -389,9 +406,38 @@ def test_kubernetes_prometheus_config_is_valid_for_promtool():
 
 
 def test_every_pipeline_container_opens_the_port_prometheus_keeps():
+    """The pod's `metrics` port is where the service serves them: METRICS_PORT, compose's port."""
+    objects = render("prod")
+    configmaps = of_kind(objects, "ConfigMap")
+    compose_port = {
+        job["job_name"]: job["dns_sd_configs"][0]["port"]
+        for job in PROMETHEUS["scrape_configs"]
+        if job["job_name"] in PIPELINE
+    }
     for name in PIPELINE:
-        (container,) = of_kind(render("prod"), "Deployment")[name]["spec"]["template"]["spec"]["containers"]
-        assert {"name": "http", "containerPort": 5000} in container["ports"]
+        (container,) = of_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        env = {
+            key: value
+            for ref in container["envFrom"]
+            for key, value in configmaps[ref["configMapRef"]["name"]]["data"].items()
+        }
+        env.update({e["name"]: e.get("value") for e in container["env"]})
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert ports["http"] == 5000 and ports["metrics"] == int(env["METRICS_PORT"]) == compose_port[name], name
+        assert ports["metrics"] != ports["http"], name
+
+
+def test_no_service_exposes_the_pipelines_metrics_port(objects):
+    """Metrics are Prometheus's, scraped from each pod: no Service (the entry's least of all) routes to them."""
+    pipeline_pods = [
+        of_kind(objects, "Deployment")[name]["spec"]["template"]["metadata"]["labels"] for name in PIPELINE
+    ]
+    for name, service in of_kind(objects, "Service").items():
+        selector = service["spec"]["selector"].items()
+        if not any(selector <= labels.items() for labels in pipeline_pods):
+            continue  # Jaeger's and the collector's own metrics ports are theirs
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] != "metrics" and 9464 not in (port["port"], port["targetPort"]), name
 
 
 def test_readme_documents_the_kubernetes_commands():

@@ -17,7 +17,8 @@ PRIVATE = "${BIND_ADDRESS:-127.0.0.1}:"
 
 def test_every_published_port_binds_to_localhost_unless_bind_address_says_otherwise():
     published = {name: svc.get("ports", []) for name, svc in COMPOSE["services"].items()}
-    assert published["postprocess"] and published["preprocess"]
+    assert published["edge"] and published["preprocess"]
+    assert not published["postprocess"]  # behind the edge: only the debug overlay publishes it
     for name, ports in published.items():
         for port in ports:
             assert isinstance(port, str) and port.startswith(PRIVATE), f"{name} publishes {port!r} on every interface"
@@ -27,6 +28,7 @@ def test_model_replicas_are_not_published_except_by_the_debug_overlay():
     assert "ports" not in COMPOSE["services"]["model"]
     debug = yaml.safe_load((ROOT / "docker-compose.debug.yml").read_text())
     assert debug["services"]["model"]["ports"] == ["127.0.0.1::5000", "127.0.0.1::8001"]
+    assert debug["services"]["postprocess"]["ports"] == ["127.0.0.1::5000"]
 
 
 def test_prometheus_has_no_lifecycle_api():
@@ -89,3 +91,14 @@ def test_grafana_password_from_the_environment_is_used_and_never_echoed(tmp_path
     short = _admin_password(secret, password="admin")
     assert short.returncode == 2 and "shorter than 12" in short.stderr
     assert secret.read_text() == chosen
+
+
+def test_the_services_metrics_port_is_never_published():
+    """Metrics (with other clients' trace ids as exemplars) are for Prometheus on the stack's network."""
+    debug = yaml.safe_load((ROOT / "docker-compose.debug.yml").read_text())
+    for name in ("model", "preprocess", "postprocess"):
+        port = str(COMPOSE["services"][name]["environment"]["METRICS_PORT"])
+        for compose in (COMPOSE, debug):
+            for service, spec in compose["services"].items():
+                published = [str(p) for p in spec.get("ports", [])]
+                assert not [p for p in published if p.rsplit(":", 1)[-1] == port], f"{service} publishes {port}"

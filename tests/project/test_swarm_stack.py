@@ -77,6 +77,26 @@ def test_every_config_is_a_file_compose_mounts_at_the_same_place():
             assert config["target"] == mounts[directory] + relative.removeprefix(directory), f"{name}: {relative}"
 
 
+def test_the_edge_is_composes():
+    """The same image, nginx config and upstream file, health check, limits and hardening."""
+    stack, compose = STACK["services"]["edge"], COMPOSE["services"]["edge"]
+    assert stack["image"] == compose["image"] and defaults(compose["image"]) == DOTENV["NGINX_IMAGE"]
+    mounted = {v.split(":")[1]: v.split(":")[0].removeprefix("./") for v in compose["volumes"]}
+    shipped = {c["target"]: STACK["configs"][c["source"]]["file"].removeprefix("../../") for c in stack["configs"]}
+    expected = {
+        "/etc/nginx/conf.d/default.conf": "edge/nginx.conf",
+        "/etc/nginx/conf.d/upstream.conf": "edge/upstream-docker.conf",
+    }
+    assert shipped == expected and mounted == expected
+    for key in ("healthcheck", "stop_grace_period"):
+        assert stack[key] == compose[key], key
+    assert stack["deploy"]["resources"]["limits"] == {"memory": compose["mem_limit"].upper()[:-1] + "M", "pids": 64}
+    assert compose["pids_limit"] == 64
+    assert stack["read_only"] is True and stack["cap_drop"] == ["ALL"] and stack["logging"] == compose["logging"]
+    assert {"type": "tmpfs", "target": "/tmp", "tmpfs": {"size": 512 * 2**20}} in stack["volumes"]
+    assert "/tmp:size=512m" in compose["tmpfs"][0]
+
+
 def test_every_service_resolves_to_its_tasks_and_publishes_in_host_mode():
     for name, service in STACK["services"].items():
         # dnsrr: the name is every task's address (client-side balancing, one Prometheus target per
@@ -84,8 +104,9 @@ def test_every_service_resolves_to_its_tasks_and_publishes_in_host_mode():
         assert service["deploy"]["endpoint_mode"] == "dnsrr", name
         for port in service.get("ports", []):
             assert port["mode"] == "host", name
-    assert [p["target"] for p in STACK["services"]["postprocess"]["ports"]] == [5000]
-    assert "ports" not in STACK["services"]["model"] and "ports" not in STACK["services"]["preprocess"]
+    assert [p["target"] for p in STACK["services"]["edge"]["ports"]] == [8080]  # the public entry, on 5003
+    for name in PIPELINE:
+        assert "ports" not in STACK["services"][name], name
     assert STACK["networks"]["ml_net"]["driver"] == "overlay"
 
 
@@ -93,3 +114,15 @@ def test_readme_documents_swarm():
     readme = (ROOT / "README.md").read_text()
     assert "## Running on Swarm" in readme
     assert "docker stack deploy --compose-file deploy/swarm/docker-stack.yml ml-pipeline" in readme
+
+
+def test_prometheus_scrapes_each_task_on_its_metrics_port_which_is_never_published():
+    """compose's prometheus.yml, shipped as is, scrapes METRICS_PORT; the service port has no /metrics."""
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    scrape_port = {name: jobs[name]["dns_sd_configs"][0]["port"] for name in PIPELINE}
+    for name in PIPELINE:
+        for stack_or_compose in (STACK, COMPOSE):
+            port = int(defaults(stack_or_compose["services"][name]["environment"]["METRICS_PORT"]))
+            assert port == scrape_port[name] != 5000, name
+        assert scrape_port[name] not in {p["target"] for p in STACK["services"][name].get("ports", [])}, name

@@ -4,7 +4,7 @@
 # Makes this engine a single-node swarm if it is not one, deploys deploy/swarm/docker-stack.yml with
 # the images tests/run.sh built (project $ML_PIPELINE_TEST_PROJECT), every published port on a free
 # one, waits for it, runs tests/swarm/ in the test image on the host's network (classify through the
-# published entry port, both model replicas, the trace in Jaeger, Prometheus's targets), removes the
+# published entry port — the edge —, both model replicas, the trace in Jaeger, Prometheus's targets), removes the
 # stack with its volumes and secret, leaves the swarm if it made one (and the docker_gwbridge network
 # it brought), and fails if anything is left or the swarm is not as it was.
 set -euo pipefail
@@ -93,7 +93,7 @@ published() {  # service, container port → host port, once its task's containe
   [ -n "$id" ] && docker port "$id" "$2/tcp" 2>/dev/null | head -1 | sed 's/.*://'
 }
 for _ in $(seq 1 120); do
-  entry=$(published postprocess 5000 || true); jaeger=$(published jaeger 16686 || true)
+  entry=$(published edge 8080 || true); jaeger=$(published jaeger 16686 || true)
   prometheus=$(published prometheus 9090 || true)
   [ -n "$entry" ] && [ -n "$jaeger" ] && [ -n "$prometheus" ] && break
   sleep 2

@@ -56,6 +56,7 @@ def stack_ready():
 def test_the_photo_is_classified_through_the_published_entry_port(stack_ready):
     r = httpx.post(f"{ENTRY}/finalize", files={"file": ("coffee.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
     assert r.status_code == 200, r.text
+    assert r.headers["server"] == "nginx" and "edge;dur=" in r.headers["server-timing"]  # the edge answers
     answer = r.json()
     assert answer["class_id"] == ESPRESSO and answer["backend"] == "onnx"
     assert r.headers["x-trace-id"] == answer["trace_id"]

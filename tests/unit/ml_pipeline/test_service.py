@@ -93,7 +93,7 @@ async def exchange(
         elif message["type"] == "http.response.body":
             result.body += message.get("body", b"")
 
-    raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in (headers or {}).items()]
     if content_length is not None:
         raw_headers.append((b"content-length", str(content_length).encode()))
     scope = {
@@ -185,3 +185,31 @@ async def test_a_body_too_slow_to_drain_closes_the_connection(monkeypatch):
     monkeypatch.setattr(service, "DRAIN_TIMEOUT_S", 0.05)
     r = await exchange(tiny_app(), pieces(900, 300), path="/ignore", content_length=900, stall_after=1)
     assert r.status == 200 and r.headers["connection"] == "close" and r.sent == 300
+
+
+# --------------------------------------------------------------------------- non-ASCII digits
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"1\xb2", b"\xb9\xb3", "\u0663".encode()], ids=["²", "1²", "¹³", "٣"])
+async def test_a_content_length_of_non_ascii_digits_is_not_taken_for_a_number(declared):
+    """Starlette reads header bytes as latin-1, so b"\\xb2" is "²": ``str.isdigit()`` says yes and
+    ``int()`` raises (a 500). Only ASCII digits count; the body is then judged by what arrives."""
+    from starlette.requests import Request as StarletteRequest
+
+    from ml_pipeline.errors import PayloadTooLarge
+    from ml_pipeline.service import read_body
+
+    def request(body: bytes) -> StarletteRequest:
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", declared)]}
+        return StarletteRequest(scope, receive)
+
+    assert await read_body(request(b"x" * 10), limit=10) == b"x" * 10
+    with pytest.raises(PayloadTooLarge, match="request body of 11 bytes"):
+        await read_body(request(b"x" * 11), limit=10)
+    # The middleware's check works on the raw bytes: bytes.isdigit() is ASCII digits only already.
+    assert not declared.isdigit()
+    r = await exchange(tiny_app(), pieces(300, 100), headers={"content-length": declared.decode("latin-1")})
+    assert r.status == 200 and r.json() == {"bytes": 300}, r.body
