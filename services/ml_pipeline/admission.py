@@ -9,9 +9,8 @@ them too late (congestion collapse). It counts requests, not connections (uvicor
 
 A request's body is read whole before it asks for a slot: a client trickling its upload holds
 its own connection, never one of the ``max_in_flight`` slots (eight such clients used to lock every
-real request out). Bodies being read, queued or worked on share a byte budget (``max_body_bytes``
-× (``max_in_flight`` + ``max_queue``), what the slots and the queue held before); a body that would
-overrun it is refused with 503 ``overloaded``. Each request gets its deadline
+real request out). Bodies being read, queued or worked on share a byte budget
+(``MAX_BUFFERED_BODY_BYTES``); a body that would overrun it is refused with 503 ``overloaded``. Each request gets its deadline
 (``ml_pipeline.deadline``) when its headers arrive; a body that has not arrived by then is a 408.
 
 A queued request whose client hangs up leaves the queue without being worked on. Probes bypass all of this: they never wait behind inference (metrics are not on this port).
@@ -43,7 +42,7 @@ class AdmissionControl:
         max_queue: int,
         queue_timeout_s: float,
         request_timeout_s: float,
-        max_body_bytes: int,
+        body_budget_bytes: int,
     ):
         self.app = app
         self.service = service
@@ -52,7 +51,7 @@ class AdmissionControl:
         self.queue_timeout_s = queue_timeout_s
         self.request_timeout_s = request_timeout_s
         self.in_flight = 0
-        self.body_budget_bytes = max_body_bytes * (max_in_flight + max_queue)
+        self.body_budget_bytes = body_budget_bytes
         self.buffered_bytes = 0  # of the bodies read so far by requests not finished yet
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._queued = metrics.QUEUED.labels(service)

@@ -194,7 +194,7 @@ def _add_middleware(app: FastAPI, service: str, settings: ServiceSettings, max_b
         max_queue=settings.max_queue,
         queue_timeout_s=settings.queue_timeout_s,
         request_timeout_s=settings.request_timeout_s,
-        max_body_bytes=max_body_bytes,
+        body_budget_bytes=max(max_body_bytes, settings.max_buffered_body_bytes),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, service=service)
     app.add_middleware(RequestTelemetryMiddleware, service=service)

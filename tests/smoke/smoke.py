@@ -46,9 +46,13 @@ def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = N
 def classify(entry: str, photo: bytes) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="test.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="test.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     answer = http(f"{entry}/finalize", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     if answer.get("label") != "espresso":
         raise SmokeFailure(f"test.jpg was classified as {answer.get('label')!r}, not 'espresso'")

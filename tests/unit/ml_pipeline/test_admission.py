@@ -331,9 +331,11 @@ async def test_clients_trickling_their_bodies_hold_no_slot():
 
 @pytest.mark.slow
 async def test_bodies_being_received_share_a_byte_budget():
-    """The budget is what the slots and the queue could hold (max_body × (in flight + queued)):
+    """MAX_BUFFERED_BODY_BYTES bounds the bodies held at once (received, queued or worked on):
     past it a body is refused with 503 `overloaded`, counted as `body_budget`; under it, served."""
-    app = slow_app("adm-budget", max_body=1000, max_in_flight=1, max_queue=1, request_timeout_s=5)
+    app = slow_app(
+        "adm-budget", max_body=1000, max_in_flight=4, max_queue=4, request_timeout_s=5, max_buffered_body_bytes=2000
+    )
     before = refused("adm-budget", "body_budget")
     with served(app) as port:
         url = f"http://127.0.0.1:{port}/upload"
@@ -365,3 +367,10 @@ async def test_uploads_up_to_the_body_limit_stay_in_memory(monkeypatch, tmp_path
         r = await c.post("/file", files={"upload": ("a.bin", b"z" * 3_000_000)})
     assert r.status_code == 200, r.text
     assert r.json() == {"bytes": 3_000_000}
+
+
+async def test_the_body_budget_always_admits_one_body_of_the_largest_size():
+    app = slow_app("adm-small-budget", max_body=5000, max_buffered_body_bytes=10)
+    async with client(app) as c:
+        r = await c.post("/upload", content=b"z" * 5000)
+    assert r.status_code == 200 and r.json() == {"bytes": 5000}
