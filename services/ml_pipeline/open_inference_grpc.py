@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
@@ -52,7 +52,16 @@ messages = _load_messages()  # "ModelInferRequest" → its class, and so on for 
 # (request, response) message of each method the model serves.
 METHODS = {
     method: (messages[f"{method}Request"], messages[f"{method}Response"])
-    for method in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+    for method in (
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelConfig",  # Triton's model configuration extension
+        "ModelStatistics",  # Triton's statistics extension
+    )
 }
 
 # Typed contents field of each datatype (for requests that do not send raw bytes).
@@ -188,6 +197,21 @@ def decode_response(response: Any, *, max_elements: int) -> InferenceResponse:
     """A client's reading of a ``ModelInferResponse``."""
     outputs = _tensors(response.outputs, response.raw_output_contents, "outputs", max_elements=max_elements)
     return InferenceResponse(response.model_name, dict(outputs))
+
+
+def model_config(config: dict[str, Any]) -> Any:
+    """The ``ModelConfigResponse`` of a model configuration as REST answers it (Triton's
+    ``config.pbtxt`` as JSON: the message's own field names, enums by name). Read field by field, so
+    both protocols answer the same content; a key the message lacks is an error, not dropped."""
+    response = messages["ModelConfigResponse"]()
+    json_format.ParseDict(config, response.config)
+    return response
+
+
+def model_statistics(report: dict[str, Any]) -> Any:
+    """The ``ModelStatisticsResponse`` of Triton's statistics JSON (``$stats_model_response``), as
+    REST answers it: the same content, field by field."""
+    return json_format.ParseDict(report, messages["ModelStatisticsResponse"]())
 
 
 def _little_endian_bytes(array: np.ndarray) -> bytes:

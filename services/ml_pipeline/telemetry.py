@@ -152,25 +152,29 @@ class StageTimer:
     """Times the stages of one request: a span per stage plus ``Server-Timing`` entries.
 
     Timing names are ``<service>.<stage>`` so the hops' headers merge without collisions.
+    ``durations_ns`` keeps this service's own stages by name, in nanoseconds: the same measurement,
+    for whatever else reports it (the model's statistics extension).
     """
 
     def __init__(self, tracer: Tracer, service: str):
         self._tracer = tracer
         self._service = service
         self.timings_ms: dict[str, float] = {}
+        self.durations_ns: dict[str, int] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[trace.Span]:
         """A span named ``name`` (keys from ``ml_pipeline.wire.Attr``) and its duration recorded."""
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         with self._tracer.start_as_current_span(name, attributes=attributes) as span:
             try:
                 yield span
             finally:
-                seconds = time.perf_counter() - start
-                self.timings_ms[f"{self._service}.{name}"] = seconds * 1000
+                ns = time.perf_counter_ns() - start
+                self.durations_ns[name] = ns
+                self.timings_ms[f"{self._service}.{name}"] = ns / 1e6
                 metrics.STAGE_DURATION.labels(self._service, name).observe(
-                    seconds, exemplar=metrics.exemplar(current_trace_id())
+                    ns / 1e9, exemplar=metrics.exemplar(current_trace_id())
                 )
 
     def merge_header(self, value: str | None) -> None:

@@ -32,6 +32,7 @@ class _Waiting:
     done: asyncio.Future[np.ndarray]
     span: trace.Span  # the request's inference span: linked to its batch
     enqueued: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when its batch started to run
 
 
 class DynamicBatcher:
@@ -76,17 +77,23 @@ class DynamicBatcher:
 
     async def submit(self, batch: np.ndarray) -> np.ndarray:
         """``batch``'s rows of the model's output, computed in some batch with other requests'."""
+        output, _ = await self.submit_timed(batch)
+        return output
+
+    async def submit_timed(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """``submit``'s answer, and the seconds the request queued before its batch started to run."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
         waiting = _Waiting(batch, asyncio.get_running_loop().create_future(), trace.get_current_span())
         self._queue.append(waiting)
         self._arrived.set()
         try:
-            return await waiting.done
+            output = await waiting.done
         except asyncio.CancelledError:
             if waiting in self._queue:  # not started yet: leaves the queue (a running batch just drops its rows)
                 self._queue.remove(waiting)
             raise
+        return output, (waiting.started or waiting.enqueued) - waiting.enqueued
 
     # ----------------------------------------------------------------------- the worker
 
@@ -150,6 +157,7 @@ class DynamicBatcher:
             span.set_attribute(Attr.BATCH_QUEUE_MS, queue_s * 1000)
             metrics.BATCH_SIZE.labels(self._service).observe(sum(rows))
             for waiting in live:
+                waiting.started = started
                 metrics.BATCH_QUEUE_DURATION.labels(self._service).observe(started - waiting.enqueued)
                 waiting.span.add_link(span.get_span_context(), {Attr.LINK_KIND: "batch"})
             try:

@@ -1,14 +1,19 @@
 """The model's data plane: a request body in one of the hand-off encodings → validated batch →
 logits. No web framework here: ``model.app``'s route reads the body and writes the answer.
+
+Every request that reaches a model here, by ``/predict``, the protocol's REST or its gRPC, is
+counted in the model's statistics (``model.statistics``: Triton's statistics extension) from the
+timings of its stages (``tensor_decode``, ``inference``, ``tensor_encode``: its spans').
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -34,6 +39,7 @@ from ml_pipeline.wire import (
 from model.backends import INPUT_SHAPE, Backend, load_backend, readiness
 from model.batcher import DynamicBatcher
 from model.convert import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from model.statistics import ModelStatistics, RequestTimings
 
 MODEL_VERSION = "1"  # the one version served (the protocol's routes may name it)
 NPY_HEADER_BYTES = 4096  # room for a .npy header, however it is padded
@@ -45,9 +51,15 @@ REFERENCE_MAX_BYTES = 1024  # {"name": "<32 hex>.npy"} is ~50 bytes: no megabyte
 JSON_BYTES_PER_FLOAT = 24
 GRPC_OVERHEAD_BYTES = 64 * 1024  # a ModelInferRequest's names, shape and parameters beside its tensor bytes
 INLINE_JSON_BYTES = 64 * 1024  # a v2 request with more JSON than this is decoded in a worker thread
+T = TypeVar("T")
 
 
-def validate_batch(x: np.ndarray, max_batch: int) -> None:
+def validate_batch(x: np.ndarray, max_batch: int, what: str = "tensor") -> None:
+    """``x`` is a batch the model takes, or a 400 saying why (``what``: the tensor, as the client named it).
+
+    Non-finite values are refused on every route, the protocol's included, where Triton would pass
+    them on: the model takes normalized pixels, a NaN or an infinity in one makes every score of its
+    image NaN, and the answer would look like one (issue 31; docs/open-inference.md)."""
     if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
         raise BadRequest(
             f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]", code="invalid_tensor"
@@ -56,8 +68,15 @@ def validate_batch(x: np.ndarray, max_batch: int) -> None:
         raise BadRequest(f"tensor dtype {x.dtype} is not float32", code="invalid_tensor")
     if not 1 <= x.shape[0] <= max_batch:
         raise BadRequest(f"batch size {x.shape[0]} is outside 1..{max_batch}", code="invalid_tensor")
-    if not np.isfinite(x).all():
-        raise BadRequest("tensor contains NaN or infinite values", code="invalid_tensor")
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        first = [int(i) for i in np.unravel_index(bad[0], x.shape)]
+        raise BadRequest(
+            f"{what} holds {bad.size} NaN or infinite values of {x.size} (the first at {first}): the model "
+            "takes finite float32 values (normalized pixels); random bytes as float32 are no such input",
+            code="invalid_tensor",
+        )
 
 
 @dataclass(frozen=True)
@@ -85,13 +104,15 @@ class Predictor:
         # What a JSON body may hold, counted before it is parsed: the largest batch as nested lists.
         self.json_budget = codec.JsonBudget.for_shape((settings.max_batch, *INPUT_SHAPE))
         self.batcher: DynamicBatcher | None = None  # DYNAMIC_BATCHING: requests' tensors run together
+        self.statistics = ModelStatistics()  # Triton's statistics extension, of every route
 
     async def load(self, tracer: trace.Tracer | None = None) -> None:
         self.backend = await anyio.to_thread.run_sync(load_backend, self.settings)
+        self.statistics.add(self.backend.name, MODEL_VERSION)
         metrics.MODEL_INFO.info({"name": self.backend.name, "backend": self.backend.kind})
         if self.settings.dynamic_batching:
             self.batcher = DynamicBatcher(
-                self.backend.predict,
+                self._execute,
                 max_batch_size=self.settings.max_batch,
                 max_queue_delay_s=self.settings.max_queue_delay_ms / 1000,
                 preferred_sizes=self.settings.preferred_batch_sizes,
@@ -124,26 +145,29 @@ class Predictor:
 
     async def predict(self, body: bytes, transport: str, timer: StageTimer) -> Logits:
         backend = self._loaded()
-        with timer.stage(
-            "tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}
-        ) as span:
-            if transport == "http":
-                batch = codec.decode(body)
-            elif transport == "json":
-                batch = await anyio.to_thread.run_sync(handoff.decode_json, body, self.json_budget)
-            else:
-                name = handoff.decode_reference(body)
-                start = time.perf_counter()
-                batch = await anyio.to_thread.run_sync(
-                    handoff.read_tensor, self.settings.shared_data_dir, name, self.max_tensor_bytes
-                )
-                span.set_attribute(Attr.HANDOFF_FILE_READ_MS, (time.perf_counter() - start) * 1000)
-            span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
-            span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
-            span.set_attribute(Attr.TENSOR_DTYPE, str(batch.dtype))
-            validate_batch(batch, self.settings.max_batch)
-        logits = await self._infer(backend, batch, timer)
-        return Logits(codec.encode(logits), self.answer_headers(timer))
+        with self._counted(backend, timer) as counted:
+            with timer.stage(
+                "tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}
+            ) as span:
+                if transport == "http":
+                    batch = codec.decode(body)
+                elif transport == "json":
+                    batch = await anyio.to_thread.run_sync(handoff.decode_json, body, self.json_budget)
+                else:
+                    name = handoff.decode_reference(body)
+                    start = time.perf_counter()
+                    batch = await anyio.to_thread.run_sync(
+                        handoff.read_tensor, self.settings.shared_data_dir, name, self.max_tensor_bytes
+                    )
+                    span.set_attribute(Attr.HANDOFF_FILE_READ_MS, (time.perf_counter() - start) * 1000)
+                span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
+                span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
+                span.set_attribute(Attr.TENSOR_DTYPE, str(batch.dtype))
+                validate_batch(batch, self.settings.max_batch)
+            logits = await self._infer(backend, batch, timer, counted)
+            with timer.stage("tensor_encode"):
+                answer = codec.encode(logits)
+        return Logits(answer, self.answer_headers(timer))
 
     def answer_headers(self, timer: StageTimer) -> dict[str, str]:
         """The pipeline's own headers of an answer (none in protocol-only mode, like Triton's)."""
@@ -162,13 +186,43 @@ class Predictor:
             raise RuntimeError("the model is used before load()")
         return self.backend
 
-    async def _infer(self, backend: Backend, batch: np.ndarray, timer: StageTimer) -> np.ndarray:
+    async def _infer(self, backend: Backend, batch: np.ndarray, timer: StageTimer, counted: _Counted) -> np.ndarray:
         deadline.check("inference")  # whoever asked has stopped waiting
         attributes = {Attr.MODEL_NAME: backend.name, Attr.MODEL_BACKEND: backend.kind, Attr.BATCH_SIZE: batch.shape[0]}
+        counted.inferences = batch.shape[0]
         with timer.stage("inference", attributes):
             if self.batcher is not None:
-                return await self.batcher.submit(batch)
-            return await anyio.to_thread.run_sync(backend.predict, batch)
+                logits, queued_s = await self.batcher.submit_timed(batch)
+                counted.queue_ns = int(queued_s * 1e9)
+                return logits
+            return await anyio.to_thread.run_sync(self._execute, batch)
+
+    def _execute(self, batch: np.ndarray) -> np.ndarray:
+        """One run of the model (in a worker thread; with dynamic batching, a batch of requests), counted."""
+        backend = self._loaded()
+        logits = backend.predict(batch)
+        self.statistics.executed(backend.name, MODEL_VERSION)
+        return logits
+
+    @contextlib.contextmanager
+    def _counted(self, backend: Backend, timer: StageTimer) -> Iterator[_Counted]:
+        """One request of ``backend``'s model in its statistics: a success with its stages' timings
+        (``timer``'s), or, whatever went wrong (a refused input too), a failure."""
+        counted = _Counted(time.perf_counter_ns())
+        try:
+            yield counted
+        except BaseException:
+            self.statistics.failure(backend.name, MODEL_VERSION, total_ns=time.perf_counter_ns() - counted.start_ns)
+            raise
+        stages = timer.durations_ns
+        timings = RequestTimings(
+            total_ns=time.perf_counter_ns() - counted.start_ns,
+            queue_ns=counted.queue_ns,
+            compute_input_ns=stages["tensor_decode"],
+            compute_infer_ns=stages["inference"] - counted.queue_ns,
+            compute_output_ns=stages["tensor_encode"],
+        )
+        self.statistics.success(backend.name, MODEL_VERSION, inferences=counted.inferences, timings=timings)
 
     # ----------------------------------------------------------------------- Open Inference Protocol (v2)
 
@@ -209,6 +263,13 @@ class Predictor:
             **self._batching_config(),
         }
 
+    def statistics_report(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics of every model (``name`` None), or of ``name`` (at ``version``); 404 for
+        a model or version not served."""
+        if name is not None:
+            self.served(name, version)
+        return self.statistics.report(name, version)
+
     def _batching_config(self) -> dict[str, Any]:
         """Triton's ``dynamic_batching`` block, when the model batches."""
         if self.batcher is None:
@@ -223,30 +284,38 @@ class Predictor:
         name: str,
         version: str | None,
         decode: Callable[[], InferenceRequest],
+        encode: Callable[[InferenceRequest, dict[str, np.ndarray]], T],
         timer: StageTimer,
         *,
         transport: str,
         body_bytes: int,
         offload: bool,
-    ) -> tuple[Backend, InferenceRequest, dict[str, np.ndarray]]:
+        offload_encode: bool = False,
+    ) -> T:
         """The Open Inference Protocol's ``infer``, whatever carried it: ``decode()`` reads the
-        request (in a worker thread when ``offload``: inline JSON tensors take tens of ms); the
-        outputs it asks for (all by default), by name."""
+        request (in a worker thread when ``offload``: inline JSON tensors take tens of ms);
+        ``encode(request, outputs)`` writes the answer of the outputs it asks for (all by default),
+        by name (in a worker thread when ``offload_encode``)."""
         backend = self.served(name, version)
         attributes: dict[str, AttributeValue] = {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: body_bytes}
-        with timer.stage("tensor_decode", attributes) as span:
-            request = await anyio.to_thread.run_sync(decode) if offload else decode()
-            batch = self._input_batch(name, request)
-            span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
-            span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
-        wanted = [o.name for o in request.outputs] or list(OUTPUTS)
-        unknown = sorted(set(wanted) - set(OUTPUTS))
-        if unknown:
-            raise open_inference.invalid(
-                f"model {shown(name)} has no output {shown(unknown[0])}; its outputs are {shown(list(OUTPUTS))}"
-            )
-        logits = await self._infer(backend, batch, timer)
-        return backend, request, {output: OUTPUTS[output](logits) for output in wanted}
+        with self._counted(backend, timer) as counted:
+            with timer.stage("tensor_decode", attributes) as span:
+                request = await anyio.to_thread.run_sync(decode) if offload else decode()
+                batch = self._input_batch(name, request)
+                span.set_attribute(Attr.TENSOR_BYTES, batch.nbytes)
+                span.set_attribute(Attr.TENSOR_SHAPE, list(batch.shape))
+            wanted = [o.name for o in request.outputs] or list(OUTPUTS)
+            unknown = sorted(set(wanted) - set(OUTPUTS))
+            if unknown:
+                raise open_inference.invalid(
+                    f"model {shown(name)} has no output {shown(unknown[0])}; its outputs are {shown(list(OUTPUTS))}"
+                )
+            logits = await self._infer(backend, batch, timer, counted)
+            with timer.stage("tensor_encode"):
+                outputs = {output: OUTPUTS[output](logits) for output in wanted}
+                write = partial(encode, request, outputs)
+                answer = await anyio.to_thread.run_sync(write) if offload_encode else write()
+        return answer
 
     async def infer_http(
         self, name: str, version: str | None, body: bytes, header_length: str | None, timer: StageTimer
@@ -262,11 +331,21 @@ class Predictor:
             json_budget=self.json_budget,
         )
         offload = open_inference.json_length(len(body), header_length) > INLINE_JSON_BYTES
-        backend, request, outputs = await self.infer(
-            name, version, decode, timer, transport="v2-http", body_bytes=len(body), offload=offload
+
+        def encode(request: InferenceRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+            return open_inference.encode_response(name, MODEL_VERSION, outputs, request)
+
+        answer, json_length = await self.infer(
+            name,
+            version,
+            decode,
+            encode,
+            timer,
+            transport="v2-http",
+            body_bytes=len(body),
+            offload=offload,
+            offload_encode=True,
         )
-        encode = partial(open_inference.encode_response, backend.name, MODEL_VERSION, outputs, request)
-        answer, json_length = await anyio.to_thread.run_sync(encode)
         return OpenInferenceAnswer(answer, json_length, self.answer_headers(timer))
 
     def _input_batch(self, name: str, request: InferenceRequest) -> np.ndarray:
@@ -277,8 +356,17 @@ class Predictor:
         batch = request.inputs[INPUT_NAME]
         if batch.dtype != np.float32:
             raise open_inference.invalid(f"input {INPUT_NAME!r} must be FP32, not {open_inference.datatype_of(batch)}")
-        validate_batch(batch, self.settings.max_batch)
+        validate_batch(batch, self.settings.max_batch, what=f"input {INPUT_NAME!r}")
         return batch
+
+
+@dataclass
+class _Counted:
+    """What a request's statistics need beyond its stages' timings."""
+
+    start_ns: int
+    inferences: int = 0  # its samples
+    queue_ns: int = 0  # waiting for its dynamic batch
 
 
 @dataclass(frozen=True)

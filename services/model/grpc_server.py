@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc import aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -32,6 +33,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from ml_pipeline import __version__, deadline
 from ml_pipeline import open_inference_grpc as grpc_codec
 from ml_pipeline.errors import PipelineError
+from ml_pipeline.open_inference import InferenceRequest
 from ml_pipeline.settings import ModelSettings
 from ml_pipeline.telemetry import CLIENT_CLOSED, StageTimer, current_trace_id, record_request
 from ml_pipeline.wire import TRACE_ID_HEADER
@@ -64,7 +66,8 @@ log = logging.getLogger("model.grpc")
 
 
 class OpenInferenceService:
-    """The six methods; each takes a request message and answers a response message."""
+    """The protocol's six methods and Triton's ``ModelConfig`` and ``ModelStatistics``; each takes a
+    request message and answers a response message."""
 
     def __init__(self, predictor: Predictor, settings: ModelSettings, tracer: trace.Tracer, service: str):
         self.predictor = predictor
@@ -98,13 +101,25 @@ class OpenInferenceService:
                 getattr(response, kind).add(**tensor)
         return response
 
+    async def ModelConfig(self, request: Any, context: aio.ServicerContext) -> Any:
+        return grpc_codec.model_config(self.predictor.config(request.name, request.version or None))
+
+    async def ModelStatistics(self, request: Any, context: aio.ServicerContext) -> Any:
+        report = self.predictor.statistics_report(request.name or None, request.version or None)
+        return grpc_codec.model_statistics(report)
+
     async def ModelInfer(self, request: Any, context: aio.ServicerContext) -> Any:
         timer = StageTimer(self.tracer, self.service)
         decode = partial(grpc_codec.decode_request, request, max_elements=self.predictor.max_elements)
-        backend, decoded, outputs = await self.predictor.infer(
+
+        def encode(decoded: InferenceRequest, outputs: dict[str, np.ndarray]) -> Any:
+            return grpc_codec.encode_response(request.model_name, MODEL_VERSION, outputs, decoded.id)
+
+        response = await self.predictor.infer(
             request.model_name,
             request.model_version or None,
             decode,
+            encode,
             timer,
             transport="v2-grpc",
             body_bytes=request.ByteSize(),
@@ -112,7 +127,7 @@ class OpenInferenceService:
         )
         headers = self.predictor.answer_headers(timer)
         await context.send_initial_metadata([(name.lower(), value) for name, value in headers.items()])
-        return grpc_codec.encode_response(backend.name, MODEL_VERSION, outputs, decoded.id)
+        return response
 
     def handler(self, method: str) -> Handler:
         """``method`` with its request parsed, the request's deadline, its metrics and log line, and

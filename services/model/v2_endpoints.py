@@ -19,7 +19,9 @@ from ml_pipeline.wire import INFERENCE_HEADER_LENGTH_HEADER, OPEN_INFERENCE_PREF
 from model.dataplane import Predictor
 
 SERVER_NAME = "ml-pipeline-model"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+# Triton's names: its model configuration (REST .../config, gRPC ModelConfig) and statistics
+# (REST .../stats, gRPC ModelStatistics) extensions, as perf_analyzer and model analyzer read them.
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 _BINARY_OR_JSON = {
     "content": {
         "application/json": {"schema": {"type": "object"}},
@@ -52,6 +54,11 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, service: str) -> None:
             raise NotTrue(f"{service} not ready: {reason}")
         return {"ready": True}
 
+    # Before /models/{name}: "stats" is no model's name here.
+    @router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+    async def all_statistics() -> dict[str, Any]:
+        return predictor.statistics_report()
+
     for versioned in ("", "/versions/{version}"):
         model = "/models/{name}" + versioned
 
@@ -69,6 +76,14 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, service: str) -> None:
         @router.get(model + "/config", summary="Triton-style model configuration (max batch size, dims, datatypes)")
         async def model_config(name: str, version: str | None = None) -> dict[str, Any]:
             return predictor.config(name, version)
+
+        @router.get(
+            model + "/stats",
+            summary="Statistics of the model (version): counts and cumulative ns of queue, compute_input, "
+            "compute_infer, compute_output (Triton's statistics extension)",
+        )
+        async def model_statistics(name: str, version: str | None = None) -> dict[str, Any]:
+            return predictor.statistics_report(name, version)
 
         @router.post(
             model + "/infer",

@@ -15,9 +15,12 @@ LOCKS = [
     "services/postprocess/requirements.lock",
     "tests/requirements.lock",
 ]
+# Wheels a build stage takes files out of, never installed beside the others: their own versions
+# (tritonclient 2.51.0 for its perf_analyzer binary, where the tests' client is a later one).
+TOOL_LOCKS = ["tests/requirements-perf-analyzer.lock"]
 
 
-@pytest.mark.parametrize("lock", LOCKS)
+@pytest.mark.parametrize("lock", LOCKS + TOOL_LOCKS)
 def test_lock_pins_what_its_requirement_files_ask_for(lock):
     text = (ROOT / lock).read_text()
     header = text.splitlines()[0]
@@ -46,10 +49,10 @@ def test_a_package_has_one_version_across_every_lock():
     assert {name: v for name, v in versions.items() if len(v) > 1} == {}
 
 
-@pytest.mark.parametrize("lock", LOCKS)
+@pytest.mark.parametrize("lock", LOCKS + TOOL_LOCKS)
 def test_every_locked_package_has_hashes(lock):
     entries = re.split(r"\n(?=[A-Za-z0-9])", (ROOT / lock).read_text().split("\n", 1)[1])
-    assert len(entries) > 5
+    assert len(entries) >= (2 if lock in TOOL_LOCKS else 5)
     for entry in entries:
         if entry.strip() and not entry.startswith("#"):
             assert "--hash=sha256:" in entry, f"{lock}: no hash for {entry.splitlines()[0]}"
@@ -68,3 +71,13 @@ def test_images_install_only_their_lock_with_required_hashes(dockerfile):
     text = (ROOT / dockerfile).read_text()
     installs = [line for line in text.splitlines() if "pip install" in line and "--no-deps -e ." not in line]
     assert installs and all("--require-hashes" in line and "lock.txt" in line for line in installs), installs
+
+
+def test_perf_analyzer_comes_from_its_lock_with_required_hashes():
+    """The test image's perf_analyzer stage runs tests/tools/perf_analyzer.py on the lock beside it,
+    which downloads only with pip --require-hashes."""
+    dockerfile = (ROOT / "tests/Dockerfile").read_text()
+    assert "COPY tests/requirements-perf-analyzer.lock /tmp/tests/" in dockerfile
+    assert "python3 /tmp/tests/tools/perf_analyzer.py /opt/perf_analyzer" in dockerfile
+    tool = (ROOT / "tests/tools/perf_analyzer.py").read_text()
+    assert '"--require-hashes"' in tool and '"requirements-perf-analyzer.lock"' in tool

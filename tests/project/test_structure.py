@@ -23,6 +23,7 @@ CORE = [
     "preprocess.imaging",
     "model.backends",
     "model.convert",
+    "model.statistics",
     "postprocess.scoring",
 ]
 WEB_AND_TELEMETRY = {

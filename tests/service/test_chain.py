@@ -50,6 +50,7 @@ async def test_real_model_classifies_photos(coffee_bytes):
         "preprocess.handoff",
         "model.tensor_decode",
         "model.inference",
+        "model.tensor_encode",
         "postprocess.forward",
         "postprocess.postprocess",
         "postprocess.total",

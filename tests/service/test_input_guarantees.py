@@ -158,6 +158,39 @@ async def test_non_finite_tensors_are_refused_on_v2_grpc_raw_and_typed(value):
     assert answered.as_numpy("logits").shape == (1, 1000)
 
 
+def random_bytes_as_fp32() -> np.ndarray:
+    """What perf_analyzer's default ``--input-data random`` sends for an FP32 input: random bytes,
+    so about one value in 128 is NaN or infinite (exponent all ones), and the first one is at [0, 0, 0, 7]."""
+    x = np.frombuffer(np.random.default_rng(29).bytes(4 * 3 * 224 * 224), "<f4").reshape(1, 3, 224, 224).copy()
+    x[np.isnan(x) | np.isinf(x)] = 0.5
+    x[0, 0, 0, 7], x[0, 2, 200, 3] = np.nan, -np.inf
+    return x
+
+
+async def test_random_bytes_are_refused_with_the_reason_over_both_protocols():
+    """Issue 29: the protocol's error says which input, how many values, where the first is, and
+    what the model takes, so perf_analyzer prints the reason (it shows the server's message)."""
+    x = random_bytes_as_fp32()
+    async with model() as (app, client):
+        body, length = open_inference.encode_request({"input": x}, [])
+        rest = await client.post(INFER, content=body, headers={wire.INFERENCE_HEADER_LENGTH_HEADER: str(length)})
+        predict = await client.post("/predict", content=codec.encode(x), headers=NPY)
+        grpc_client = tritongrpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+        try:
+            inp = tritongrpc.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            with pytest.raises(InferenceServerException) as over_grpc:
+                await grpc_client.infer(MODEL, [inp])
+        finally:
+            await grpc_client.close()
+    assert rest.status_code == 400 and set(rest.json()) == {"error"}, rest.text
+    reason = "input 'input' holds 2 NaN or infinite values of 150528 (the first at [0, 0, 0, 7])"
+    assert reason in rest.json()["error"] and "finite" in rest.json()["error"].split(")", 1)[1]
+    assert over_grpc.value.status() == "StatusCode.INVALID_ARGUMENT" and reason in over_grpc.value.message()
+    assert predict.status_code == 400 and predict.json()["error"]["code"] == "invalid_tensor"
+    assert "holds 2 NaN or infinite values of 150528 (the first at [0, 0, 0, 7])" in predict.json()["error"]["message"]
+
+
 def _grpc_service() -> str:
     from ml_pipeline import open_inference_grpc
 

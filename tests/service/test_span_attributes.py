@@ -1,5 +1,5 @@
 """Every span attribute and event the services set is one of ``ml_pipeline.wire.Attr``'s keys, and
-the README's tracing section lists exactly those keys."""
+docs/observability.md's tracing section lists exactly those keys."""
 
 import re
 
@@ -8,7 +8,8 @@ import pytest
 
 from ml_pipeline import wire
 from support.apps import NetworkASGITransport, make_settings, running_chain
-from support.data import COFFEE_JPG, ROOT
+from support.data import COFFEE_JPG
+from support.docs import section
 
 pytestmark = pytest.mark.anyio
 
@@ -49,8 +50,8 @@ async def test_the_services_set_only_the_attributes_wire_defines(tmp_path, expor
     assert len(used) >= 20  # the check saw the pipeline's attributes, not an empty set
 
 
-def test_the_readme_lists_every_attribute_key():
-    section = (ROOT / "README.md").read_text().split("## Tracing and logs", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `([a-z_.]+)`(?:, `([a-z_.]+)`)? \|", section, flags=re.M))
+def test_the_observability_page_lists_every_attribute_key():
+    listed_section = section("observability.md", "## Tracing and logs")
+    listed = set(re.findall(r"^\| `([a-z_.]+)`(?:, `([a-z_.]+)`)? \|", listed_section, flags=re.M))
     listed_keys = {key for pair in listed for key in pair if key}
     assert listed_keys == set(wire.span_attribute_keys().values())

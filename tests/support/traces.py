@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind
 STAGES = {
     "postprocess": {"forward", "postprocess"},
     "preprocess": {"decode", "resize", "normalize", "handoff"},
-    "model": {"tensor_decode", "inference"},
+    "model": {"tensor_decode", "inference", "tensor_encode"},
 }
 
 

@@ -88,6 +88,21 @@ async def test_a_full_batch_runs_at_once_and_later_requests_wait_at_most_delay_p
     assert late_s < 0.2 + 0.1 + 0.2 + 0.1  # one batch ahead + its delay + its own inference (+ slack)
 
 
+async def test_each_request_learns_how_long_it_queued_for_its_batch():
+    """The statistics' ``queue`` (issue 29): from a request's arrival to the start of its batch. The
+    second batch's request waited for the first to run (0.1 s) on top of its own delay."""
+    batcher = await batcher_for(Recording(seconds=0.1), max_batch_size=1, max_queue_delay_s=0.05)
+    try:
+        first = asyncio.ensure_future(batcher.submit_timed(samples(1)))
+        second = asyncio.ensure_future(batcher.submit_timed(samples(1, seed=1)))
+        (out_1, queued_1), (out_2, queued_2) = await asyncio.gather(first, second)
+    finally:
+        await batcher.stop()
+    assert out_1.shape == out_2.shape == (1, 1)
+    assert 0 <= queued_1 < 0.05  # a full batch (max_batch_size 1) goes at once
+    assert 0.09 <= queued_2 < 0.1 + 0.1  # behind the first batch's 0.1 s
+
+
 async def test_preferred_sizes_cut_a_batch_and_the_rest_runs_next():
     infer = Recording(seconds=0.05)
     batcher = await batcher_for(infer, preferred_sizes=[2], max_queue_delay_s=0.05)
