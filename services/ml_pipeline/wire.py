@@ -3,7 +3,7 @@ header names, the OpenAPI snippets of binary bodies, and the span attribute keys
 
 Span attributes follow OpenTelemetry's semantic conventions where one exists (``error.type``,
 ``service.instance.id``, the HTTP instrumentations' own); the pipeline's own are namespaced
-``ml_pipeline.*``. The README's tracing section lists every key of ``Attr`` (a test checks it, and
+``ml_pipeline.*``. docs/observability.md's tracing section lists every key of ``Attr`` (a test checks it, and
 that the spans the services emit carry no other custom key). Imports nothing: the core may use it.
 """
 

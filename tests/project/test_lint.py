@@ -3,6 +3,7 @@ runs it — so CI runs it on every change."""
 
 import os
 import subprocess
+import sys
 
 from support.data import ROOT
 
@@ -10,6 +11,8 @@ from support.data import ROOT
 def test_the_codebase_passes_the_linters(tmp_path):
     env = {
         **os.environ,
+        # The linters installed beside this interpreter, whether or not its environment is activated.
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
         "RUFF_NO_CACHE": "true",
         "MYPY_CACHE_DIR": str(tmp_path / "mypy"),
     }  # nothing written into the checkout

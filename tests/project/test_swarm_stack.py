@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from support.data import ROOT
+from support.docs import section
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "docker-stack.yml"
 STACK = yaml.safe_load(STACK_FILE.read_text())
@@ -111,10 +112,10 @@ def test_every_service_resolves_to_its_tasks_and_publishes_in_host_mode():
     assert STACK["networks"]["ml_net"]["driver"] == "overlay"
 
 
-def test_readme_documents_swarm():
-    readme = (ROOT / "README.md").read_text()
-    assert "## Running on Swarm" in readme
-    assert "docker stack deploy --compose-file deploy/swarm/docker-stack.yml ml-pipeline" in readme
+def test_the_deploying_page_documents_swarm():
+    docs = section("deploying.md", "## Docker Swarm")
+    assert "docker stack deploy --compose-file deploy/swarm/docker-stack.yml ml-pipeline" in docs
+    assert "docker secret create grafana-admin-password" in docs
 
 
 def test_prometheus_scrapes_each_task_on_its_metrics_port_which_is_never_published():

@@ -1,7 +1,8 @@
 """The settings models: environment parsing, validation, the prefix, each service seeing only its
-own settings, and the README table kept in sync with all of it."""
+own settings, and the configuration page (docs/configuration.md) kept in sync with all of it."""
 
 import re
+import runpy
 
 import pytest
 from pydantic import ValidationError
@@ -16,23 +17,48 @@ from ml_pipeline.settings import (
     load_settings,
 )
 from support.data import ROOT
+from support.docs import page
 
-README_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z, ]+) \| (.*?) \| (.*) \|$", re.M)
-
-
-def readme_rows() -> dict[str, tuple[str, str]]:
-    return {
-        name: (readers, meaning) for name, readers, _, meaning in README_ROW.findall((ROOT / "README.md").read_text())
-    }
+TABLE_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| ([a-z, ]+) \| (.*?) \| (.*) \|$", re.M)
+GENERATOR = runpy.run_path(str(ROOT / "scripts" / "settings_table.py"))
 
 
-def test_the_readme_table_names_every_variable_who_reads_it_and_what_it_means():
-    rows = readme_rows()
+def documented_rows() -> dict[str, tuple[str, str, str]]:
+    rows = TABLE_ROW.findall(page("configuration.md"))
+    assert len(rows) == len({name for name, *_ in rows}), "a variable documented twice"
+    return {name: (readers, default, meaning) for name, readers, default, meaning in rows}
+
+
+def test_the_configuration_page_names_every_variable_who_reads_it_and_what_it_means():
+    rows = documented_rows()
     fields = PipelineSettings.model_fields
     assert set(rows) == {name.upper() for name in fields}
     for name, field in fields.items():
         readers = ", ".join(service for service, model in SETTINGS_BY_SERVICE.items() if name in model.model_fields)
-        assert rows[name.upper()] == (readers, field.description), name
+        documented_readers, _, meaning = rows[name.upper()]
+        assert (documented_readers, meaning) == (readers, field.description), name
+
+
+def test_the_configuration_page_is_what_the_generator_writes_from_the_models():
+    """python scripts/settings_table.py wrote the tables from these very models: defaults included."""
+    text = page("configuration.md")
+    assert GENERATOR["render"](text) == text, (
+        "docs/configuration.md is not current: run python scripts/settings_table.py"
+    )
+
+
+def test_documented_defaults_are_the_models_and_composes_values():
+    rows = documented_rows()
+    for name, field in PipelineSettings.model_fields.items():
+        default = rows[name.upper()][1]
+        if field.default_factory is None and field.default is not None:
+            shown = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
+            assert default.startswith(f"`{shown}`"), (name, default)
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for name, note in GENERATOR["NOTES"].items():
+        assert name in PipelineSettings.model_fields, name
+        for value in re.findall(r"compose: `([^`]+)`", note):
+            assert value in compose, f"{name}: docker-compose.yml does not set {value}"
 
 
 def test_each_service_reads_only_what_it_uses():

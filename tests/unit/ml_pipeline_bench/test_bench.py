@@ -1,14 +1,13 @@
 """The closed-loop load generator, against the in-process chain (no timing assertions: counts,
 statuses, stage breakdown and the statistics' consistency)."""
 
-import shutil
-
 import httpx
 import pytest
 
 from ml_pipeline_bench.load import closed_loop, format_table, multipart_body, run_http, write_results
 from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
 from support.data import COFFEE_JPG
+from support.tools import tool
 
 pytestmark = pytest.mark.anyio
 
@@ -227,8 +226,12 @@ def http_server():
     server.should_exit = True
 
 
-@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (the test image has it)")
-def test_wrk_drives_the_same_upload_and_counts_failures(http_server):
+@pytest.fixture
+def wrk() -> str:
+    return tool("wrk", "apt-get install wrk (Debian's package)")
+
+
+def test_wrk_drives_the_same_upload_and_counts_failures(wrk, http_server):
     from ml_pipeline_bench.load import run_wrk
 
     base, uploads = http_server
