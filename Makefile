@@ -19,7 +19,7 @@ TESTS ?= tests/unit tests/service tests/project --ignore=tests/project/test_lint
 # Passed on to pytest: make test ARGS="-k chain -x"
 ARGS ?=
 
-.PHONY: help test test-all lint format docs docs-serve settings-table
+.PHONY: help test test-all lint format docs docs-serve settings-table configs
 
 help:
 	@sed -n '2,5p' Makefile | sed 's/^# *//'
@@ -45,3 +45,9 @@ docs-serve:
 
 settings-table:
 	$(PYTHON) scripts/settings_table.py
+
+# The generated files: the dashboard JSON from grafana/dashboard.py, then the config copies
+# Kubernetes reads (deploy/k8s/base/config/), the dashboard among them.
+configs:
+	$(PYTHON) grafana/dashboard.py --write
+	$(PYTHON) scripts/k8s_configs.py --write
