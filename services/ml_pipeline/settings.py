@@ -279,6 +279,13 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
         description="Address the gRPC service listens on; `ml-pipeline run` sets it to its `--host` (containers: all).",
     )
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the gRPC service (0: any free port).")
+    grpc_max_connection_age_s: float = Field(
+        15.0,
+        gt=0,
+        description="A gRPC client's connection is closed gracefully (GOAWAY; its calls get `REQUEST_TIMEOUT_S` to "
+        "finish) after about this long, so the client resolves the name again and a replica added since gets "
+        "traffic: gRPC keeps connections for good otherwise.",
+    )
     dynamic_batching: bool = Field(
         False,
         description="Run concurrent requests' tensors as one batch, as Triton's dynamic batcher does: a batch runs "

@@ -179,6 +179,10 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", predictor.max_grpc_bytes),
             ("grpc.max_send_message_length", predictor.max_grpc_bytes),
+            # Clients reconnect, and so re-resolve the service name, every ~15 s (gRPC adds ±10 % jitter):
+            # a scaled-up replica gets its share; calls in flight finish within the request deadline.
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.request_timeout_s * 1000)),
         ],
     )
     implementation = OpenInferenceService(predictor, settings, tracer, service)

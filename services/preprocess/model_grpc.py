@@ -76,6 +76,12 @@ class GrpcModel:
                 ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # A `dns:///` target is resolved again when a connection ends (the server's max age, a replica
+                # gone): at most every 5 s, not gRPC's default 30 s; and a replica that was down is retried
+                # at least every 5 s (the default backoff grows to 120 s), so it gets traffic soon after it is back.
+                ("grpc.dns_min_time_between_resolutions_ms", 5000),
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 5000),
             ],
             interceptors=aio_client_interceptors(tracer_provider=tracer_provider),
         )

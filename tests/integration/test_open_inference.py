@@ -185,5 +185,7 @@ def test_bad_grpc_calls_get_the_protocols_status(triton_grpc):
     assert code == "StatusCode.INVALID_ARGUMENT" and "is not [N,3,224,224]" in message
     code, message = status(lambda: triton_grpc.infer("resnet50", [grpc_input(x)]))
     assert code == "StatusCode.NOT_FOUND" and "unknown model" in message
-    # Triton's own extra methods are not served (the configuration is on /v2/models/{name}/config).
-    assert status(lambda: triton_grpc.get_model_config(MODEL))[0] == "StatusCode.UNIMPLEMENTED"
+    # Of Triton's own extra methods, ModelConfig and ModelStatistics are served (as perf_analyzer uses
+    # them); the rest, shared memory among them, are not.
+    assert triton_grpc.get_model_config(MODEL).config.name == MODEL
+    assert status(lambda: triton_grpc.get_system_shared_memory_status())[0] == "StatusCode.UNIMPLEMENTED"

@@ -88,3 +88,48 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
             t.join(timeout=60)
     assert set(statuses) == {200}, (collections.Counter(statuses), failures)
     assert len(statuses) > 50
+
+
+def test_a_replica_added_later_gets_traffic_within_30_s(stack, stack_control):
+    """`docker compose up --scale model=3` (or an autoscaler) while preprocess is connected: the new
+    replica must get traffic within 30 s of being healthy — over HTTP the balancer re-resolves the
+    name, over gRPC the model ends connections past GRPC_MAX_CONNECTION_AGE_S so clients resolve again."""
+    stop = threading.Event()
+    served: list[tuple[float, str]] = []
+    statuses: list[int] = []
+
+    def stream():
+        with httpx.Client(base_url=stack["edge"], timeout=30) as client:
+            while not stop.is_set():
+                r = finalize(client)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    served.append((time.monotonic(), r.json()["model_instance"]))
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    added = None
+    try:
+        time.sleep(2)  # every client connected to the replicas there are
+        added = stack_control.add_replica("model")
+        started_at = time.monotonic()
+        stack_control.wait_healthy(added)
+        healthy_at = time.monotonic()
+        new_id = added.attrs["Config"]["Hostname"]
+        while time.monotonic() < healthy_at + 30 and not [i for t, i in served if t > healthy_at and i == new_id]:
+            time.sleep(0.2)
+        first = [t for t, i in served if t > healthy_at and i == new_id]
+        assert first, f"the added replica {new_id} got no traffic within 30 s of being healthy"
+        print(
+            f"added replica {new_id}: healthy {healthy_at - started_at:.1f} s after start, "
+            f"traffic {first[0] - healthy_at:.1f} s after that"
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        if added is not None:
+            added.stop(timeout=25)  # a graceful drain, as a scale-down: no client request lost
+            stack_control.remove(added)
+    assert set(statuses) == {200}, collections.Counter(statuses)

@@ -2,6 +2,7 @@
 and by preprocess's: health, metadata, inference equal to /predict, errors as gRPC statuses,
 request metrics, the trace id in the trailing metadata, and one trace across the call."""
 
+import asyncio
 import contextlib
 
 import httpx
@@ -191,3 +192,37 @@ async def test_an_unavailable_answer_is_tried_again_within_max_attempts():
             await client.logits(MODEL, batch())
         await client.aclose()
     assert len(calls) == 1  # our own bad request is never retried
+
+
+@pytest.mark.parametrize("max_age_s, reconnected", [(0.5, True), (15.0, False)])
+async def test_the_server_ends_connections_past_their_max_age_and_no_call_fails(max_age_s, reconnected):
+    """A client must reconnect (and so resolve a ``dns:///`` name again) every GRPC_MAX_CONNECTION_AGE_S:
+    how a replica added after it connected gets traffic. The GOAWAY is graceful: no call fails."""
+    import grpc
+
+    async with model_app(grpc_max_connection_age_s=max_age_s) as (_app, target):
+        client = GrpcModel(target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()))
+        channel = client._channel
+        states: list[grpc.ChannelConnectivity] = []
+
+        async def watch() -> None:
+            state = channel.get_state()
+            while True:
+                await channel.wait_for_state_change(state)
+                state = channel.get_state()
+                states.append(state)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            loop = asyncio.get_running_loop()
+            end, calls = loop.time() + 2.0, 0
+            while loop.time() < end:
+                logits, _ = await client.logits(MODEL, batch())
+                assert logits.shape == (1, 1000)
+                calls += 1
+                await asyncio.sleep(0.05)
+        finally:
+            watcher.cancel()
+            await client.aclose()
+    connections = states.count(grpc.ChannelConnectivity.READY)
+    assert calls > 10 and (connections > 1) == reconnected, states

@@ -36,6 +36,45 @@ class StackControl:
         for container in containers:
             container.start()
 
+    def add_replica(self, service: str) -> Container:
+        """Start one more replica of ``service``, as ``docker compose up --scale`` would: the first
+        replica's image, settings, mounts, limits and healthcheck, on its networks under the service's
+        name (so DNS answers with it too), with the next replica number. Remove it with ``remove``."""
+        source = self.containers(service)[0]
+        config, host_config = source.attrs["Config"], source.attrs["HostConfig"]
+        number = 1 + max(
+            int(c.labels.get("com.docker.compose.container-number", "0"))
+            for c in self.containers(service, include_stopped=True)
+        )
+        name = f"{self.project}-{service}-{number}"
+        networks = source.attrs["NetworkSettings"]["Networks"]
+        first, *others = networks
+        api = self.docker.api
+        created = api.create_container(
+            image=config["Image"],
+            command=config["Cmd"],
+            entrypoint=config["Entrypoint"],
+            environment=config["Env"],
+            user=config["User"],
+            working_dir=config["WorkingDir"],
+            labels={**config["Labels"], "com.docker.compose.container-number": str(number)},
+            healthcheck=config.get("Healthcheck"),
+            stop_signal=config.get("StopSignal"),
+            name=name,
+            host_config={**host_config, "RestartPolicy": {"Name": "no"}},
+            networking_config=api.create_networking_config(
+                {first: api.create_endpoint_config(aliases=[service, name])}
+            ),
+        )
+        for network in others:
+            api.connect_container_to_network(created["Id"], network, aliases=[service, name])
+        container = self.docker.containers.get(created["Id"])
+        container.start()
+        return container
+
+    def remove(self, container: Container) -> None:
+        container.remove(force=True)
+
     def kill(self, container: Container) -> None:
         container.kill()
 
