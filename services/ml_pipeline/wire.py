@@ -88,7 +88,16 @@ class Attr:
     DOWNSTREAM_ATTEMPTS: Final = "ml_pipeline.downstream.attempts"
     DOWNSTREAM_RETRY_BUDGET_EXHAUSTED: Final = "ml_pipeline.downstream.retry_budget_exhausted"
     ATTEMPT_FAILED_EVENT: Final = "ml_pipeline.downstream.attempt_failed"  # event; carries ERROR_TYPE and the endpoint
-    ERROR_TYPE: Final = "error.type"  # semantic conventions: why the attempt failed
+    ERROR_TYPE: Final = "error.type"  # semantic conventions: why the attempt failed (a server span: its 5xx)
+    # the server span of each request (semantic conventions' HTTP server span)
+    HTTP_REQUEST_METHOD: Final = "http.request.method"
+    HTTP_REQUEST_METHOD_ORIGINAL: Final = "http.request.method_original"
+    HTTP_ROUTE: Final = "http.route"
+    HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+    URL_SCHEME: Final = "url.scheme"
+    URL_PATH: Final = "url.path"
+    NETWORK_PROTOCOL_VERSION: Final = "network.protocol.version"
+    CLIENT_ADDRESS: Final = "client.address"
     # the public edge
     LINK_KIND: Final = "ml_pipeline.link"  # on the link to an untrusted caller's span
 
