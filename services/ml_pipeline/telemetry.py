@@ -4,7 +4,8 @@
   ``service.name`` and ``service.instance.id`` (the hostname: one value per container/replica).
   Spans are exported in a background thread (``BatchSpanProcessor``) with a short timeout, so a
   missing or slow collector never blocks or fails a request; the queue drops spans when full.
-* W3C ``traceparent`` is read by the FastAPI instrumentation and injected by the httpx one.
+* W3C ``traceparent`` is read by ``instrument_app`` (each request's SERVER span) and injected by the
+  httpx instrumentation.
 * Every log line is one JSON object with the trace id, span id, service and instance of the span
   that was current when it was logged, so ``grep <trace_id>`` follows a request through all logs.
 * ``StageTimer`` wraps each pipeline stage in a span and records its duration for the
