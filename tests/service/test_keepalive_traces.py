@@ -10,8 +10,6 @@ test fails (later requests' preprocess/model spans land in the first trace).
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 
 import httpx
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from ml_pipeline.cli import uvicorn_config
 from support.apps import free_port, make_settings
 from support.data import COFFEE_JPG
+from support.servers import serving as serving_one
 from support.traces import assert_complete_chain, by_trace
 
 pytestmark = pytest.mark.slow
@@ -26,29 +25,13 @@ pytestmark = pytest.mark.slow
 
 @contextlib.contextmanager
 def serving(apps: dict[str, object], ports: dict[str, int], **config_overrides):
-    import uvicorn
-
-    servers, threads = [], []
-    for name, app in apps.items():
-        config = uvicorn_config(app, "127.0.0.1", ports[name])
-        for key, value in config_overrides.items():
-            setattr(config, key, value)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
-        thread.start()
-        servers.append(server)
-        threads.append(thread)
-    deadline = time.monotonic() + 30
-    while not all(s.started for s in servers):
-        assert time.monotonic() < deadline, "servers did not start"
-        time.sleep(0.05)
-    try:
+    with contextlib.ExitStack() as stack:
+        for name, app in apps.items():
+            config = uvicorn_config(app, "127.0.0.1", ports[name])
+            for key, value in config_overrides.items():
+                setattr(config, key, value)
+            stack.enter_context(serving_one(config))
         yield
-    finally:
-        for server in servers:
-            server.should_exit = True
-        for thread in threads:
-            thread.join(timeout=30)
 
 
 def run_keepalive_requests(exporter, count: int, **config_overrides) -> list[str]:

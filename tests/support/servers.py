@@ -8,11 +8,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 @contextlib.contextmanager
-def serving(config) -> Iterator[None]:
-    """``config`` (a ``uvicorn.Config``) served from a thread until the block ends."""
+def serving(config) -> Iterator[uvicorn.Server]:
+    """``config`` (a ``uvicorn.Config``) served from a thread until the block ends; the one way the
+    tests run a real server (``server.should_exit = True`` stops it early, as a replica going away)."""
     import uvicorn
 
     server = uvicorn.Server(config)
@@ -23,7 +28,7 @@ def serving(config) -> Iterator[None]:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
     try:
-        yield
+        yield server
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -12,7 +12,6 @@ import time
 import anyio
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, UploadFile
 
 from ml_pipeline import deadline, metrics, wire
@@ -20,6 +19,7 @@ from ml_pipeline.cli import uvicorn_config
 from ml_pipeline.service import build_app
 from ml_pipeline.telemetry import create_tracer_provider
 from support.apps import free_port, make_settings
+from support.servers import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -198,18 +198,8 @@ def served(app, http: str = "httptools"):
     config = uvicorn_config(app, "127.0.0.1", port)
     if http != "httptools":
         config.http = http
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline_at = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline_at, "server did not start"
-        time.sleep(0.02)
-    try:
+    with serving(config):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def raw_post(port: int, path: str, body_size: int, *, chunked: bool = False, extra: bytes = b"") -> bytes:

@@ -329,28 +329,22 @@ async def test_readiness_needs_one_ready_replica():
 def two_model_replicas():
     """Two real uvicorn model servers on the same port of two loopback addresses, as two replicas
     behind one name are in compose."""
-    import threading
-    import time
-
-    import uvicorn
+    import contextlib
 
     from ml_pipeline.cli import uvicorn_config
     from model.app import create_app
     from support.apps import free_port, make_settings
+    from support.servers import serving
 
     port = free_port()
-    servers = {}
-    for address, instance in (("127.0.0.1", "replica-a"), ("127.0.0.2", "replica-b")):
-        server = uvicorn.Server(uvicorn_config(create_app(make_settings(service_instance_id=instance)), address, port))
-        threading.Thread(target=server.run, daemon=True).start()
-        servers[instance] = server
-    deadline = time.monotonic() + 30
-    while not all(s.started for s in servers.values()):
-        assert time.monotonic() < deadline, "replicas did not start"
-        time.sleep(0.05)
-    yield port, servers
-    for server in servers.values():
-        server.should_exit = True
+    with contextlib.ExitStack() as stack:
+        servers = {
+            instance: stack.enter_context(
+                serving(uvicorn_config(create_app(make_settings(service_instance_id=instance)), address, port))
+            )
+            for address, instance in (("127.0.0.1", "replica-a"), ("127.0.0.2", "replica-b"))
+        }
+        yield port, servers
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import pytest
 from ml_pipeline_bench.load import closed_loop, format_table, multipart_body, run_http, write_results
 from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
 from support.data import COFFEE_JPG
+from support.servers import serving
 from support.tools import tool
 
 pytestmark = pytest.mark.anyio
@@ -194,10 +195,6 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
 @pytest.fixture
 def http_server():
     """A real uvicorn server on a free port (wrk needs a socket): /ok answers 200, /fail 500."""
-    import threading
-    import time
-
-    import uvicorn
     from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import JSONResponse
 
@@ -216,14 +213,8 @@ def http_server():
         return JSONResponse({"error": "no"}, status_code=500)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", uploads
-    server.should_exit = True
+    with serving(uvicorn_config(app, "127.0.0.1", port)):
+        yield f"http://127.0.0.1:{port}", uploads
 
 
 @pytest.fixture
