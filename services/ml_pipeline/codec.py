@@ -19,17 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml_pipeline.errors import BadRequest
+from ml_pipeline.errors import BadRequest, InvalidTensor
 
 _MAX_HEADER_BYTES = 10_000
 MAX_DIMS = 32
 MAX_DIM_SIZE = 2**31
 MAX_ELEMENTS = 2**31  # of any tensor, counting only its non-zero dimensions (a zero one makes it empty)
 _NUMERIC_KINDS = frozenset("biufc")  # bool, ints, floats, complex: no void/structured, strings, datetimes
-
-
-class TensorDecodeError(BadRequest):
-    code = "invalid_tensor"
 
 
 def encode(array: np.ndarray) -> bytes:
@@ -44,16 +40,16 @@ def encode(array: np.ndarray) -> bytes:
 def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     """Parse ``.npy`` bytes into a read-only array that shares ``data``'s memory.
 
-    Raises ``TensorDecodeError`` (400) for anything that is not a well-formed, complete,
+    Raises ``InvalidTensor`` (400) for anything that is not a well-formed, complete,
     pickle-free ``.npy`` body of plain numbers — whatever NumPy's header parser raises on it.
     """
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
     except ValueError:
-        raise TensorDecodeError("body is not a .npy tensor: it does not begin with the .npy magic bytes") from None
+        raise InvalidTensor("body is not a .npy tensor: it does not begin with the .npy magic bytes") from None
     if version not in ((1, 0), (2, 0), (3, 0)):
-        raise TensorDecodeError(f"body is not a .npy tensor: format version {version[0]}.{version[1]} is not 1.0-3.0")
+        raise InvalidTensor(f"body is not a .npy tensor: format version {version[0]}.{version[1]} is not 1.0-3.0")
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     try:
         shape, fortran_order, dtype = read_header(stream, max_header_size=_MAX_HEADER_BYTES)
@@ -61,23 +57,23 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
         raise
     except Exception:  # ValueError, SyntaxError, tokenizer errors, … from the header's literal_eval
         # Not numpy's words: they can hold an AST node's repr (a heap address) or Python's internals.
-        raise TensorDecodeError(
+        raise InvalidTensor(
             "body is not a .npy tensor: its header is not a complete {'descr', 'fortran_order', 'shape'} dict"
         ) from None
     if dtype.hasobject:
-        raise TensorDecodeError("object (pickled) tensors are not accepted")
+        raise InvalidTensor("object (pickled) tensors are not accepted")
     if dtype.kind not in _NUMERIC_KINDS or dtype.itemsize == 0:
-        raise TensorDecodeError(f"tensor dtype {dtype} is not a plain number type")
+        raise InvalidTensor(f"tensor dtype {dtype} is not a plain number type")
     # type(d) is int: a bool passes isinstance(d, int); the size bound: with another dimension 0 the
     # byte count cannot catch a dimension numpy itself refuses.
     if len(shape) > MAX_DIMS or any(type(d) is not int or not 0 <= d <= MAX_DIM_SIZE for d in shape):
-        raise TensorDecodeError(
+        raise InvalidTensor(
             f"tensor shape {list(shape)[:8]} is not up to {MAX_DIMS} non-negative dimensions (each ≤ 2^31)"
         )
     # A zero dimension makes the byte count 0 whatever the others say, but numpy still refuses a shape
     # whose other dimensions overflow its sizes: (2**31, 2**31, 0) must be refused here, as a 400.
     if math.prod(d for d in shape if d) > MAX_ELEMENTS:
-        raise TensorDecodeError(
+        raise InvalidTensor(
             f"tensor shape {list(shape)} is too large: its non-zero dimensions multiply past 2^31 elements"
         )
     count = math.prod(shape)
@@ -85,7 +81,7 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     offset = stream.tell()
     actual = len(data) - offset
     if actual != expected:
-        raise TensorDecodeError(f"tensor {dtype}{list(shape)} needs {expected} data bytes, body has {actual}")
+        raise InvalidTensor(f"tensor {dtype}{list(shape)} needs {expected} data bytes, body has {actual}")
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran_order else "C")
 

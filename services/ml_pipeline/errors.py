@@ -37,6 +37,13 @@ class BadRequest(PipelineError):
     status, code = 400, "bad_request"
 
 
+class InvalidTensor(BadRequest):
+    """A tensor the pipeline does not take: not a well-formed .npy/JSON/protocol tensor, or not the
+    model's shape, dtype, batch size or finite values."""
+
+    code = "invalid_tensor"
+
+
 class PayloadTooLarge(PipelineError):
     status, code = 413, "payload_too_large"
 

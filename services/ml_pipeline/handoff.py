@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_pipeline import codec
-from ml_pipeline.errors import BadRequest
+from ml_pipeline.errors import BadRequest, InvalidTensor
 
 _NAME = re.compile(r"[0-9a-f]{32}\.npy")  # what write_tensor generates, and nothing else
 _TMP_PREFIX = ".tmp-"
@@ -46,28 +46,24 @@ def decode_json(body: bytes, budget: codec.JsonBudget | None = None) -> np.ndarr
     objects or values than that is refused before ``json.loads`` builds them. Slow (seconds for a
     16-image batch, most of it holding the GIL): callers run it in a worker thread."""
     if budget is not None:
-        codec.check_json_budget(body, budget, what="the JSON tensor", code="invalid_tensor")
+        codec.check_json_budget(body, budget, what="the JSON tensor", code=InvalidTensor.code)
     try:
         doc = json.loads(body)
         shape, dtype, data = doc["shape"], doc["dtype"], doc["data"]
     except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested thousands deep
-        raise BadRequest(
-            'send {"shape": [...], "dtype": "float32", "data": [...]} as JSON', code="invalid_tensor"
-        ) from None
+        raise InvalidTensor('send {"shape": [...], "dtype": "float32", "data": [...]} as JSON') from None
     if dtype != "float32":
-        raise BadRequest(f"tensor dtype {_shown(dtype)} is not float32", code="invalid_tensor")
+        raise InvalidTensor(f"tensor dtype {_shown(dtype)} is not float32")
     if not isinstance(shape, list) or len(shape) > codec.MAX_DIMS:
-        raise BadRequest(
-            f"tensor shape {_shown(shape)} is not a list of up to {codec.MAX_DIMS} sizes", code="invalid_tensor"
-        )
+        raise InvalidTensor(f"tensor shape {_shown(shape)} is not a list of up to {codec.MAX_DIMS} sizes")
     try:
         array = np.asarray(data, dtype=np.float32)
     except MemoryError:
         raise
     except Exception:  # ragged, too deep, strings, objects: whatever NumPy raises on it
-        raise BadRequest("tensor data is not a regular nested list of numbers", code="invalid_tensor") from None
+        raise InvalidTensor("tensor data is not a regular nested list of numbers") from None
     if list(array.shape) != shape:
-        raise BadRequest(f"tensor data has shape {list(array.shape)}, not the declared {shape}", code="invalid_tensor")
+        raise InvalidTensor(f"tensor data has shape {list(array.shape)}, not the declared {shape}")
     return array
 
 

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from ml_pipeline import codec, deadline, handoff, metrics, open_inference
-from ml_pipeline.errors import BadRequest, UnsupportedMediaType
+from ml_pipeline.errors import InvalidTensor, UnsupportedMediaType
 from ml_pipeline.open_inference import InferenceRequest, ModelNotFound, shown
 from ml_pipeline.settings import ModelSettings
 from ml_pipeline.telemetry import StageTimer
@@ -61,21 +61,18 @@ def validate_batch(x: np.ndarray, max_batch: int, what: str = "tensor") -> None:
     them on: the model takes normalized pixels, a NaN or an infinity in one makes every score of its
     image NaN, and the answer would look like one (issue 31; docs/open-inference.md)."""
     if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
-        raise BadRequest(
-            f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]", code="invalid_tensor"
-        )
+        raise InvalidTensor(f"tensor shape {list(x.shape)} is not [N,{','.join(map(str, INPUT_SHAPE))}]")
     if x.dtype != np.float32:
-        raise BadRequest(f"tensor dtype {x.dtype} is not float32", code="invalid_tensor")
+        raise InvalidTensor(f"tensor dtype {x.dtype} is not float32")
     if not 1 <= x.shape[0] <= max_batch:
-        raise BadRequest(f"batch size {x.shape[0]} is outside 1..{max_batch}", code="invalid_tensor")
+        raise InvalidTensor(f"batch size {x.shape[0]} is outside 1..{max_batch}")
     finite = np.isfinite(x)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         first = [int(i) for i in np.unravel_index(bad[0], x.shape)]
-        raise BadRequest(
+        raise InvalidTensor(
             f"{what} holds {bad.size} NaN or infinite values of {x.size} (the first at {first}): the model "
-            "takes finite float32 values (normalized pixels); random bytes as float32 are no such input",
-            code="invalid_tensor",
+            "takes finite float32 values (normalized pixels); random bytes as float32 are no such input"
         )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ml_pipeline import codec
-from ml_pipeline.errors import BadRequest
+from ml_pipeline.errors import BadRequest, InvalidTensor
 
 DTYPES = [
     "float32",
@@ -58,7 +58,7 @@ def test_object_arrays_are_refused_both_ways():
         codec.encode(np.array([{"a": 1}], dtype=object))
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(codec.TensorDecodeError, match="object"):
+    with pytest.raises(InvalidTensor, match="object"):
         codec.decode(buf.getvalue())
 
 
@@ -73,7 +73,7 @@ def test_object_arrays_are_refused_both_ways():
     ],
 )
 def test_malformed_bodies_are_400(body, problem):
-    with pytest.raises(codec.TensorDecodeError, match=problem) as info:
+    with pytest.raises(InvalidTensor, match=problem) as info:
         codec.decode(body)
     assert info.value.status == 400 and info.value.code == "invalid_tensor"
 
@@ -125,7 +125,7 @@ def _npy(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0)) -> b
     ],
 )
 def test_hostile_headers_are_400_whatever_numpy_raises(body, problem):
-    with pytest.raises(codec.TensorDecodeError, match=problem) as info:
+    with pytest.raises(InvalidTensor, match=problem) as info:
         codec.decode(body)
     assert info.value.status == 400
 
@@ -142,7 +142,7 @@ def test_every_prefix_and_byte_flip_of_a_tensor_is_an_array_or_a_400():
     for body in bodies:
         try:
             codec.decode(body)
-        except codec.TensorDecodeError as exc:
+        except InvalidTensor as exc:
             assert exc.status == 400
 
 
@@ -150,7 +150,7 @@ def test_every_prefix_and_byte_flip_of_a_tensor_is_an_array_or_a_400():
 def test_an_empty_shape_whose_other_dimensions_overflow_is_a_400_not_numpys_error(shape):
     """The byte count is 0 whatever the other dimensions say; numpy still cannot make the array."""
     body = _npy(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}}}")
-    with pytest.raises(codec.TensorDecodeError, match="too large") as info:
+    with pytest.raises(InvalidTensor, match="too large") as info:
         codec.decode(body)
     assert info.value.status == 400
 
@@ -169,7 +169,7 @@ def test_an_empty_shape_that_fits_still_decodes():
     ],
 )
 def test_header_errors_say_what_is_wrong_not_what_numpy_raised(body):
-    with pytest.raises(codec.TensorDecodeError) as info:
+    with pytest.raises(InvalidTensor) as info:
         codec.decode(body)
     for leak in ("Error", "<", "0x", "ast."):
         assert leak not in info.value.message, info.value.message
