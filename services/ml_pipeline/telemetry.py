@@ -118,9 +118,9 @@ def instrument_app(app: FastAPI, provider: trace.TracerProvider) -> None:
     """A SERVER span around each request (but the probes'), the caller's W3C context its parent.
 
     What opentelemetry-instrumentation-fastapi did, for the attributes the HTTP semantic conventions
-    require (method, route, status, scheme, path, client), at a quarter of its CPU: it built every
+    require (method, route, status, scheme, path, client), without its extra work: it built every
     attribute twice (old and new conventions), matched the route before the app did, and fed three
-    OpenTelemetry metrics nobody exported (docs/performance.md). Wraps the whole middleware stack,
+    OpenTelemetry metrics nobody exported (docs/profiling.md). Wraps the whole middleware stack,
     so the error envelope Starlette's outermost middleware writes for an unexpected error still
     finds the span (its trace id)."""
     if not isinstance(provider, TracerProvider):
