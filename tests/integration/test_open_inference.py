@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 from ml_pipeline import codec, wire
 from preprocess import imaging
 from support.data import CHELSEA_JPG, COFFEE_JPG, ESPRESSO
+from support.triton import grpc_input
 
 pytestmark = pytest.mark.integration
 MODEL = "efficientnet-lite0"
@@ -147,12 +148,6 @@ def triton_grpc(model_grpc):
     client = tritongrpc.InferenceServerClient(url=model_grpc)
     yield client
     client.close()
-
-
-def grpc_input(x: np.ndarray, name="input", datatype="FP32"):
-    inp = tritongrpc.InferInput(name, list(x.shape), datatype)
-    inp.set_data_from_numpy(x)
-    return inp
 
 
 def test_the_grpc_service_answers_tritons_grpc_client_like_predict(triton_grpc, stack):

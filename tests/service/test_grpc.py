@@ -18,6 +18,7 @@ from ml_pipeline.telemetry import create_tracer_provider
 from model.app import create_app
 from preprocess.model_grpc import GrpcModel
 from support.apps import make_settings
+from support.triton import grpc_input
 
 pytestmark = pytest.mark.anyio
 MODEL = "random-1000"
@@ -34,12 +35,6 @@ def batch(n=1):
     return np.random.default_rng(5).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
 
 
-def infer_input(x, name="input", datatype="FP32"):
-    inp = tritongrpc.InferInput(name, list(x.shape), datatype)
-    inp.set_data_from_numpy(x)
-    return inp
-
-
 async def test_triton_grpc_client_health_metadata_and_inference_equal_to_predict():
     x = batch(2)
     async with model_app() as (app, target):
@@ -54,7 +49,7 @@ async def test_triton_grpc_client_health_metadata_and_inference_equal_to_predict
                 "FP32",
                 [-1, 3, 224, 224],
             )
-            result = await client.infer(MODEL, [infer_input(x)], outputs=[tritongrpc.InferRequestedOutput("logits")])
+            result = await client.infer(MODEL, [grpc_input(x)], outputs=[tritongrpc.InferRequestedOutput("logits")])
         finally:
             await client.close()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model.test") as http:
@@ -69,13 +64,13 @@ async def test_triton_grpc_client_health_metadata_and_inference_equal_to_predict
     "make, code, words",
     [
         (
-            lambda x: (MODEL, [infer_input(x.astype(np.float64), datatype="FP64")]),
+            lambda x: (MODEL, [grpc_input(x.astype(np.float64), datatype="FP64")]),
             "StatusCode.INVALID_ARGUMENT",
             "must be FP32",
         ),
-        (lambda x: (MODEL, [infer_input(x[:, :, :200])]), "StatusCode.INVALID_ARGUMENT", "is not [N,3,224,224]"),
-        (lambda x: (MODEL, [infer_input(x, name="pixels")]), "StatusCode.INVALID_ARGUMENT", "takes one input"),
-        (lambda x: ("resnet50", [infer_input(x)]), "StatusCode.NOT_FOUND", "unknown model 'resnet50'"),
+        (lambda x: (MODEL, [grpc_input(x[:, :, :200])]), "StatusCode.INVALID_ARGUMENT", "is not [N,3,224,224]"),
+        (lambda x: (MODEL, [grpc_input(x, name="pixels")]), "StatusCode.INVALID_ARGUMENT", "takes one input"),
+        (lambda x: ("resnet50", [grpc_input(x)]), "StatusCode.NOT_FOUND", "unknown model 'resnet50'"),
     ],
 )
 async def test_bad_calls_are_grpc_statuses_with_the_reason(make, code, words):

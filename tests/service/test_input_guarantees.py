@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from ml_pipeline import codec, handoff, open_inference, wire
 from ml_pipeline.errors import BadRequest
 from support.apps import make_settings
+from support.triton import grpc_input
 
 pytestmark = pytest.mark.anyio
 MODEL = "random-1000"
@@ -137,13 +138,9 @@ async def test_non_finite_tensors_are_refused_on_v2_grpc_raw_and_typed(value):
     async with model() as (app, _):
         client = tritongrpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
         try:
-            inp = tritongrpc.InferInput("input", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
             with pytest.raises(InferenceServerException) as raw:
-                await client.infer(MODEL, [inp])
-            clean = tritongrpc.InferInput("input", list(x.shape), "FP32")
-            clean.set_data_from_numpy(np.nan_to_num(x))
-            answered = await client.infer(MODEL, [clean])
+                await client.infer(MODEL, [grpc_input(x)])
+            answered = await client.infer(MODEL, [grpc_input(np.nan_to_num(x))])
         finally:
             await client.close()
         typed = _typed_request(x)
@@ -177,10 +174,8 @@ async def test_random_bytes_are_refused_with_the_reason_over_both_protocols():
         predict = await client.post("/predict", content=codec.encode(x), headers=NPY)
         grpc_client = tritongrpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
         try:
-            inp = tritongrpc.InferInput("input", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
             with pytest.raises(InferenceServerException) as over_grpc:
-                await grpc_client.infer(MODEL, [inp])
+                await grpc_client.infer(MODEL, [grpc_input(x)])
         finally:
             await grpc_client.close()
     assert rest.status_code == 400 and set(rest.json()) == {"error"}, rest.text
