@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -18,6 +21,52 @@ pytestmark = pytest.mark.integration
 
 def finalize(client: httpx.Client) -> httpx.Response:
     return client.post("/finalize", files={"file": ("coffee.jpg", COFFEE_JPG.read_bytes(), "image/jpeg")})
+
+
+@dataclass
+class Traffic:
+    """What the clients of ``steady_traffic`` got: every status, which replica answered when, and
+    what each failed request said (to diagnose it)."""
+
+    statuses: list[int] = field(default_factory=list)
+    served: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def first_served_by(self, replica: str, after: float, within_s: float) -> float | None:
+        """When ``replica`` first answered after ``after`` (monotonic), waiting up to ``within_s`` for it."""
+        deadline = after + within_s
+        while True:
+            times = [t for t, i in self.served if t > after and i == replica]
+            if times or time.monotonic() >= deadline:
+                return times[0] if times else None
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def steady_traffic(base_url: str, clients: int = 3) -> Iterator[Traffic]:
+    """``clients`` threads posting the photo one request after another until the block ends."""
+    traffic = Traffic()
+    stop = threading.Event()
+
+    def stream():
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            while not stop.is_set():
+                r = finalize(client)
+                traffic.statuses.append(r.status_code)
+                if r.status_code == 200:
+                    traffic.served.append((time.monotonic(), r.json()["model_instance"]))
+                else:
+                    traffic.failures.append(r.text[:400])
+
+    threads = [threading.Thread(target=stream) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield traffic
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
 
 
 def replica_ids(stack_control) -> dict[str, object]:
@@ -46,25 +95,8 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
     replicas = replica_ids(stack_control)
     assert len(replicas) >= 2
     victim_id, victim = sorted(replicas.items())[0]
-    stop = threading.Event()
-    statuses: list[int] = []
-    served: list[tuple[float, str]] = []
-    failures: list[str] = []  # what a failed request said, to diagnose it
-
-    def stream():
-        with httpx.Client(base_url=stack["edge"], timeout=30) as client:
-            while not stop.is_set():
-                r = finalize(client)
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    served.append((time.monotonic(), r.json()["model_instance"]))
-                else:
-                    failures.append(r.text[:400])
-
-    threads = [threading.Thread(target=stream) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with steady_traffic(stack["edge"]) as traffic:
+        statuses, served, failures = traffic.statuses, traffic.served, traffic.failures
         time.sleep(3)
         assert victim_id in {instance for _, instance in served}, "the victim served nothing before the kill"
         stack_control.kill(victim)  # SIGKILL: no goodbye, in-flight requests die with it
@@ -76,16 +108,9 @@ def test_a_killed_replica_costs_no_request_and_rejoins_when_back(stack, stack_co
         victim.start()  # `docker kill` counts as a manual stop: the restart policy leaves it down
         stack_control.wait_healthy(victim)
         back_at = time.monotonic()
-        deadline = back_at + 15
-        while time.monotonic() < deadline and not [i for t, i in served if t > back_at and i == victim_id]:
-            time.sleep(0.2)
-        rejoined = [t for t, i in served if t > back_at and i == victim_id]
-        assert rejoined, "the restarted replica got no traffic within 15 s of being healthy"
-        print(f"replica {victim_id}: traffic again {rejoined[0] - back_at:.1f} s after it was healthy")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        rejoined = traffic.first_served_by(victim_id, after=back_at, within_s=15)
+        assert rejoined is not None, "the restarted replica got no traffic within 15 s of being healthy"
+        print(f"replica {victim_id}: traffic again {rejoined - back_at:.1f} s after it was healthy")
     assert set(statuses) == {200}, (collections.Counter(statuses), failures)
     assert len(statuses) > 50
 
@@ -94,42 +119,23 @@ def test_a_replica_added_later_gets_traffic_within_30_s(stack, stack_control):
     """`docker compose up --scale model=3` (or an autoscaler) while preprocess is connected: the new
     replica must get traffic within 30 s of being healthy — over HTTP the balancer re-resolves the
     name, over gRPC the model ends connections past GRPC_MAX_CONNECTION_AGE_S so clients resolve again."""
-    stop = threading.Event()
-    served: list[tuple[float, str]] = []
-    statuses: list[int] = []
-
-    def stream():
-        with httpx.Client(base_url=stack["edge"], timeout=30) as client:
-            while not stop.is_set():
-                r = finalize(client)
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    served.append((time.monotonic(), r.json()["model_instance"]))
-
-    threads = [threading.Thread(target=stream) for _ in range(3)]
-    for t in threads:
-        t.start()
     added = None
     try:
-        time.sleep(2)  # every client connected to the replicas there are
-        added = stack_control.add_replica("model")
-        started_at = time.monotonic()
-        stack_control.wait_healthy(added)
-        healthy_at = time.monotonic()
-        new_id = added.attrs["Config"]["Hostname"]
-        while time.monotonic() < healthy_at + 30 and not [i for t, i in served if t > healthy_at and i == new_id]:
-            time.sleep(0.2)
-        first = [t for t, i in served if t > healthy_at and i == new_id]
-        assert first, f"the added replica {new_id} got no traffic within 30 s of being healthy"
-        print(
-            f"added replica {new_id}: healthy {healthy_at - started_at:.1f} s after start, "
-            f"traffic {first[0] - healthy_at:.1f} s after that"
-        )
+        with steady_traffic(stack["edge"]) as traffic:
+            time.sleep(2)  # every client connected to the replicas there are
+            added = stack_control.add_replica("model")
+            started_at = time.monotonic()
+            stack_control.wait_healthy(added)
+            healthy_at = time.monotonic()
+            new_id = added.attrs["Config"]["Hostname"]
+            first = traffic.first_served_by(new_id, after=healthy_at, within_s=30)
+            assert first is not None, f"the added replica {new_id} got no traffic within 30 s of being healthy"
+            print(
+                f"added replica {new_id}: healthy {healthy_at - started_at:.1f} s after start, "
+                f"traffic {first - healthy_at:.1f} s after that"
+            )
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
         if added is not None:
             added.stop(timeout=25)  # a graceful drain, as a scale-down: no client request lost
             stack_control.remove(added)
-    assert set(statuses) == {200}, collections.Counter(statuses)
+    assert set(traffic.statuses) == {200}, collections.Counter(traffic.statuses)
