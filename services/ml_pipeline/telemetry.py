@@ -126,8 +126,11 @@ def instrument_app(app: FastAPI, provider: trace.TracerProvider) -> None:
     if not isinstance(provider, TracerProvider):
         return  # tracing off: no spans to make
     tracer = provider.get_tracer("ml_pipeline.http.server", __version__)
+    build_inner = app.build_middleware_stack
 
-    def around(inner):
+    def build_middleware_stack():
+        inner = build_inner()
+
         async def traced(scope, receive, send):
             if scope["type"] != "http" or scope["path"] in QUIET_PATHS:
                 await inner(scope, receive, send)
@@ -135,17 +138,6 @@ def instrument_app(app: FastAPI, provider: trace.TracerProvider) -> None:
             await _serve_in_span(tracer, inner, scope, receive, send)
 
         return traced
-
-    wrap_middleware_stack(app, around)
-
-
-def wrap_middleware_stack(app: FastAPI, around: Callable[[Any], Any]) -> None:
-    """Put ``around(stack)`` outside the whole middleware stack Starlette builds for ``app``, even
-    outside its error middleware (which ``add_middleware`` cannot reach); the last wrapped is outermost."""
-    build_inner = app.build_middleware_stack
-
-    def build_middleware_stack():
-        return around(build_inner())
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]  # wrapping it is the point
 
@@ -207,8 +199,11 @@ def distrust_incoming_trace_context(app: FastAPI) -> None:
     caller's span becomes a link on the server span instead of its parent, so a public client
     can neither choose trace ids nor turn sampling off. Wraps the whole middleware stack, since
     the server span (``instrument_app``) reads the headers first."""
+    build_inner = app.build_middleware_stack
 
-    def around(inner):
+    def build_middleware_stack():
+        inner = build_inner()
+
         async def untrusted(scope, receive, send):
             if scope["type"] == "http" and any(k in TRACE_CONTEXT_HEADERS for k, _ in scope["headers"]):
                 carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -221,7 +216,7 @@ def distrust_incoming_trace_context(app: FastAPI) -> None:
 
         return untrusted
 
-    wrap_middleware_stack(app, around)
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]  # wrapping it is the point
 
 
 def instrument_client(client: httpx.AsyncClient, provider: trace.TracerProvider) -> None:
