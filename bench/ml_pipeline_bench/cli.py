@@ -4,6 +4,7 @@
     ml-pipeline-bench run --overload 1,2,3     # open loop at multiples of the measured capacity: goodput
     ml-pipeline-bench soak --minutes 30        # steady load: memory, descriptors and p99 must stay flat
     ml-pipeline-bench report reports/study     # the study's Markdown report and plots
+    ml-pipeline-bench ab-report EVENT_LOOP asyncio uvloop reports/ab   # an interleaved A/B (bench/ab.sh)
 
 Installed with the package's ``bench`` extra: ``pip install -e '.[bench]'``.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from ml_pipeline import __version__
 from ml_pipeline.settings import DEFAULT_PORTS
-from ml_pipeline_bench import report
+from ml_pipeline_bench import ab, report
 from ml_pipeline_bench import soak as soak_run
 from ml_pipeline_bench.load import (
     RunResult,
@@ -265,12 +266,34 @@ def _add_report_parser(sub: Any) -> None:
     p_report.add_argument("--notes", help="a Markdown file appended as the report's conclusions")
 
 
+def _add_ab_report_parser(sub: Any) -> None:
+    p_ab = sub.add_parser("ab-report", help="the verdict of an interleaved A/B of one setting (bash bench/ab.sh)")
+    p_ab.add_argument("setting", help="the compared setting, e.g. EVENT_LOOP")
+    p_ab.add_argument("a", help="value A (the baseline)")
+    p_ab.add_argument("b", help="value B")
+    p_ab.add_argument("results", help="directory of the runs' JSON files, <SETTING>-<pair>-<value>.json")
+    p_ab.add_argument("--out", help="also write the Markdown report here")
+
+
+def ab_report(args: argparse.Namespace) -> int:
+    runs = ab.load_runs(Path(args.results), args.setting)
+    try:
+        text = ab.render(args.setting, runs, args.a, args.b)
+    except ValueError as error:
+        return _refuse("ab-report", str(error))
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-pipeline-bench", description=__doc__.splitlines()[0].strip("`: "))
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_soak_parser(sub)
     _add_report_parser(sub)
+    _add_ab_report_parser(sub)
     return parser
 
 
@@ -281,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return report.main([args.results, "--out", args.out] + (["--notes", args.notes] if args.notes else []))
     if args.command == "soak":
         return soak(args)
+    if args.command == "ab-report":
+        return ab_report(args)
     return run(args)
 
 

@@ -63,12 +63,14 @@ def uvicorn_config(app: Any, host: str, port: int, settings: ServiceSettings | N
             header_read_timeout_s=settings.header_read_timeout_s,
             max_header_bytes=settings.max_header_bytes,
         ),
+        loop=settings.event_loop,
         server_header=False,  # no `server: uvicorn` (the `date` header stays)
         log_config=None,  # our JSON logging, set up by ``run``
         access_log=False,  # one request line comes from RequestTelemetryMiddleware, with trace ids
-        # A fresh contextvars.Context per request: on the plain asyncio loop, context leaks between
-        # keep-alive requests with bodies over 64 KiB (CPython gh-140947, uvicorn #2167), which
-        # would make later requests join the first request's trace downstream.
+        # A fresh contextvars.Context per request: on the plain asyncio loop (EVENT_LOOP=asyncio, or
+        # where uvloop does not install) context leaks between keep-alive requests with bodies over
+        # 64 KiB (CPython gh-140947, uvicorn #2167), so later requests would join the first one's
+        # trace downstream. uvloop does not leak (tests/service/test_keepalive_traces.py runs both).
         reset_contextvars=True,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=20,

@@ -87,6 +87,11 @@ class ServiceSettings(_Env):
         "`deadline_exceeded`). A caller may ask for less with the `X-Request-Timeout-Ms` header; each hop "
         "passes what is left on.",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The server's event loop: `auto` is uvloop where it is installed (every image; "
+        "`pip install` outside Windows), else asyncio's own; `asyncio` for A/B comparisons.",
+    )
     header_read_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -4,7 +4,8 @@ give one separate, complete trace each.
 Guards against CPython gh-140947 / uvicorn #2167: on the plain asyncio loop, contextvars leak
 between keep-alive requests whose bodies exceed 64 KiB, so later requests joined the first
 request's trace downstream. ``uvicorn_config`` sets ``reset_contextvars=True``; with it off, this
-test fails (later requests' preprocess/model spans land in the first trace).
+test fails on asyncio's loop (later requests' preprocess/model spans land in the first trace). It runs
+on both loops ``EVENT_LOOP`` offers: uvloop, the default, and asyncio's own.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def run_keepalive_requests(exporter, count: int, **config_overrides) -> list[str
     return trace_ids
 
 
-def test_each_keepalive_request_is_its_own_complete_trace(exporter):
-    trace_ids = run_keepalive_requests(exporter, 5)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_each_keepalive_request_is_its_own_complete_trace(exporter, loop):
+    trace_ids = run_keepalive_requests(exporter, 5, loop=loop)
     assert len(set(trace_ids)) == 5
     traces = by_trace(exporter.get_finished_spans())
     assert sorted(traces) == sorted(trace_ids)
