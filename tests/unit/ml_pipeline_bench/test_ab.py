@@ -45,7 +45,7 @@ def test_the_report_lists_each_run_in_the_order_it_ran(tmp_path, capsys):
     text = out.read_text()
     assert "| model CPU ms/request | 3.00 | 1.50 | 0.500 |" in text
     assert "| chain CPU ms/request | 6.00 | 4.50 | 0.750 |" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 "))]
     assert [r.split("|")[2].strip() for r in rows] == ["a", "b", "b", "a"]
     assert text in capsys.readouterr().out
 
