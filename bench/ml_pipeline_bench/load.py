@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ml_pipeline.telemetry import parse_server_timing
-from ml_pipeline.wire import SERVER_TIMING_HEADER
+from ml_pipeline.core.wire import SERVER_TIMING_HEADER
+from ml_pipeline.observability.stages import parse_server_timing
 from ml_pipeline_bench.server_cpu import Meter, per_request_ms
 
 # One request: returns (HTTP status, stage timings in ms).
@@ -343,9 +343,9 @@ async def run_bare_chain(
 
 def npy_body(image: Path) -> tuple[bytes, str]:
     """The image as the model's input: preprocessed once, encoded as a ``.npy`` body (for /predict)."""
-    from ml_pipeline import codec
+    from ml_pipeline.core import codec
+    from ml_pipeline.core.wire import NPY_MEDIA_TYPE
     from ml_pipeline.settings import MonolithSettings, load_settings
-    from ml_pipeline.wire import NPY_MEDIA_TYPE
     from preprocess import imaging
 
     settings = load_settings(MonolithSettings)  # its image settings, as the services read them

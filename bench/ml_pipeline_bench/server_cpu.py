@@ -21,7 +21,7 @@ from typing import Protocol
 
 import httpx
 
-from ml_pipeline.balancer import resolve_dns
+from ml_pipeline.client.balancer import resolve_dns
 
 _CPU_SAMPLE = re.compile(r"^(?:otelcol_)?process_cpu_seconds(?:_total)?(?:\{[^}]*\})?\s+(\S+)\s*$", re.M)
 

@@ -42,7 +42,7 @@ def uvicorn_config(app: Any, host: str, port: int, settings: ServiceSettings | N
     """
     import uvicorn
 
-    from ml_pipeline.server import connection_log_limit, hardened_http_protocol
+    from ml_pipeline.web.server import connection_log_limit, hardened_http_protocol
 
     if isinstance(app, str):
         service = app.split(".", 1)[0]
@@ -80,7 +80,7 @@ def uvicorn_config(app: Any, host: str, port: int, settings: ServiceSettings | N
 def run(service: str, host: str, port: int) -> int:
     import uvicorn
 
-    from ml_pipeline.telemetry import setup_logging
+    from ml_pipeline.observability.logs import setup_logging
 
     os.environ.setdefault("GRPC_HOST", host)  # the model's gRPC service listens where its HTTP does
     settings = load_settings(SETTINGS_BY_SERVICE[service])
@@ -95,7 +95,7 @@ def start_metrics_server(host: str, port: int) -> None:
     uvicorn starts: Prometheus scrapes them there, apart from the port the service answers on."""
     if not port:
         return
-    from ml_pipeline.metrics import serve_metrics
+    from ml_pipeline.observability.metrics import serve_metrics
 
     try:
         serve_metrics(host, port)

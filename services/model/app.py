@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline.service import build_app, read_body
+from ml_pipeline.core import handoff
+from ml_pipeline.core.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.observability.tracing import create_tracer_provider
 from ml_pipeline.settings import ModelSettings, load_settings
-from ml_pipeline.telemetry import StageTimer, create_tracer_provider
-from ml_pipeline.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE
+from ml_pipeline.web.app import build_app, read_body
 from model.dataplane import Predictor
 from model.grpc_server import start_grpc_server
 from model.v2_endpoints import add_v2_routes
@@ -76,7 +78,7 @@ def add_predict_route(app: FastAPI, predictor: Predictor) -> None:
         openapi_extra={"requestBody": {"content": BINARY_NPY_CONTENT, "required": True}},
     )
     async def predict(request: Request) -> Response:
-        transport = predictor.transport_of(request.headers.get("content-type"))
+        transport = handoff.mode_of(request.headers.get("content-type"))
         body = await read_body(request, predictor.body_limit(transport))
         logits = await predictor.predict(body, transport, StageTimer(app.state.tracer, SERVICE))
         return Response(logits.body, media_type=NPY_MEDIA_TYPE, headers=logits.headers)

@@ -22,8 +22,8 @@ import anyio
 import numpy as np
 from opentelemetry import trace
 
-from ml_pipeline import metrics
-from ml_pipeline.wire import Attr
+from ml_pipeline.core.wire import Attr
+from ml_pipeline.observability import metrics
 
 
 @dataclass(eq=False)

@@ -20,22 +20,20 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from ml_pipeline import codec, deadline, handoff, metrics, open_inference
-from ml_pipeline.errors import InvalidTensor, UnsupportedMediaType
-from ml_pipeline.open_inference import InferenceRequest, ModelNotFound, shown
-from ml_pipeline.settings import ModelSettings
-from ml_pipeline.telemetry import StageTimer
-from ml_pipeline.wire import (
-    JSON_TENSOR_MEDIA_TYPE,
+from ml_pipeline.core import codec, deadline, handoff, open_inference
+from ml_pipeline.core.errors import InvalidTensor
+from ml_pipeline.core.open_inference import InferenceRequest, ModelNotFound, shown
+from ml_pipeline.core.wire import (
     MODEL_BACKEND_HEADER,
     MODEL_INSTANCE_HEADER,
     MODEL_NAME_HEADER,
-    NPY_MEDIA_TYPE,
     SERVER_TIMING_HEADER,
-    TENSOR_REFERENCE_MEDIA_TYPE,
-    TRANSPORT_BY_MEDIA_TYPE,
     Attr,
+    HandoffMode,
 )
+from ml_pipeline.observability import metrics
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.settings import ModelSettings
 from model.backends import INPUT_SHAPE, Backend, load_backend, readiness
 from model.batcher import DynamicBatcher
 from model.convert import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
@@ -124,31 +122,21 @@ class Predictor:
     def ready(self) -> tuple[bool, str]:
         return readiness(self.backend)
 
-    @staticmethod
-    def transport_of(content_type: str | None) -> str:
-        """The hand-off a request body's media type says it is; 415 for any other."""
-        media_type = (content_type or "").split(";")[0].strip()
-        if media_type not in TRANSPORT_BY_MEDIA_TYPE:
-            raise UnsupportedMediaType(
-                f"send the tensor as {NPY_MEDIA_TYPE} (or {JSON_TENSOR_MEDIA_TYPE}, or a "
-                f"{TENSOR_REFERENCE_MEDIA_TYPE} file reference), not {media_type or 'no content type'}"
-            )
-        return TRANSPORT_BY_MEDIA_TYPE[media_type]
-
-    def body_limit(self, transport: str) -> int:
+    def body_limit(self, transport: HandoffMode) -> int:
         """A binary body gets the tensor's size, a file reference a few hundred bytes; only the
         JSON baseline needs more."""
-        return {"json": self.max_json_bytes, "volume": REFERENCE_MAX_BYTES}.get(transport, self.max_tensor_bytes)
+        limits = {HandoffMode.JSON: self.max_json_bytes, HandoffMode.VOLUME: REFERENCE_MAX_BYTES}
+        return limits.get(transport, self.max_tensor_bytes)
 
-    async def predict(self, body: bytes, transport: str, timer: StageTimer) -> Logits:
+    async def predict(self, body: bytes, transport: HandoffMode, timer: StageTimer) -> Logits:
         backend = self._loaded()
         with self._counted(backend, timer) as counted:
             with timer.stage(
                 "tensor_decode", {Attr.HANDOFF_TRANSPORT: transport, Attr.HANDOFF_BODY_BYTES: len(body)}
             ) as span:
-                if transport == "http":
+                if transport == HandoffMode.HTTP:
                     batch = codec.decode(body)
-                elif transport == "json":
+                elif transport == HandoffMode.JSON:
                     batch = await anyio.to_thread.run_sync(handoff.decode_json, body, self.json_budget)
                 else:
                     name = handoff.decode_reference(body)
@@ -284,7 +272,7 @@ class Predictor:
         encode: Callable[[InferenceRequest, dict[str, np.ndarray]], T],
         timer: StageTimer,
         *,
-        transport: str,
+        transport: HandoffMode,
         body_bytes: int,
         offload: bool,
         offload_encode: bool = False,
@@ -338,7 +326,7 @@ class Predictor:
             decode,
             encode,
             timer,
-            transport="v2-http",
+            transport=HandoffMode.V2_HTTP,
             body_bytes=len(body),
             offload=offload,
             offload_encode=True,

@@ -30,13 +30,17 @@ from grpc import aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from ml_pipeline import __version__, deadline
-from ml_pipeline import open_inference_grpc as grpc_codec
-from ml_pipeline.errors import PipelineError
-from ml_pipeline.open_inference import InferenceRequest
+from ml_pipeline import __version__
+from ml_pipeline.core import deadline
+from ml_pipeline.core import open_inference_grpc as grpc_codec
+from ml_pipeline.core.errors import PipelineError
+from ml_pipeline.core.open_inference import InferenceRequest
+from ml_pipeline.core.wire import TRACE_ID_HEADER, HandoffMode
+from ml_pipeline.observability.asgi import CLIENT_CLOSED
+from ml_pipeline.observability.requests import record_request
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.observability.tracing import current_trace_id
 from ml_pipeline.settings import ModelSettings
-from ml_pipeline.telemetry import CLIENT_CLOSED, StageTimer, current_trace_id, record_request
-from ml_pipeline.wire import TRACE_ID_HEADER
 from model.dataplane import MODEL_VERSION, Predictor
 from model.v2_endpoints import EXTENSIONS, SERVER_NAME
 
@@ -121,7 +125,7 @@ class OpenInferenceService:
             decode,
             encode,
             timer,
-            transport="v2-grpc",
+            transport=HandoffMode.V2_GRPC,
             body_bytes=request.ByteSize(),
             offload=not request.raw_input_contents,  # typed lists take a while to read; raw bytes are views
         )

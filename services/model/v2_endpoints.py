@@ -1,7 +1,7 @@
 """The Open Inference Protocol's (KServe v2) REST routes of the model service: thin routes over
 ``model.dataplane.Predictor``, so Triton's and KServe's clients and tools work unchanged.
 
-Errors under ``/v2`` are the protocol's ``{"error": "<message>"}`` (``ml_pipeline.http_errors``);
+Errors under ``/v2`` are the protocol's ``{"error": "<message>"}`` (``ml_pipeline.web.envelope``);
 health answers 200 for true and 400 for false, as the protocol says.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from ml_pipeline import __version__
-from ml_pipeline.errors import PipelineError
-from ml_pipeline.service import read_body
-from ml_pipeline.telemetry import StageTimer
-from ml_pipeline.wire import INFERENCE_HEADER_LENGTH_HEADER, OPEN_INFERENCE_PREFIX
+from ml_pipeline.core.errors import PipelineError
+from ml_pipeline.core.wire import INFERENCE_HEADER_LENGTH_HEADER, OPEN_INFERENCE_PREFIX
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.web.app import read_body
 from model.dataplane import Predictor
 
 SERVER_NAME = "ml-pipeline-model"

@@ -18,10 +18,11 @@ import anyio
 from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.core.wire import SERVER_TIMING_HEADER
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.observability.tracing import create_tracer_provider, current_trace_id
 from ml_pipeline.settings import MonolithSettings, load_settings
-from ml_pipeline.telemetry import StageTimer, create_tracer_provider, current_trace_id
-from ml_pipeline.wire import SERVER_TIMING_HEADER
+from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from monolith.pipeline import Pipeline
 from postprocess.schemas import FinalizeResponse
 

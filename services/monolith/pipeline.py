@@ -11,9 +11,9 @@ from typing import Any
 
 from opentelemetry import trace
 
+from ml_pipeline.core.wire import Attr
+from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.settings import MonolithSettings
-from ml_pipeline.telemetry import StageTimer
-from ml_pipeline.wire import Attr
 from model.backends import Backend, load_backend, readiness
 from postprocess.schemas import Prediction, predictions
 from postprocess.scoring import load_labels, top_k

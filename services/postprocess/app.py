@@ -15,11 +15,13 @@ from fastapi import FastAPI, File, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
-from ml_pipeline.client import Downstream, downstream_from_settings
-from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.client.downstream import Downstream, downstream_from_settings, retry_policy_from_settings
+from ml_pipeline.core.wire import SERVER_TIMING_HEADER
+from ml_pipeline.observability.asgi import distrust_incoming_trace_context
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.observability.tracing import create_tracer_provider, current_trace_id
 from ml_pipeline.settings import PostprocessSettings, load_settings
-from ml_pipeline.telemetry import StageTimer, create_tracer_provider, current_trace_id, distrust_incoming_trace_context
-from ml_pipeline.wire import SERVER_TIMING_HEADER
+from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from postprocess.dataplane import SERVICE, Finalizer
 from postprocess.schemas import FinalizeResponse
 
@@ -72,7 +74,8 @@ def preprocess_client(
         provider,
         timeout_s=settings.preprocess_timeout_s,
         pass_client_errors=True,  # preprocess rejecting the upload is the client's error
-        max_attempts=settings.preprocess_max_attempts,  # connection failures only: nothing was processed
+        # Connection failures only (no retry_statuses): nothing was processed yet.
+        retry=retry_policy_from_settings("preprocess", settings, settings.preprocess_max_attempts),
         transport=transport,
     )
 

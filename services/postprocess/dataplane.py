@@ -10,13 +10,11 @@ from typing import Any
 import anyio
 import httpx
 
-from ml_pipeline import codec, metrics
-from ml_pipeline.cache import ResultCache, content_key
-from ml_pipeline.client import Downstream
-from ml_pipeline.errors import BadGateway
-from ml_pipeline.settings import PostprocessSettings
-from ml_pipeline.telemetry import StageTimer
-from ml_pipeline.wire import (
+from ml_pipeline.client.downstream import Downstream
+from ml_pipeline.core import codec
+from ml_pipeline.core.cache import ResultCache, content_key
+from ml_pipeline.core.errors import BadGateway
+from ml_pipeline.core.wire import (
     MODEL_BACKEND_HEADER,
     MODEL_INSTANCE_HEADER,
     MODEL_NAME_HEADER,
@@ -24,6 +22,9 @@ from ml_pipeline.wire import (
     TENSOR_TRANSPORT_HEADER,
     Attr,
 )
+from ml_pipeline.observability import metrics
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.settings import PostprocessSettings
 from postprocess.schemas import predictions
 from postprocess.scoring import load_labels, top_k
 

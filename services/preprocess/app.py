@@ -3,7 +3,7 @@ into the model's ``[1,3,224,224]`` float32 tensor and sends that to the model's 
 
 ``?output=scores`` (default) answers the model's raw scores; ``?output=tensor`` answers the
 normalized tensor itself without calling the model (standalone use). Both as ``application/x-npy``.
-The tensor goes to the model as ``TRANSPORT`` says (``ml_pipeline.handoff``: http, json, volume),
+The tensor goes to the model as ``TRANSPORT`` says (``ml_pipeline.core.handoff``: http, json, volume),
 or as ``?transport=`` asks; the ``X-Tensor-Transport`` response header says which.
 
 Run: ``ml-pipeline run preprocess`` (or ``uvicorn --factory preprocess.app:create_app``).
@@ -21,12 +21,19 @@ from fastapi import FastAPI, File, Query, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
-from ml_pipeline import codec
-from ml_pipeline.client import RETRYABLE_5XX, Downstream, RetryBudget, downstream_from_settings
-from ml_pipeline.service import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.client.downstream import (
+    RETRYABLE_5XX,
+    Downstream,
+    downstream_from_settings,
+    retry_policy_from_settings,
+)
+from ml_pipeline.client.retry import RetryPolicy
+from ml_pipeline.core import codec
+from ml_pipeline.core.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE, SERVER_TIMING_HEADER, HandoffMode
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.observability.tracing import create_tracer_provider
 from ml_pipeline.settings import PreprocessSettings, load_settings
-from ml_pipeline.telemetry import StageTimer, create_tracer_provider
-from ml_pipeline.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE, SERVER_TIMING_HEADER
+from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
 from preprocess.dataplane import Preprocessor
 from preprocess.model_grpc import GrpcModel
 
@@ -36,14 +43,6 @@ SERVICE = "preprocess"
 class Output(StrEnum):
     scores = "scores"
     tensor = "tensor"
-
-
-class Transport(StrEnum):
-    http = "http"
-    json = "json"
-    volume = "volume"
-    v2_http = "v2-http"
-    v2_grpc = "v2-grpc"
 
 
 def create_app(
@@ -58,14 +57,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def resources(app: FastAPI) -> AsyncIterator[None]:
-        model = model_client(settings, provider, model_transport)
-        model_grpc = GrpcModel(  # connects when first used
-            settings.model_grpc_target,
-            settings.model_timeout_s,
-            provider,
-            max_attempts=settings.model_max_attempts,
-            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min),
-        )
+        # One retry policy (attempts, budget) for the model, whichever protocol calls it.
+        retry = retry_policy_from_settings("model", settings, settings.model_max_attempts)
+        model = model_client(settings, provider, model_transport, retry)
+        model_grpc = GrpcModel(
+            settings.model_grpc_target, settings.model_timeout_s, provider, retry=retry
+        )  # connects when first used
         app.state.preprocessor = Preprocessor(settings, model, model_grpc)
         settings.shared_data_dir.mkdir(parents=True, exist_ok=True)
         sweeper = asyncio.get_running_loop().create_task(app.state.preprocessor.sweep_forever())
@@ -93,7 +90,10 @@ def create_app(
 
 
 def model_client(
-    settings: PreprocessSettings, provider: TracerProvider, transport: httpx.AsyncBaseTransport | None
+    settings: PreprocessSettings,
+    provider: TracerProvider,
+    transport: httpx.AsyncBaseTransport | None,
+    retry: RetryPolicy,
 ) -> Downstream:
     return downstream_from_settings(
         "model",
@@ -103,7 +103,7 @@ def model_client(
         timeout_s=settings.model_timeout_s,
         pass_client_errors=False,  # we built the tensor: a 4xx from the model is our bug
         # Inference is a pure function of the tensor: another replica may safely try again.
-        max_attempts=settings.model_max_attempts,
+        retry=retry,
         retry_statuses=RETRYABLE_5XX,
         attempt_timeout_s=settings.model_attempt_timeout_s,  # a hung replica is left for another
         transport=transport,
@@ -121,14 +121,14 @@ def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
     async def process(
         file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
-        transport: Transport | None = Query(
+        transport: HandoffMode | None = Query(
             None,
             description="the tensor hand-off for this request (default: `MODEL_PROTOCOL`, and `TRANSPORT` for `npy`); "
             "needs `ALLOW_TRANSPORT_OVERRIDE`",
         ),
     ) -> Response:
         preprocessor: Preprocessor = app.state.preprocessor
-        mode = preprocessor.transport(transport.value if transport else None)
+        mode = preprocessor.transport(transport)
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         tensor = await preprocessor.tensor(data, timer)

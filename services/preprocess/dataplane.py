@@ -16,12 +16,10 @@ import httpx
 import numpy as np
 from opentelemetry.trace import Span
 
-from ml_pipeline import codec, deadline, handoff, metrics, open_inference
-from ml_pipeline.client import Downstream
-from ml_pipeline.errors import BadGateway, BadRequest
-from ml_pipeline.settings import ImageSettings, PreprocessSettings
-from ml_pipeline.telemetry import StageTimer
-from ml_pipeline.wire import (
+from ml_pipeline.client.downstream import Downstream
+from ml_pipeline.core import codec, deadline, handoff, open_inference
+from ml_pipeline.core.errors import BadGateway, BadRequest
+from ml_pipeline.core.wire import (
     INFERENCE_HEADER_LENGTH_HEADER,
     JSON_TENSOR_MEDIA_TYPE,
     MODEL_HEADERS,
@@ -34,7 +32,11 @@ from ml_pipeline.wire import (
     TENSOR_REFERENCE_MEDIA_TYPE,
     TENSOR_TRANSPORT_HEADER,
     Attr,
+    HandoffMode,
 )
+from ml_pipeline.observability import metrics
+from ml_pipeline.observability.stages import StageTimer
+from ml_pipeline.settings import ImageSettings, PreprocessSettings
 from preprocess import imaging
 from preprocess.model_grpc import GrpcModel
 
@@ -75,12 +77,12 @@ class Preprocessor:
         self.model_grpc = model_grpc  # for v2-grpc
         self._decode_slots = anyio.CapacityLimiter(settings.max_concurrent_decodes)
 
-    def transport(self, requested: str | None) -> str:
+    def transport(self, requested: HandoffMode | None) -> HandoffMode:
         """The hand-off for one request: ``MODEL_PROTOCOL`` (with ``TRANSPORT`` for ``npy``), or what
         it asked for where that is allowed."""
         if requested is None:
             protocol = self.settings.model_protocol
-            return self.settings.transport if protocol == "npy" else protocol
+            return HandoffMode(self.settings.transport if protocol == "npy" else protocol)
         if not self.settings.allow_transport_override:
             raise BadRequest(
                 "choosing the hand-off per request (?transport=) is turned off; set ALLOW_TRANSPORT_OVERRIDE=true to allow it",
@@ -91,11 +93,11 @@ class Preprocessor:
     async def tensor(self, data: bytes, timer: StageTimer) -> np.ndarray:
         return await anyio.to_thread.run_sync(image_to_tensor, data, self.settings, timer, limiter=self._decode_slots)
 
-    async def scores(self, tensor: np.ndarray, transport: str, timer: StageTimer) -> Scores:
+    async def scores(self, tensor: np.ndarray, transport: HandoffMode, timer: StageTimer) -> Scores:
         with timer.stage("handoff", {Attr.HANDOFF_TRANSPORT: transport, Attr.TENSOR_SHAPE: list(tensor.shape)}) as span:
-            if transport == "v2-grpc":
+            if transport == HandoffMode.V2_GRPC:
                 scores_npy, answer_headers = await self._infer_v2_grpc(tensor, span)
-            elif transport == "v2-http":
+            elif transport == HandoffMode.V2_HTTP:
                 scores_npy, answer_headers = await self._infer_v2(tensor, span)
             else:
                 response = await self._hand_off(tensor, transport, span)
@@ -112,7 +114,7 @@ class Preprocessor:
         if self.model_grpc is None:
             raise RuntimeError("v2-grpc without a gRPC client")
         span.set_attribute(Attr.TENSOR_BYTES, tensor.nbytes)
-        metrics.HANDOFF_BYTES.labels("v2-grpc").observe(tensor.nbytes)
+        metrics.HANDOFF_BYTES.labels(HandoffMode.V2_GRPC).observe(tensor.nbytes)
         logits, headers = await self.model_grpc.logits(self.settings.model_v2_name, tensor)
         return codec.encode(logits), headers
 
@@ -124,7 +126,7 @@ class Preprocessor:
         )
         span.set_attribute(Attr.TENSOR_BYTES, tensor.nbytes)
         span.set_attribute(Attr.HANDOFF_BODY_BYTES, len(body))
-        metrics.HANDOFF_BYTES.labels("v2-http").observe(tensor.nbytes)
+        metrics.HANDOFF_BYTES.labels(HandoffMode.V2_HTTP).observe(tensor.nbytes)
         headers = {"Content-Type": "application/octet-stream", INFERENCE_HEADER_LENGTH_HEADER: str(json_length)}
         path = f"{OPEN_INFERENCE_PREFIX}/models/{self.settings.model_v2_name}/infer"
         response = await self.model.post(path, content=body, headers=headers)
@@ -144,12 +146,12 @@ class Preprocessor:
             headers[MODEL_NAME_HEADER] = answer.model_name  # a Triton or KServe server names it only here
         return codec.encode(logits), headers
 
-    async def _hand_off(self, tensor: np.ndarray, transport: str, span: Span) -> httpx.Response:
+    async def _hand_off(self, tensor: np.ndarray, transport: HandoffMode, span: Span) -> httpx.Response:
         """Send ``tensor`` to the model the ``transport`` way; the model's answer."""
         shared_dir = self.settings.shared_data_dir
-        if transport == "http":
+        if transport == HandoffMode.HTTP:
             body, media_type = codec.encode(tensor), NPY_MEDIA_TYPE
-        elif transport == "json":
+        elif transport == HandoffMode.JSON:
             body = await anyio.to_thread.run_sync(handoff.encode_json, tensor)  # tens of ms of float formatting
             media_type = JSON_TENSOR_MEDIA_TYPE
         else:
@@ -158,14 +160,16 @@ class Preprocessor:
             span.set_attribute(Attr.HANDOFF_FILE_WRITE_MS, (time.perf_counter() - start) * 1000)
             span.set_attribute(Attr.HANDOFF_FILE_BYTES, size)
             body, media_type = handoff.encode_reference(name), TENSOR_REFERENCE_MEDIA_TYPE
-        tensor_bytes = size if transport == "volume" else len(body)
+        tensor_bytes = size if transport == HandoffMode.VOLUME else len(body)
         span.set_attribute(Attr.TENSOR_BYTES, tensor_bytes)
         span.set_attribute(Attr.HANDOFF_BODY_BYTES, len(body))
         metrics.HANDOFF_BYTES.labels(transport).observe(tensor_bytes)
         try:
             return await self.model.post("/predict", content=body, headers={"Content-Type": media_type})
         finally:
-            if transport == "volume":  # answered or failed (after any retries on other replicas): done with it
+            if (
+                transport == HandoffMode.VOLUME
+            ):  # answered or failed (after any retries on other replicas): done with it
                 await anyio.to_thread.run_sync(handoff.remove, shared_dir, name)
 
     async def sweep_forever(self) -> None:

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from ml_pipeline.errors import BadRequest, PayloadTooLarge, PipelineError, UnsupportedMediaType
+from ml_pipeline.core.errors import BadRequest, PayloadTooLarge, PipelineError, UnsupportedMediaType
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 # Modes Pillow converts to RGB without guessing a scale; 16-bit/float ("I;16", "I", "F") are refused.

@@ -5,13 +5,15 @@ target resolves to (gRPC's ``round_robin``: every model replica), carrying the t
 deadline).
 
 A call that fails ``UNAVAILABLE`` (a replica refused it, or died with it: inference is a pure
-function of the tensor) is tried again — up to ``MODEL_MAX_ATTEMPTS`` within the deadline and the
-retry budget, as the HTTP hand-off does; ``round_robin`` sends the retry to the next replica and
+function of the tensor) is tried again by the HTTP hand-off's own retry policy
+(``ml_pipeline.client.retry``: ``MODEL_MAX_ATTEMPTS``, the retry budget, a jittered pause within the
+deadline; preprocess gives both clients one); ``round_robin`` sends the retry to the next replica and
 skips one whose connection broke. gRPC's own retry policy covers only calls that never left.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -21,11 +23,11 @@ from grpc import StatusCode, aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from ml_pipeline import deadline
-from ml_pipeline import open_inference_grpc as grpc_codec
-from ml_pipeline.client import RetryBudget, spend_retry
-from ml_pipeline.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
-from ml_pipeline.wire import (
+from ml_pipeline.client.retry import RetryPolicy
+from ml_pipeline.core import deadline
+from ml_pipeline.core import open_inference_grpc as grpc_codec
+from ml_pipeline.core.errors import BadGateway, BadRequest, DownstreamTimeout, DownstreamUnavailable, PipelineError
+from ml_pipeline.core.wire import (
     MODEL_HEADERS,
     MODEL_INPUT_NAME,
     MODEL_NAME_HEADER,
@@ -63,13 +65,11 @@ class GrpcModel:
         timeout_s: float,
         tracer_provider: trace.TracerProvider,
         *,
-        max_attempts: int = 1,
-        retry_budget: RetryBudget | None = None,
+        retry: RetryPolicy | None = None,
     ):
         self.target = target
         self._timeout_s = timeout_s
-        self._max_attempts = max_attempts
-        self.retry_budget = retry_budget or RetryBudget(0.1, 3)
+        self.retry = retry or RetryPolicy("model")
         self._channel = aio.insecure_channel(
             target,
             options=[
@@ -102,9 +102,9 @@ class GrpcModel:
         timeout_s = self._timeout_s if left is None else min(left, self._timeout_s)
         call_deadline = time.monotonic() + timeout_s
         request = grpc_codec.encode_request(model_name, {MODEL_INPUT_NAME: tensor}, [MODEL_OUTPUT_NAME])
-        self.retry_budget.record_request()
+        self.retry.record_call()
         span = trace.get_current_span()
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in itertools.count(1):
             call = self._model_infer(request, timeout=max(call_deadline - time.monotonic(), 0.001))
             try:
                 response = await call
@@ -116,7 +116,7 @@ class GrpcModel:
                     Attr.ATTEMPT_FAILED_EVENT,
                     {Attr.DOWNSTREAM_ENDPOINT: self.target, Attr.ERROR_TYPE: error.code().name.lower()},
                 )
-                if not retryable or attempt == self._max_attempts or not self._may_retry(call_deadline):
+                if not retryable or not await self.retry.another_attempt(attempt, "unavailable", call_deadline):
                     raise self._error(error, timeout_s) from None
         span.set_attribute(Attr.DOWNSTREAM_ATTEMPTS, attempt)
         try:
@@ -130,9 +130,6 @@ class GrpcModel:
         if answer.model_name:
             headers.setdefault(MODEL_NAME_HEADER, answer.model_name)  # a Triton or KServe server names it only here
         return logits, headers
-
-    def _may_retry(self, call_deadline: float) -> bool:
-        return time.monotonic() < call_deadline and spend_retry(self.retry_budget, "model", "unavailable")
 
     def _error(self, error: aio.AioRpcError, timeout_s: float) -> PipelineError:
         """The client's words; the target and gRPC's own details (for UNAVAILABLE, the addresses

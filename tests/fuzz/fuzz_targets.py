@@ -6,11 +6,11 @@ crash: a 500 that the service would answer for that body.
 
 * ``image``: ``preprocess.imaging.decode`` → ``resize_crop`` → ``normalize`` (what ``/process``
   does with an upload); the result must be a ``[1,3,224,224]`` float32 tensor.
-* ``npy``: ``ml_pipeline.codec.decode`` (the ``application/x-npy`` body of ``/predict``, and the
+* ``npy``: ``ml_pipeline.core.codec.decode`` (the ``application/x-npy`` body of ``/predict``, and the
   model's answer in postprocess), then ``model.dataplane.validate_batch`` as ``/predict`` does next.
-* ``json``: ``ml_pipeline.handoff.decode_json`` (the ``application/json`` body of ``/predict``,
+* ``json``: ``ml_pipeline.core.handoff.decode_json`` (the ``application/json`` body of ``/predict``,
   counted against the model's JSON budget as the model does), then ``validate_batch``.
-* ``oip``: ``ml_pipeline.open_inference.decode_request`` (the body of the Open Inference
+* ``oip``: ``ml_pipeline.core.open_inference.decode_request`` (the body of the Open Inference
   Protocol's ``/v2/models/{name}/infer``), then ``validate_batch`` on its ``input``. An input with a
   newline is a binary-extension body: the JSON before the first newline, the binary data after it
   (the ``Inference-Header-Content-Length`` the JSON's length); without one, a pure JSON body.
@@ -59,7 +59,7 @@ GENERATED = b"\x00"  # first byte of an input that builds its body from choices
 
 
 def _client_error(exc: BaseException) -> bool:
-    from ml_pipeline.errors import PipelineError
+    from ml_pipeline.core.errors import PipelineError
 
     return isinstance(exc, PipelineError) and exc.status < 500
 
@@ -100,7 +100,7 @@ def _check_batch(decode: Callable[[bytes], object], data: bytes) -> None:
 
 
 def check_npy(data: bytes) -> None:
-    from ml_pipeline import codec
+    from ml_pipeline.core import codec
 
     _check_batch(codec.decode, data)
 
@@ -108,20 +108,20 @@ def check_npy(data: bytes) -> None:
 def check_json(data: bytes) -> None:
     from functools import partial
 
-    from ml_pipeline import handoff
+    from ml_pipeline.core import handoff
 
     _check_batch(partial(handoff.decode_json, budget=_model_json_budget()), data)
 
 
 def _model_json_budget():
     """What the model counts a JSON body against before parsing it (``Predictor.json_budget``)."""
-    from ml_pipeline.codec import JsonBudget
+    from ml_pipeline.core.codec import JsonBudget
 
     return JsonBudget.for_shape((MAX_BATCH, 3, 224, 224))
 
 
 def check_oip(data: bytes) -> None:
-    from ml_pipeline import open_inference
+    from ml_pipeline.core import open_inference
     from model.dataplane import validate_batch
 
     header, newline, binary = data.partition(b"\n")
@@ -387,7 +387,9 @@ def main(argv: list[str]) -> int:
         from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
         import model.app  # noqa: F401
-        from ml_pipeline import codec, handoff  # noqa: F401
+        from ml_pipeline.core import (
+            codec,  # noqa: F401
+        )
         from preprocess import imaging  # noqa: F401
     for func in (npy_from_choices, json_from_choices, _json_value, _json_scalar, _json_regular):
         atheris.instrument_func(func)

@@ -272,7 +272,7 @@ def test_predict_undeclared_media_types(model_client, req, stored):
     r = portal.call(lambda: client.post("/predict", content=body, headers={"Content-Type": media_type}))
     assert r.status_code < 500, f"{media_type} body {body[:200]!r} → {r.status_code} {r.text[:500]}"
     if r.status_code == 200:
-        from ml_pipeline import codec
+        from ml_pipeline.core import codec
 
         assert r.headers["content-type"] == NPY
         assert codec.decode(r.content).shape[1:] == (1000,)
@@ -286,7 +286,7 @@ _REAL_TENSOR: list[bytes] = []
 
 def _real_tensor() -> bytes:
     if not _REAL_TENSOR:
-        from ml_pipeline import codec
+        from ml_pipeline.core import codec
         from preprocess import imaging
 
         tensor = imaging.normalize(imaging.resize_crop(imaging.decode(COFFEE_JPG.read_bytes(), 40_000_000)))

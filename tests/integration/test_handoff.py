@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from ml_pipeline import codec
+from ml_pipeline.core import codec
 from support.data import CHELSEA_JPG, COFFEE_JPG
 
 pytestmark = pytest.mark.integration

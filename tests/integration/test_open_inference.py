@@ -11,7 +11,7 @@ import tritonclient.grpc as tritongrpc
 import tritonclient.http as tritonhttp
 from tritonclient.utils import InferenceServerException
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from preprocess import imaging
 from support.data import CHELSEA_JPG, COFFEE_JPG, ESPRESSO
 from support.triton import grpc_input

@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from preprocess import imaging
 from support.data import COFFEE_JPG, ESPRESSO
 

@@ -5,7 +5,7 @@ import sys
 
 from support.data import ROOT
 
-PROTOS = ROOT / "services" / "ml_pipeline" / "protos"
+PROTOS = ROOT / "services" / "ml_pipeline" / "core" / "protos"
 
 
 def test_the_descriptor_set_is_current(tmp_path):

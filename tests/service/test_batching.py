@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from model.app import create_app
 from model.backends import RandomBackend
 from support.apps import make_settings

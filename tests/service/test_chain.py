@@ -252,7 +252,7 @@ async def test_the_deadline_travels_hop_to_hop_and_late_work_is_skipped(coffee_b
     and a model asked after the deadline does not run inference."""
     import httpx
 
-    from ml_pipeline import codec, wire
+    from ml_pipeline.core import codec, wire
     from postprocess.app import create_app as create_post
     from preprocess.app import create_app as create_pre
 

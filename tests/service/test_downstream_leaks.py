@@ -114,8 +114,8 @@ async def test_readiness_says_preprocess_cannot_be_reached_and_logs_where(caplog
 
 
 async def test_the_grpc_hop_names_neither_the_target_nor_grpcs_connection_details():
-    from ml_pipeline.errors import DownstreamUnavailable
-    from ml_pipeline.telemetry import create_tracer_provider
+    from ml_pipeline.core.errors import DownstreamUnavailable
+    from ml_pipeline.observability.tracing import create_tracer_provider
     from preprocess.model_grpc import GrpcModel
 
     target = f"127.0.0.1:{free_port()}"

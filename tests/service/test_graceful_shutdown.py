@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from support.apps import free_port
 
 pytestmark = pytest.mark.slow

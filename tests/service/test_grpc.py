@@ -12,9 +12,10 @@ import tritonclient.grpc.aio as tritongrpc
 from prometheus_client import REGISTRY
 from tritonclient.utils import InferenceServerException
 
-from ml_pipeline import codec, wire
-from ml_pipeline.errors import BadGateway
-from ml_pipeline.telemetry import create_tracer_provider
+from ml_pipeline.client.retry import RetryPolicy
+from ml_pipeline.core import codec, wire
+from ml_pipeline.core.errors import BadGateway
+from ml_pipeline.observability.tracing import create_tracer_provider
 from model.app import create_app
 from preprocess.model_grpc import GrpcModel
 from support.apps import make_settings
@@ -127,7 +128,7 @@ async def scripted_model(codes):
     import grpc
     from grpc import aio
 
-    from ml_pipeline import open_inference_grpc as grpc_codec
+    from ml_pipeline.core import open_inference_grpc as grpc_codec
 
     calls = []
 
@@ -161,19 +162,25 @@ def grpc_retries(reason: str) -> float:
 async def test_an_unavailable_answer_is_tried_again_within_max_attempts():
     import grpc
 
-    from ml_pipeline.errors import DownstreamUnavailable
+    from ml_pipeline.core.errors import DownstreamUnavailable
 
     before = grpc_retries("unavailable")
     async with scripted_model([grpc.StatusCode.UNAVAILABLE]) as (target, calls):
         client = GrpcModel(
-            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=2
+            target,
+            timeout_s=5,
+            tracer_provider=create_tracer_provider("p", make_settings()),
+            retry=RetryPolicy("model", 2),
         )
         logits, _ = await client.logits(MODEL, batch())
         await client.aclose()
     assert logits.shape == (1, 1000) and len(calls) == 2 and grpc_retries("unavailable") == before + 1
     async with scripted_model([grpc.StatusCode.UNAVAILABLE] * 2) as (target, calls):
         client = GrpcModel(
-            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=2
+            target,
+            timeout_s=5,
+            tracer_provider=create_tracer_provider("p", make_settings()),
+            retry=RetryPolicy("model", 2),
         )
         with pytest.raises(DownstreamUnavailable):
             await client.logits(MODEL, batch())
@@ -181,7 +188,10 @@ async def test_an_unavailable_answer_is_tried_again_within_max_attempts():
     assert len(calls) == 2  # at most MODEL_MAX_ATTEMPTS
     async with scripted_model([grpc.StatusCode.INVALID_ARGUMENT]) as (target, calls):
         client = GrpcModel(
-            target, timeout_s=5, tracer_provider=create_tracer_provider("p", make_settings()), max_attempts=3
+            target,
+            timeout_s=5,
+            tracer_provider=create_tracer_provider("p", make_settings()),
+            retry=RetryPolicy("model", 3),
         )
         with pytest.raises(BadGateway):
             await client.logits(MODEL, batch())

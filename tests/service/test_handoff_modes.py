@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 
-from ml_pipeline import codec, handoff, wire
+from ml_pipeline.core import codec, handoff, wire
 from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 
-ALL_MODES = (*wire.TRANSPORTS, "v2-http", "v2-grpc")  # /predict three ways, the Open Inference Protocol two
+ALL_MODES = tuple(wire.HandoffMode)  # /predict three ways, the Open Inference Protocol two
 
 
 def tensor(seed=0):

@@ -14,8 +14,8 @@ import tritonclient.grpc.aio as tritongrpc
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from ml_pipeline import codec, handoff, open_inference, wire
-from ml_pipeline.errors import BadRequest
+from ml_pipeline.core import codec, handoff, open_inference, wire
+from ml_pipeline.core.errors import BadRequest
 from support.apps import make_settings
 from support.triton import grpc_input
 
@@ -187,13 +187,13 @@ async def test_random_bytes_are_refused_with_the_reason_over_both_protocols():
 
 
 def _grpc_service() -> str:
-    from ml_pipeline import open_inference_grpc
+    from ml_pipeline.core import open_inference_grpc
 
     return open_inference_grpc.SERVICE
 
 
 def _typed_request(x: np.ndarray):
-    from ml_pipeline import open_inference_grpc
+    from ml_pipeline.core import open_inference_grpc
 
     request = open_inference_grpc.messages["ModelInferRequest"](model_name=MODEL)
     tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))

@@ -50,7 +50,7 @@ async def test_health_names_the_service_and_version_but_not_the_host_or_python(s
 async def test_an_unexpected_error_does_not_name_the_exception_class():
     from fastapi import FastAPI
 
-    from ml_pipeline.http_errors import install_error_handlers
+    from ml_pipeline.web.envelope import install_error_handlers
 
     app = FastAPI()
     install_error_handlers(app, "tiny")

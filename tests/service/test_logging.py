@@ -4,7 +4,7 @@ span of that trace, in the service that logged it — also while another request
 
 The lines are captured as the services write them: ``setup_logging``'s JSON handler, its stream
 redirected. (That a line formatted later, off the request, keeps its ids is tested with the
-formatter in tests/unit/ml_pipeline/test_telemetry.py.)"""
+formatter in tests/unit/ml_pipeline/observability/test_telemetry.py.)"""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import threading
 import anyio
 import pytest
 
-from ml_pipeline.errors import PipelineError
-from ml_pipeline.telemetry import setup_logging
+from ml_pipeline.core.errors import PipelineError
+from ml_pipeline.observability.logs import setup_logging
 from support.apps import make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 from support.traces import service

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as parse_text_format
 
-from ml_pipeline import metrics
+from ml_pipeline.observability import metrics
 from support.apps import make_settings, running_chain
 from support.data import COFFEE_JPG
 

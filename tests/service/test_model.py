@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from model.app import create_app
 from support.apps import make_settings
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from ml_pipeline import codec, handoff, open_inference, wire
-from ml_pipeline import open_inference_grpc as grpc_codec
+from ml_pipeline.core import codec, handoff, open_inference, wire
+from ml_pipeline.core import open_inference_grpc as grpc_codec
 from model.app import create_app
 from support.apps import make_settings
 

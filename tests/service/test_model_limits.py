@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ml_pipeline import codec, handoff, wire
+from ml_pipeline.core import codec, handoff, wire
 from model.app import create_app
 from model.dataplane import REFERENCE_MAX_BYTES
 from support.apps import make_settings

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_pipeline import codec, open_inference, wire
+from ml_pipeline.core import codec, open_inference, wire
 from model.app import create_app
 from support.apps import make_settings
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ml_pipeline import metrics
+from ml_pipeline.observability import metrics
 from support.apps import make_settings, running_chain
 from support.data import CHELSEA_JPG, COFFEE_JPG
 from support.traces import by_trace, service

@@ -146,7 +146,7 @@ def test_no_server_banner(port):
 
 
 def test_log_lines_about_bad_connections_are_rate_limited(port, caplog, monkeypatch):
-    from ml_pipeline import server
+    from ml_pipeline.web import server
 
     limit = server.connection_log_limit()
 

@@ -1,4 +1,4 @@
-"""Each service's SERVER span (ml_pipeline.telemetry.instrument_app): named by method and route,
+"""Each service's SERVER span (ml_pipeline.observability.asgi.instrument_app): named by method and route,
 the HTTP semantic conventions' attributes, the caller's W3C context as parent, an error status only
 for a 5xx, none for the probes, and still current where the error envelope is written."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from ml_pipeline import codec, wire
+from ml_pipeline.core import codec, wire
 from model.app import create_app
 from support.apps import NetworkASGITransport, make_settings
 

@@ -1,4 +1,4 @@
-"""Every span attribute and event the services set is one of ``ml_pipeline.wire.Attr``'s keys, and
+"""Every span attribute and event the services set is one of ``ml_pipeline.core.wire.Attr``'s keys, and
 docs/observability.md's tracing section lists exactly those keys."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import httpx
 import pytest
 
-from ml_pipeline import wire
+from ml_pipeline.core import wire
 from support.apps import NetworkASGITransport, make_settings, running_chain
 from support.data import COFFEE_JPG
 from support.docs import section
@@ -29,7 +29,7 @@ async def test_the_services_set_only_the_attributes_wire_defines(tmp_path, expor
         pre = httpx.AsyncClient(
             transport=NetworkASGITransport(app=client.apps["preprocess"]), base_url="http://preprocess.test"
         )
-        for mode in wire.TRANSPORTS:
+        for mode in wire.PREDICT_HANDOFFS:
             assert (await pre.post("/process", params={"transport": mode}, files=upload)).status_code == 200
         await pre.aclose()
     spans = own_spans(exporter)
@@ -46,7 +46,7 @@ async def test_the_services_set_only_the_attributes_wire_defines(tmp_path, expor
     }
     used = {key for s in spans for key in s.attributes}
     used |= {key for s in spans for event in s.events for key in [event.name, *event.attributes]}
-    assert used - known == set(), f"span attributes not defined in ml_pipeline.wire: {sorted(used - known)}"
+    assert used - known == set(), f"span attributes not defined in ml_pipeline.core.wire: {sorted(used - known)}"
     assert len(used) >= 20  # the check saw the pipeline's attributes, not an empty set
 
 

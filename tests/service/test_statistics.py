@@ -16,7 +16,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
-from ml_pipeline import codec, open_inference, telemetry, wire
+from ml_pipeline.core import codec, open_inference, wire
+from ml_pipeline.observability.stages import parse_server_timing
 from model.app import create_app
 from support.apps import make_settings
 
@@ -154,7 +155,7 @@ async def test_the_statistics_stages_are_the_spans_timings():
             await http.post("/predict", content=codec.encode(batch(1)), headers={"Content-Type": wire.NPY_MEDIA_TYPE}),
         ]
         stats = model_stat((await http.get("/v2/models/stats")).json())["inference_stats"]
-    reported = [telemetry.parse_server_timing(r.headers["server-timing"]) for r in answers]
+    reported = [parse_server_timing(r.headers["server-timing"]) for r in answers]
     for stage, name in (
         ("compute_input", "tensor_decode"),
         ("compute_infer", "inference"),

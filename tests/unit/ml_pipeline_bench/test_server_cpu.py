@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ml_pipeline import metrics
+from ml_pipeline.observability import metrics
 from ml_pipeline_bench.load import closed_loop, npy_body, run_http
 from ml_pipeline_bench.server_cpu import (
     CpuMeter,

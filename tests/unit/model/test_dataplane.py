@@ -1,13 +1,13 @@
-"""The model's data plane on its own, without the web layer: media type → transport, the body limit
-per encoding, and the same logits whichever encoding carried the batch."""
+"""The model's data plane on its own, without the web layer: the body limit per encoding, and the
+same logits whichever encoding carried the batch."""
 
 import numpy as np
 import pytest
 from opentelemetry.trace import NoOpTracer
 
-from ml_pipeline import codec, handoff, wire
-from ml_pipeline.errors import BadRequest, UnsupportedMediaType
-from ml_pipeline.telemetry import StageTimer
+from ml_pipeline.core import codec, handoff, wire
+from ml_pipeline.core.errors import BadRequest
+from ml_pipeline.observability.stages import StageTimer
 from model.dataplane import REFERENCE_MAX_BYTES, Predictor
 from support.apps import make_settings
 
@@ -16,24 +16,6 @@ pytestmark = pytest.mark.anyio
 
 def batch(n=2):
     return np.random.default_rng(1).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
-
-
-@pytest.mark.parametrize(
-    "content_type, transport",
-    [
-        ("application/x-npy", "http"),
-        ("application/json; charset=utf-8", "json"),
-        (wire.TENSOR_REFERENCE_MEDIA_TYPE, "volume"),
-    ],
-)
-def test_the_media_type_names_the_transport(content_type, transport):
-    assert Predictor.transport_of(content_type) == transport
-
-
-@pytest.mark.parametrize("content_type", [None, "", "text/csv", "application/x-npy-not"])
-def test_any_other_media_type_is_a_415_naming_the_accepted_ones(content_type):
-    with pytest.raises(UnsupportedMediaType, match="application/x-npy"):
-        Predictor.transport_of(content_type)
 
 
 def test_each_encoding_has_its_own_body_limit():
@@ -66,7 +48,7 @@ async def test_a_batch_past_max_batch_is_refused_before_inference():
 
 
 def test_the_protocols_tensor_names_are_the_graphs():
-    """preprocess names the tensors from ml_pipeline.wire (it has no model package); the ONNX graph
+    """preprocess names the tensors from ml_pipeline.core.wire (it has no model package); the ONNX graph
     the model serves must use the same names."""
     from model import convert
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from opentelemetry.trace import NoOpTracer
 
-from ml_pipeline.errors import BadRequest
-from ml_pipeline.telemetry import StageTimer
+from ml_pipeline.core.errors import BadRequest
+from ml_pipeline.observability.stages import StageTimer
 from preprocess import imaging
 from preprocess.dataplane import Preprocessor, image_to_tensor
 from support.apps import make_settings

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_pipeline.errors import PipelineError
+from ml_pipeline.core.errors import PipelineError
 from preprocess import imaging
 from support.data import COFFEE_JPG, image_bytes
 

@@ -1,0 +1,1 @@
+"""Calling downstream: the one HTTP client per service and the client-side balancer over replicas."""

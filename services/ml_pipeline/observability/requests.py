@@ -1,0 +1,29 @@
+"""One served request, HTTP or gRPC: the request metrics (the trace id as exemplar) and its log line."""
+
+from __future__ import annotations
+
+import logging
+
+from ml_pipeline.observability import metrics
+from ml_pipeline.observability.tracing import current_trace_id
+
+log = logging.getLogger("ml_pipeline.request")
+
+
+def record_request(
+    service: str,
+    route: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_s: float,
+    *,
+    method_label: str | None = None,
+) -> None:
+    """One served request in the request metrics (the trace id as exemplar) and one log line:
+    HTTP requests and gRPC calls alike (their method ``GRPC``, their status the HTTP one).
+    ``method_label``: the method as the metrics record it, when not ``method`` itself."""
+    labels = (service, route, method_label or method, str(status))
+    metrics.REQUESTS.labels(*labels).inc()
+    metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=metrics.exemplar(current_trace_id()))
+    log.info("%s %s %d", method, path, status, extra={"status": status, "duration_ms": round(duration_s * 1000, 3)})

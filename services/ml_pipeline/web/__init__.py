@@ -1,0 +1,2 @@
+"""The web layer every service shares: the FastAPI app skeleton (probes, body limits), admission
+control, the error envelope and the hardened uvicorn protocol."""
