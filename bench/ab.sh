@@ -39,10 +39,10 @@ for pair in $(seq 1 "$pairs"); do
     export "$setting=$value"
     "${compose[@]}" up --detach --wait --wait-timeout 300 --force-recreate model preprocess postprocess
     "${compose[@]}" up --detach --wait --wait-timeout 300 otel-collector jaeger prometheus
-    "${compose[@]}" run --rm --no-TTY bench ml-pipeline-bench run http://postprocess:5000/finalize \
+    "${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" bench ml-pipeline-bench run http://postprocess:5000/finalize \
       --label "$setting=$value" --image test.jpg -c "$concurrency" -d "$seconds" --warmup 50 --no-progress \
       "${cpu[@]}" --out "/out/$setting-$pair-$value.json"
   done
 done
-"${compose[@]}" run --rm --no-TTY bench ml-pipeline-bench ab-report "$setting" "$a" "$b" /out --out "/out/$setting.md"
+"${compose[@]}" run --rm --no-TTY --user "$(id -u):$(id -g)" bench ml-pipeline-bench ab-report "$setting" "$a" "$b" /out --out "/out/$setting.md"
 echo "bench/ab.sh: wrote $out/$setting.md"
