@@ -5,6 +5,8 @@
     ml-pipeline-bench soak --minutes 30        # steady load: memory, descriptors and p99 must stay flat
     ml-pipeline-bench report reports/study     # the study's Markdown report and plots
     ml-pipeline-bench ab-report EVENT_LOOP asyncio uvloop reports/ab   # an interleaved A/B (bench/ab.sh)
+    ml-pipeline-bench dashboard --prometheus http://prometheus:9090 --out docs/images/dashboard.png
+    ml-pipeline-bench trace --jaeger http://jaeger:16686 --request http://postprocess:5000/finalize
 
 Installed with the package's ``bench`` extra: ``pip install -e '.[bench]'``.
 """
@@ -287,6 +289,67 @@ def ab_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dashboard_parser(sub: Any) -> None:
+    p_dash = sub.add_parser("dashboard", help="draw the Grafana dashboard's panels from the live Prometheus (a PNG)")
+    p_dash.add_argument("--prometheus", default="http://localhost:9090", help="the stack's Prometheus")
+    p_dash.add_argument("--dashboard", default="grafana/dashboards/ml-pipeline.json", help="the dashboard JSON")
+    p_dash.add_argument("--minutes", type=float, default=10, help="how far back the panels reach")
+    p_dash.add_argument("--out", default="docs/images/dashboard.png", help="the PNG to write")
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    from ml_pipeline_bench import dashboard as drawing
+
+    path = Path(args.dashboard)
+    if not path.is_file():
+        return _refuse("dashboard", f"no dashboard at {path} (give one with --dashboard)")
+    board = json.loads(path.read_text())
+    drawn = drawing.render(board, args.prometheus.rstrip("/"), Path(args.out), args.minutes)
+    panels = sum(p["type"] == "timeseries" for p in board["panels"])
+    print(f"ml-pipeline-bench dashboard: wrote {args.out} ({drawn} of {panels} panels with data)")
+    return 0
+
+
+def _add_trace_parser(sub: Any) -> None:
+    p_trace = sub.add_parser("trace", help="draw one request's trace from Jaeger (a PNG)")
+    p_trace.add_argument("--jaeger", default="http://localhost:16686", help="Jaeger's query API")
+    source = p_trace.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trace-id", help="the trace to draw")
+    source.add_argument("--request", metavar="URL", help="send one upload of --image here and draw its trace")
+    p_trace.add_argument("--image", default="test.jpg", help="the upload (with --request)")
+    p_trace.add_argument("--out", default="docs/images/trace.png", help="the PNG to write")
+
+
+def trace(args: argparse.Namespace) -> int:
+    import httpx
+
+    from ml_pipeline_bench import trace as drawing
+
+    trace_id = args.trace_id
+    if args.request:
+        image = Path(args.image)
+        if not image.is_file():
+            return _refuse("trace", f"no image at {image} (give one with --image)")
+        answer = httpx.post(args.request, files={"file": (image.name, image.read_bytes(), "image/jpeg")}, timeout=30)
+        if answer.status_code != 200:
+            return _refuse("trace", f"{args.request} answered HTTP {answer.status_code}: {answer.text[:200]}")
+        trace_id = answer.headers["X-Trace-Id"]
+    for _ in range(60):  # spans reach Jaeger in batches: until every service's are in
+        try:
+            found = drawing.fetch(args.jaeger.rstrip("/"), trace_id)
+            if len({p["serviceName"] for p in found["processes"].values()}) >= 3:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        return _refuse("trace", f"trace {trace_id} never reached Jaeger at {args.jaeger} with all three services")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    spans = drawing.render(found, Path(args.out))
+    print(f"ml-pipeline-bench trace: wrote {args.out} (trace {trace_id}, {spans} spans)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-pipeline-bench", description=__doc__.splitlines()[0].strip("`: "))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_soak_parser(sub)
     _add_report_parser(sub)
     _add_ab_report_parser(sub)
+    _add_dashboard_parser(sub)
+    _add_trace_parser(sub)
     return parser
 
 
@@ -306,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         return soak(args)
     if args.command == "ab-report":
         return ab_report(args)
+    if args.command == "dashboard":
+        return dashboard(args)
+    if args.command == "trace":
+        return trace(args)
     return run(args)
 
 
