@@ -147,6 +147,12 @@ class DownstreamSettings(_Env):
         ge=0,
         description="Retries always allowed per 10 s, so a quiet service can still fail over.",
     )
+    downstream_http_transport: Literal["httpx", "aiohttp"] = Field(
+        "httpx",
+        description="What carries the downstream client's requests under httpx's API: httpx's own "
+        "(httpcore), or aiohttp's (httpx-aiohttp) for A/B comparisons only (bench/ab.sh): it reports a "
+        "refused or dropped connection as a connect timeout.",
+    )
 
 
 class UploadSettings(_Env):

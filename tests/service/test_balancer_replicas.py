@@ -1,5 +1,7 @@
 """Client-side balancing over real model replicas: two uvicorn servers on one port of two loopback
-addresses, as two replicas behind one name are in compose."""
+addresses, as two replicas behind one name are in compose — with httpx's own transport and with
+aiohttp's under it (``DOWNSTREAM_HTTP_TRANSPORT``): balancing, failover, deadlines and trace
+context must not depend on what carries the bytes."""
 
 import asyncio
 import collections
@@ -36,21 +38,29 @@ def two_model_replicas():
         yield port, servers
 
 
-@pytest.mark.slow
-async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(two_model_replicas):
-    port, servers = two_model_replicas
-    d = Downstream(
+def replicas_client(
+    port: int, http_transport: str, tracer_provider=None, addresses=("127.0.0.1", "127.0.0.2")
+) -> Downstream:
+    return Downstream(
         "model",
         f"http://model.local:{port}",
         timeout_s=10,
         connect_timeout_s=1,
-        tracer_provider=NoOpTracerProvider(),
+        tracer_provider=tracer_provider or NoOpTracerProvider(),
         pass_client_errors=False,
         retry=RetryPolicy("model", 3),
         retry_statuses=RETRYABLE_5XX,
         eject_s=30,
-        resolver=static_resolver(["127.0.0.1", "127.0.0.2"]),
+        resolver=static_resolver(list(addresses)),
+        http_transport=http_transport,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("http_transport", ["httpx", "aiohttp"])
+async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(two_model_replicas, http_transport):
+    port, servers = two_model_replicas
+    d = replicas_client(port, http_transport)
     body = codec.encode(np.zeros((1, 3, 224, 224), np.float32))
     headers = {"Content-Type": wire.NPY_MEDIA_TYPE}
 
@@ -74,6 +84,42 @@ async def test_real_replicas_share_the_load_and_a_stopped_one_costs_no_request(t
     after = await burst(40)
     assert after == {"replica-a": 40}  # every request answered, by the replica that is left
     await d.aclose()
+
+
+@pytest.mark.parametrize("http_transport", ["httpx", "aiohttp"])
+async def test_the_trace_context_and_the_deadline_reach_the_replica(http_transport):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ml_pipeline.core import deadline
+
+    seen: list[dict[str, str]] = []
+
+    async def echo(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    with serving(uvicorn_config(echo, "127.0.0.1", port)):
+        d = replicas_client(port, http_transport, provider, addresses=["127.0.0.1"])
+        token = deadline.start(5.0)
+        try:
+            assert (await d.post("/predict", content=b"x")).text == "ok"
+        finally:
+            deadline.reset(token)
+        await d.aclose()
+    (client_span,) = exporter.get_finished_spans()
+    (headers,) = seen
+    trace_id, span_id = format(client_span.context.trace_id, "032x"), format(client_span.context.span_id, "016x")
+    assert headers["traceparent"].split("-")[1:3] == [trace_id, span_id]
+    assert 0 < int(headers[wire.REQUEST_TIMEOUT_HEADER.lower()]) <= 5000  # ms left of the 5 s deadline
 
 
 async def test_httpcore_finds_sniffio_without_retrying_an_import():

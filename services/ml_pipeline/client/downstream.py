@@ -80,6 +80,7 @@ class Downstream:
         eject_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver | None = None,
+        http_transport: str = "httpx",
     ):
         """``pass_client_errors``: a downstream 4xx is the end client's fault (it rejected their
         upload) and is returned as is; otherwise a 4xx means we sent something wrong → 502.
@@ -88,7 +89,8 @@ class Downstream:
         (ejected, and the call retried elsewhere); None: each attempt may use all the time left.
         ``retry``: attempts per call and the retry budget (default: one attempt).
         ``transport`` (tests wiring apps in-process): the URL is used as is, not resolved, unless
-        a ``resolver`` is given (default: DNS)."""
+        a ``resolver`` is given (default: DNS). ``http_transport``: without a ``transport``,
+        httpx's own (``httpx``) or aiohttp's underneath (``aiohttp``)."""
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._pass_client_errors = pass_client_errors
@@ -103,10 +105,13 @@ class Downstream:
             eject_s=eject_s,
             resolver=resolver or (None if transport is not None else resolve_dns),
         )
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        if transport is None and http_transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits)
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=limits, transport=transport
         )
         instrument_client(self._client, tracer_provider)
 
@@ -309,5 +314,6 @@ def downstream_from_settings(
         retry=retry,
         resolve_interval_s=settings.downstream_resolve_interval_s,
         eject_s=settings.downstream_eject_s,
+        http_transport=settings.downstream_http_transport,
         **call_options,
     )
