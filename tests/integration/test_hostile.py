@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml_pipeline.settings import ServiceSettings
 from support.data import COFFEE_JPG
 
 pytestmark = pytest.mark.integration
@@ -197,6 +198,9 @@ def test_a_burst_beyond_capacity_is_refused_fast_and_nothing_admitted_fails(stac
     for r, _ in refused:
         assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
     fast = [t for r, t in refused if r.json()["error"]["message"].find("at capacity") >= 0]
-    # Refused at the door: the time is the client's own upload and thread start-up, not waiting.
-    assert fast and sorted(fast)[len(fast) // 2] < 0.25, fast
+    # Refused at the door ("at capacity", not after a wait in the queue): sooner than a queued request
+    # could even time out. What the client measures is mostly its own 60 concurrent uploads and thread
+    # start-up: 0.20-0.25 s on a busy host (CI, 2026-12-03), so the bound is the queue timeout itself.
+    queue_timeout_s = ServiceSettings.model_fields["queue_timeout_s"].default
+    assert fast and sorted(fast)[len(fast) // 2] < queue_timeout_s, fast
     assert after.status_code == 200
