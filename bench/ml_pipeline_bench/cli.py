@@ -298,13 +298,16 @@ def _add_dashboard_parser(sub: Any) -> None:
 
 
 def dashboard(args: argparse.Namespace) -> int:
+    import httpx
+
     from ml_pipeline_bench import dashboard as drawing
 
     path = Path(args.dashboard)
     if not path.is_file():
         return _refuse("dashboard", f"no dashboard at {path} (give one with --dashboard)")
     board = json.loads(path.read_text())
-    drawn = drawing.render(board, args.prometheus.rstrip("/"), Path(args.out), args.minutes)
+    with httpx.Client(timeout=30) as client:
+        drawn = drawing.render(board, args.prometheus.rstrip("/"), Path(args.out), client, args.minutes)
     panels = sum(p["type"] == "timeseries" for p in board["panels"])
     print(f"ml-pipeline-bench dashboard: wrote {args.out} ({drawn} of {panels} panels with data)")
     return 0
@@ -334,16 +337,17 @@ def trace(args: argparse.Namespace) -> int:
         if answer.status_code != 200:
             return _refuse("trace", f"{args.request} answered HTTP {answer.status_code}: {answer.text[:200]}")
         trace_id = answer.headers["X-Trace-Id"]
-    for _ in range(60):  # spans reach Jaeger in batches: until every service's are in
-        try:
-            found = drawing.fetch(args.jaeger.rstrip("/"), trace_id)
-            if len({p["serviceName"] for p in found["processes"].values()}) >= 3:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        return _refuse("trace", f"trace {trace_id} never reached Jaeger at {args.jaeger} with all three services")
+    with httpx.Client(timeout=10) as client:
+        for _ in range(60):  # spans reach Jaeger in batches: until every service's are in
+            try:
+                found = drawing.fetch(client, args.jaeger.rstrip("/"), trace_id)
+                if len({p["serviceName"] for p in found["processes"].values()}) >= 3:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            return _refuse("trace", f"trace {trace_id} never reached Jaeger at {args.jaeger} with all three services")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     spans = drawing.render(found, Path(args.out))
     print(f"ml-pipeline-bench trace: wrote {args.out} (trace {trace_id}, {spans} spans)")

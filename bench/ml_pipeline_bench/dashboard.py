@@ -14,12 +14,15 @@ from typing import Any
 
 import httpx
 
+# What Grafana substitutes into queries, with values fitting a 5 s scrape interval (the dashboard
+# tests run every panel's query with the same values).
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "15m"}
 LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 UNIT_SCALE = {"s": (1000.0, "ms"), "ms": (1.0, "ms"), "percentunit": (100.0, "%"), "bytes": (2**-20, "MiB")}
 
 
 def expand(expr: str) -> str:
+    """A panel's PromQL with Grafana's variables replaced, as Prometheus is sent it."""
     for name, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(name, value)
     return expr
@@ -56,8 +59,8 @@ def query_panel(
     return series
 
 
-def render(dashboard: dict[str, Any], prometheus: str, out: Path, minutes: float = 10, client=None) -> int:
-    """Draw every panel; returns how many panels had data."""
+def render(dashboard: dict[str, Any], prometheus: str, out: Path, client: httpx.Client, minutes: float = 10) -> int:
+    """Draw every panel (its queries over ``client``); returns how many panels had data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +74,6 @@ def render(dashboard: dict[str, Any], prometheus: str, out: Path, minutes: float
     fig = plt.figure(figsize=(20, height * 0.42))
     grid = fig.add_gridspec(height, 24, hspace=0.9, wspace=1.2)
     with_data = 0
-    client = client or httpx.Client(timeout=30)
     for panel in panels:
         pos = panel["gridPos"]
         if panel["type"] == "row":

@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 
 
-def fetch(jaeger: str, trace_id: str, client: httpx.Client | None = None) -> dict[str, Any]:
-    client = client or httpx.Client(timeout=10)
+def fetch(client: httpx.Client, jaeger: str, trace_id: str) -> dict[str, Any]:
     r = client.get(f"{jaeger}/api/traces/{trace_id}")
     r.raise_for_status()
     (trace,) = r.json()["data"]

@@ -3,9 +3,9 @@ tests/integration/test_observability.py)."""
 
 import json
 
+from ml_pipeline_bench.dashboard import GRAFANA_VARIABLES
 from support.dashboards import (
     DASHBOARDS,
-    GRAFANA_VARIABLES,
     panel_queries,
     panels,
     provisioned_datasources,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from ml_pipeline_bench.dashboard import expand
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
-# What Grafana substitutes into queries, with values fitting a 5 s scrape interval.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "15m"}
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,7 @@ class PanelQuery:
     exemplar: bool
 
     def promql(self) -> str:
-        expr = self.expr
-        for variable, value in GRAFANA_VARIABLES.items():
-            expr = expr.replace(variable, value)
-        return expr
+        return expand(self.expr)
 
 
 def provisioned_datasources() -> dict[str, dict]:

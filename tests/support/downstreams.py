@@ -10,6 +10,17 @@ from ml_pipeline.client.downstream import RETRYABLE_5XX, Downstream
 from ml_pipeline.client.retry import RetryBudget, RetryPolicy
 
 
+class Clock:
+    """A monotonic clock the tests move by hand (``clock.now += 11``): the balancer's and the retry
+    budget's time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def static_resolver(addresses: list[str]):
     async def resolve(host, port):
         return list(addresses)

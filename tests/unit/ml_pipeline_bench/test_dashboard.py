@@ -30,7 +30,7 @@ def test_every_panel_is_queried_and_drawn(tmp_path):
 
     out = tmp_path / "dashboard.png"
     client = httpx.Client(transport=httpx.MockTransport(prometheus))
-    drawn = dashboard.render(BOARD, "http://prometheus:9090", out, minutes=5, client=client)
+    drawn = dashboard.render(BOARD, "http://prometheus:9090", out, client, minutes=5)
     timeseries = [p for p in BOARD["panels"] if p["type"] == "timeseries"]
     assert drawn == len(timeseries) > 10
     assert len(asked) == sum(len(p["targets"]) for p in timeseries)
@@ -42,4 +42,4 @@ def test_a_panel_without_data_says_so(tmp_path):
         return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": []}})
 
     client = httpx.Client(transport=httpx.MockTransport(empty))
-    assert dashboard.render(BOARD, "http://p:9090", tmp_path / "d.png", client=client) == 0
+    assert dashboard.render(BOARD, "http://p:9090", tmp_path / "d.png", client) == 0

@@ -18,17 +18,9 @@ from ml_pipeline.core.errors import (
     PipelineError,
 )
 from ml_pipeline.observability import metrics
-from support.downstreams import model_downstream, static_resolver
+from support.downstreams import Clock, model_downstream, static_resolver
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 async def test_least_outstanding_spreads_evenly_and_prefers_the_idle():

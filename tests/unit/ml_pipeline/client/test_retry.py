@@ -7,16 +7,9 @@ import pytest
 
 from ml_pipeline.client.retry import RETRY_BACKOFF_CAP_S, RetryBudget, RetryPolicy
 from ml_pipeline.observability import metrics
+from support.downstreams import Clock
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def counted(reason: str, downstream: str = "retry-test") -> float:
