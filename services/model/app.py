@@ -20,6 +20,7 @@ from ml_pipeline.settings import ModelSettings, load_settings
 from ml_pipeline.web.app import build_app, read_body
 from model.dataplane import Predictor
 from model.grpc_server import start_grpc_server
+from model.metadata import answer_headers
 from model.v2_endpoints import add_v2_routes
 
 SERVICE = "model"
@@ -80,5 +81,6 @@ def add_predict_route(app: FastAPI, predictor: Predictor) -> None:
     async def predict(request: Request) -> Response:
         transport = handoff.mode_of(request.headers.get("content-type"))
         body = await read_body(request, predictor.body_limit(transport))
-        logits = await predictor.predict(body, transport, StageTimer(app.state.tracer, SERVICE))
-        return Response(logits.body, media_type=NPY_MEDIA_TYPE, headers=logits.headers)
+        timer = StageTimer(app.state.tracer, SERVICE)
+        logits = await predictor.predict(body, transport, timer)
+        return Response(logits, media_type=NPY_MEDIA_TYPE, headers=answer_headers(predictor, timer))

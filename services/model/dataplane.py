@@ -23,14 +23,7 @@ from opentelemetry.util.types import AttributeValue
 from ml_pipeline.core import codec, deadline, handoff, open_inference
 from ml_pipeline.core.errors import InvalidTensor
 from ml_pipeline.core.open_inference import InferenceRequest, ModelNotFound, shown
-from ml_pipeline.core.wire import (
-    MODEL_BACKEND_HEADER,
-    MODEL_INSTANCE_HEADER,
-    MODEL_NAME_HEADER,
-    SERVER_TIMING_HEADER,
-    Attr,
-    HandoffMode,
-)
+from ml_pipeline.core.wire import Attr, HandoffMode
 from ml_pipeline.observability import metrics
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.settings import ModelSettings
@@ -75,11 +68,12 @@ def validate_batch(x: np.ndarray, max_batch: int, what: str = "tensor") -> None:
 
 
 @dataclass(frozen=True)
-class Logits:
-    """The answer: the ``.npy`` body and the headers naming the model and the replica."""
+class ModelIdentity:
+    """Who answered: what the routes name in their answers' headers (or gRPC metadata)."""
 
-    body: bytes
-    headers: dict[str, str]
+    name: str
+    backend: str
+    instance: str
 
 
 class Predictor:
@@ -128,7 +122,8 @@ class Predictor:
         limits = {HandoffMode.JSON: self.max_json_bytes, HandoffMode.VOLUME: REFERENCE_MAX_BYTES}
         return limits.get(transport, self.max_tensor_bytes)
 
-    async def predict(self, body: bytes, transport: HandoffMode, timer: StageTimer) -> Logits:
+    async def predict(self, body: bytes, transport: HandoffMode, timer: StageTimer) -> bytes:
+        """The batch's logits as a ``.npy`` body."""
         backend = self._loaded()
         with self._counted(backend, timer) as counted:
             with timer.stage(
@@ -152,19 +147,14 @@ class Predictor:
             logits = await self._infer(backend, batch, timer, counted)
             with timer.stage("tensor_encode"):
                 answer = codec.encode(logits)
-        return Logits(answer, self.answer_headers(timer))
+        return answer
 
-    def answer_headers(self, timer: StageTimer) -> dict[str, str]:
-        """The pipeline's own headers of an answer (none in protocol-only mode, like Triton's)."""
+    def identity(self) -> ModelIdentity | None:
+        """The model and replica an answer names; None in protocol-only mode (like Triton's answers)."""
         backend = self._loaded()
         if self.settings.open_inference_only:
-            return {}
-        return {
-            MODEL_NAME_HEADER: backend.name,
-            MODEL_BACKEND_HEADER: backend.kind,
-            MODEL_INSTANCE_HEADER: self.settings.service_instance_id,
-            SERVER_TIMING_HEADER: timer.header(),
-        }
+            return None
+        return ModelIdentity(backend.name, backend.kind, self.settings.service_instance_id)
 
     def _loaded(self) -> Backend:
         if self.backend is None:  # the lifespan loads it before the first request is served
@@ -331,7 +321,7 @@ class Predictor:
             offload=offload,
             offload_encode=True,
         )
-        return OpenInferenceAnswer(answer, json_length, self.answer_headers(timer))
+        return OpenInferenceAnswer(answer, json_length)
 
     def _input_batch(self, name: str, request: InferenceRequest) -> np.ndarray:
         if set(request.inputs) != {INPUT_NAME}:
@@ -358,7 +348,6 @@ class _Counted:
 class OpenInferenceAnswer:
     body: bytes
     json_length: int | None  # the Inference-Header-Content-Length of a body with binary outputs
-    headers: dict[str, str]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

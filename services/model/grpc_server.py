@@ -42,6 +42,7 @@ from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.observability.tracing import current_trace_id
 from ml_pipeline.settings import ModelSettings
 from model.dataplane import MODEL_VERSION, Predictor
+from model.metadata import answer_headers
 from model.v2_endpoints import EXTENSIONS, SERVER_NAME
 
 # A PipelineError's HTTP status → the gRPC code that means the same.
@@ -129,7 +130,7 @@ class OpenInferenceService:
             body_bytes=request.ByteSize(),
             offload=not request.raw_input_contents,  # typed lists take a while to read; raw bytes are views
         )
-        headers = self.predictor.answer_headers(timer)
+        headers = answer_headers(self.predictor, timer)
         await context.send_initial_metadata([(name.lower(), value) for name, value in headers.items()])
         return response
 

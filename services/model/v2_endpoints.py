@@ -17,6 +17,7 @@ from ml_pipeline.core.wire import INFERENCE_HEADER_LENGTH_HEADER, OPEN_INFERENCE
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.web.app import read_body
 from model.dataplane import Predictor
+from model.metadata import answer_headers
 
 SERVER_NAME = "ml-pipeline-model"
 # Triton's names: its model configuration (REST .../config, gRPC ModelConfig) and statistics
@@ -95,10 +96,9 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, service: str) -> None:
         async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
             body = await read_body(request, predictor.max_json_bytes)  # any v2 body may carry JSON tensors
             header_length = request.headers.get(INFERENCE_HEADER_LENGTH_HEADER)
-            answer = await predictor.infer_http(
-                name, version, body, header_length, StageTimer(request.app.state.tracer, service)
-            )
-            headers = dict(answer.headers)
+            timer = StageTimer(request.app.state.tracer, service)
+            answer = await predictor.infer_http(name, version, body, header_length, timer)
+            headers = answer_headers(predictor, timer)
             if answer.json_length is None:
                 return Response(answer.body, media_type="application/json", headers=headers)
             headers[INFERENCE_HEADER_LENGTH_HEADER] = str(answer.json_length)

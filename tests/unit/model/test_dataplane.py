@@ -33,11 +33,29 @@ async def test_every_encoding_gives_the_same_logits(tmp_path):
     name, _ = handoff.write_tensor(tmp_path, x)
     bodies = {"http": codec.encode(x), "json": handoff.encode_json(x), "volume": handoff.encode_reference(name)}
     answers = {t: await predictor.predict(body, t, StageTimer(NoOpTracer(), "model")) for t, body in bodies.items()}
-    logits = {t: codec.decode(a.body) for t, a in answers.items()}
+    logits = {t: codec.decode(a) for t, a in answers.items()}
     assert logits["http"].shape == (2, 1000)
     np.testing.assert_array_equal(logits["json"], logits["http"])
     np.testing.assert_array_equal(logits["volume"], logits["http"])
-    assert answers["http"].headers[wire.MODEL_BACKEND_HEADER] == "random"
+    assert predictor.identity().backend == "random"
+
+
+async def test_answers_name_the_model_and_replica_except_in_protocol_only_mode():
+    """The data plane says who answered; model.metadata turns that into the headers (or gRPC
+    metadata) every route sends, and sends none where the server speaks the protocol only."""
+    from model.metadata import answer_headers
+
+    predictor = Predictor(make_settings(service_instance_id="model-7"))
+    await predictor.load()
+    timer = StageTimer(NoOpTracer(), "model")
+    await predictor.predict(codec.encode(batch(1)), "http", timer)
+    headers = answer_headers(predictor, timer)
+    assert headers[wire.MODEL_BACKEND_HEADER] == "random"
+    assert headers[wire.MODEL_INSTANCE_HEADER] == "model-7"
+    assert "tensor_decode" in headers[wire.SERVER_TIMING_HEADER]
+    protocol_only = Predictor(make_settings(open_inference_only=True))
+    await protocol_only.load()
+    assert answer_headers(protocol_only, timer) == {}
 
 
 async def test_a_batch_past_max_batch_is_refused_before_inference():
