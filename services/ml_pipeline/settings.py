@@ -207,8 +207,8 @@ class InferenceSettings(_Env):
     ort_allow_spinning: bool = Field(
         False,
         description="Let ONNX Runtime's idle threads busy-wait for the next operator. Off: with several "
-        "replicas (or the other services) on few cores, spinning threads steal the CPU the others need — "
-        "measured here, two replicas with 2 threads each: 20 ms per inference spinning, 7 ms not.",
+        "replicas (or the other services) on few cores, spinning threads steal the CPU the others need "
+        "(docs/performance.md).",
     )
 
 
@@ -301,7 +301,7 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
         False,
         description="Run concurrent requests' tensors as one batch, as Triton's dynamic batcher does: a batch runs "
         "at `MAX_BATCH` samples or when its oldest request has waited `MAX_QUEUE_DELAY_MS`; shown in `/v2/.../config`. "
-        "Off: on two cores it raised no throughput and cost 1.8–4.0 ms at concurrency 1 in two study runs (docs/performance.md).",
+        "Off: on two cores it added latency at concurrency 1 and no throughput (docs/performance.md).",
     )
     max_queue_delay_ms: float = Field(
         2.0, ge=0, description="Longest a request waits for others to batch with (`DYNAMIC_BATCHING`)."
