@@ -21,9 +21,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ $# -gt 0 ]; then
-  export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} $*"
-fi
 # Not `up --abort-on-container-exit`: the failover and backpressure tests stop and kill stack
 # containers on purpose, which would abort the run. The stack comes up detached and healthy,
 # then pytest runs in a one-off `tests` container whose exit status is the run's.
@@ -31,7 +28,8 @@ status=0
 if bash tests/validate-configs.sh \
    && "${compose[@]}" --profile tests build \
    && "${compose[@]}" up --detach --wait --wait-timeout 300; then
-  "${compose[@]}" run --rm --no-TTY tests || status=$?
+  # tests/in-container.sh: the integration tests, then the rest in parallel; or `pytest ARGS…`.
+  "${compose[@]}" run --rm --no-TTY tests bash tests/in-container.sh "$@" || status=$?
 else
   status=1
 fi
