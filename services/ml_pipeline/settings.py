@@ -49,6 +49,26 @@ class ServiceSettings(_Env):
     tracing_enabled: bool = Field(
         True, description="Create and propagate spans. Off: no spans, no trace ids (for overhead benchmarks)."
     )
+    trace_sampling: Literal["all", "tail"] = Field(
+        "all",
+        description="Which traces the collector stores, set alike for it and the services (compose does): "
+        "`all`, every one (development); `tail`, the tail sampler's choice: every trace with an error, every "
+        "trace of `TRACE_SLOW_MS` or longer, and `TRACE_KEEP_PERCENT` of the rest, by trace id. Span "
+        "metrics count every span either way; exemplars name only traces that are kept.",
+    )
+    trace_keep_percent: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="With `TRACE_SAMPLING=tail`: the share of the traces with neither error nor slowness that "
+        "is stored, picked by a hash of the trace id (the same on every collector).",
+    )
+    trace_slow_ms: int = Field(
+        500,
+        ge=1,
+        description="With `TRACE_SAMPLING=tail`: every trace lasting this long or longer is stored. 500: the "
+        "latency SLO (p99 of /finalize within 500 ms, prometheus/rules/alerts.yml).",
+    )
     service_instance_id: str = Field(
         default_factory=socket.gethostname,
         description="`service.instance.id` on every span and log line; defaults to the hostname "

@@ -16,7 +16,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as parse_text_format
 
+from ml_pipeline.core import wire
 from ml_pipeline.observability import metrics
+from ml_pipeline.observability.sampling import TailSampling
 from support.apps import make_settings, running_chain
 from support.data import COFFEE_JPG
 
@@ -94,6 +96,28 @@ async def test_requests_stages_and_exemplars_are_recorded(coffee_bytes):
         if s.name == "ml_pipeline_stage_duration_seconds_bucket" and s.exemplar and s.labels["service"] == "model"
     ]
     assert {s.exemplar.labels["trace_id"] for s in stage_exemplars} & trace_ids
+
+
+async def test_with_tail_sampling_exemplars_name_only_traces_the_collector_keeps(coffee_bytes):
+    """TRACE_SAMPLING=tail: a request's exemplars name its trace only when the collector's rules keep
+    it (here: 30 % by trace id, or an error; no request is slow enough), on every hop and stage."""
+    rules = TailSampling("tail", keep_percent=30, slow_ms=60_000)
+    settings = make_settings(trace_sampling="tail", trace_keep_percent=30, trace_slow_ms=60_000)
+    upload = {"file": ("c.jpg", coffee_bytes, "image/jpeg")}
+    async with running_chain(settings) as client:
+        ok = [await client.post("/finalize", files=upload) for _ in range(40)]
+        late = [
+            await client.post("/finalize", files=upload, headers={wire.REQUEST_TIMEOUT_HEADER: "1"}) for _ in range(3)
+        ]
+        after = snapshot()
+    assert {r.status_code for r in ok} == {200} and {r.status_code for r in late} == {504}
+    ok_ids = {r.headers[wire.TRACE_ID_HEADER] for r in ok}
+    late_ids = {r.headers[wire.TRACE_ID_HEADER] for r in late}
+    named = {s.exemplar.labels["trace_id"] for s in after if s.name.endswith("_bucket") and s.exemplar}
+    picked = {trace_id for trace_id in ok_ids if rules.picks(trace_id)}
+    assert named & ok_ids, "no kept trace lent an exemplar"
+    assert named & ok_ids <= picked, f"exemplars name {len(named & ok_ids - picked)} traces the sampler drops"
+    assert named & late_ids, "a failed request's trace is always kept, so it may be named"
 
 
 async def test_info_and_process_metrics():

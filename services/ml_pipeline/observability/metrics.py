@@ -6,7 +6,8 @@ Module-level, so creating an app (tests create many) never registers anything tw
 each replica on its own (``dns_sd_configs``), so its ``instance`` label is the replica.
 
 Duration histograms carry the current ``trace_id`` as an exemplar: in the OpenMetrics exposition
-(which Prometheus asks for when exemplar storage is on) a slow bucket links to a trace in Jaeger.
+(which Prometheus asks for when exemplar storage is on) a slow bucket links to a trace in Jaeger —
+only a trace the collector keeps (``observability.sampling``: with tail sampling, not every one).
 Exemplars carry other clients' trace ids, one more reason the exposition is off the public port.
 The default registry also holds prometheus-client's process collector
 (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, …).
@@ -24,6 +25,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, make_wsgi_app
 
 from ml_pipeline import __version__
+from ml_pipeline.observability.sampling import TailSampling
 
 # Seconds, for a pipeline whose hops take 1 ms (postprocess) to ~1 s (a cold or overloaded chain).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -103,8 +105,21 @@ BUILD_INFO = Info(
 MODEL_INFO = Info("ml_pipeline_model", "The model this replica serves: name and backend (onnx or random).")
 
 
-def exemplar(trace_id: str | None) -> dict[str, str] | None:
-    return {"trace_id": trace_id} if trace_id else None
+_sampling = TailSampling()  # every trace stored, until a service's settings say otherwise
+
+
+def use_sampling(sampling: TailSampling) -> None:
+    """The collector's sampling rules, which decide the traces exemplars may name (TRACE_SAMPLING…)."""
+    global _sampling
+    _sampling = sampling
+
+
+def exemplar(trace_id: str | None, *, error: bool, duration_s: float) -> dict[str, str] | None:
+    """``trace_id`` as an exemplar of an observation of ``duration_s`` (of a span that failed, or not),
+    when the collector is sure to keep that trace; None otherwise (the bucket keeps its last one)."""
+    if trace_id and _sampling.keeps(trace_id, error=error, duration_s=duration_s):
+        return {"trace_id": trace_id}
+    return None
 
 
 def register_service(service: str, instance_id: str) -> None:

@@ -25,5 +25,7 @@ def record_request(
     ``method_label``: the method as the metrics record it, when not ``method`` itself."""
     labels = (service, route, method_label or method, str(status))
     metrics.REQUESTS.labels(*labels).inc()
-    metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=metrics.exemplar(current_trace_id()))
+    # A server span is ERROR from status 500 on (OpenTelemetry's HTTP and gRPC instrumentations alike).
+    exemplar = metrics.exemplar(current_trace_id(), error=status >= 500, duration_s=duration_s)
+    metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=exemplar)
     log.info("%s %s %d", method, path, status, extra={"status": status, "duration_ms": round(duration_s * 1000, 3)})

@@ -40,9 +40,11 @@ class StageTimer:
         # than the span itself (docs/perf/flame-before-*.txt). The same on an error: recorded, ERROR.
         span = self._tracer.start_span(name, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
+        failed = False
         try:
             yield span
         except BaseException as exc:
+            failed = True
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             raise
@@ -50,9 +52,8 @@ class StageTimer:
             ns = time.perf_counter_ns() - start
             self.durations_ns[name] = ns
             self.timings_ms[f"{self._service}.{name}"] = ns / 1e6
-            metrics.STAGE_DURATION.labels(self._service, name).observe(
-                ns / 1e9, exemplar=metrics.exemplar(current_trace_id())
-            )
+            exemplar = metrics.exemplar(current_trace_id(), error=failed, duration_s=ns / 1e9)
+            metrics.STAGE_DURATION.labels(self._service, name).observe(ns / 1e9, exemplar=exemplar)
             span.end()
             otel_context.detach(token)
 

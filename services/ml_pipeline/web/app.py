@@ -20,6 +20,7 @@ from ml_pipeline import __version__
 from ml_pipeline.core.errors import BadRequest, NotReady, PayloadTooLarge
 from ml_pipeline.observability import metrics
 from ml_pipeline.observability.asgi import RequestTelemetryMiddleware, instrument_app
+from ml_pipeline.observability.sampling import TailSampling
 from ml_pipeline.observability.tracing import shutdown_tracer_provider
 from ml_pipeline.settings import ServiceSettings, UploadSettings
 from ml_pipeline.web.admission import AdmissionControl, ends_body
@@ -179,6 +180,7 @@ def build_app(
     _add_middleware(app, service, settings, max_body_bytes)
     _add_probe_routes(app, service, settings, ready)
     metrics.register_service(service, settings.service_instance_id)
+    metrics.use_sampling(TailSampling(settings.trace_sampling, settings.trace_keep_percent, settings.trace_slow_ms))
     instrument_app(app, tracer_provider)
     return app
 
