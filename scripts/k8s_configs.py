@@ -21,6 +21,11 @@ CONFIG_DIR = ROOT / "deploy" / "k8s" / "base" / "config"
 COPIES = {
     "nginx.conf": "edge/nginx.conf",
     "otelcol-config.yml": "otel/otelcol-config.yml",
+    "single.yml": "otel/single.yml",
+    "router.yml": "otel/router.yml",
+    "sampler.yml": "otel/sampler.yml",
+    "sampling-all.yml": "otel/sampling-all.yml",
+    "sampling-tail.yml": "otel/sampling-tail.yml",
     "otelcol-config-extras.yml": "otel/otelcol-config-extras.yml",
     "jaeger-config.yml": "jaeger/config.yml",
     "prometheus-kubernetes.yml": "prometheus/prometheus-kubernetes.yml",

@@ -15,6 +15,12 @@ export ML_PIPELINE_TEST_PROJECT=${ML_PIPELINE_TEST_PROJECT:-ml-pipeline-test}
 export COMPOSE_PROFILES=
 project=$ML_PIPELINE_TEST_PROJECT
 compose=(docker compose -p "$project" -f docker-compose.yml -f tests/docker-compose.test.yml)
+# SCALE_OUT=1: the collector as a router in front of two samplers (docker-compose.scale-out.yml),
+# the router our collector build (tests/docker-compose.scale-out.yml).
+if [ "${SCALE_OUT:-0}" = 1 ]; then
+  compose+=(-f docker-compose.scale-out.yml -f tests/docker-compose.scale-out.yml)
+  export OTELCOL_ROUTER_IMAGE=ml-pipeline-otelcol:0.140.1  # tests/validate-configs.sh checks router.yml with it
+fi
 
 cleanup() {
   "${compose[@]}" down -v --remove-orphans --timeout 30 >/dev/null 2>&1
@@ -25,8 +31,8 @@ trap cleanup EXIT
 # containers on purpose, which would abort the run. The stack comes up detached and healthy,
 # then pytest runs in a one-off `tests` container whose exit status is the run's.
 status=0
-if bash tests/validate-configs.sh \
-   && "${compose[@]}" --profile tests build \
+if "${compose[@]}" --profile tests build \
+   && bash tests/validate-configs.sh \
    && "${compose[@]}" up --detach --wait --wait-timeout 300; then
   # tests/in-container.sh: the integration tests, then the rest in parallel; or `pytest ARGS…`.
   "${compose[@]}" run --rm --no-TTY tests bash tests/in-container.sh "$@" || status=$?

@@ -8,9 +8,21 @@ otelcol_image=${OTELCOL_IMAGE:-otel/opentelemetry-collector-contrib:0.140.0}
 jaeger_image=${JAEGER_IMAGE:-jaegertracing/jaeger:2.13.0}
 prometheus_image=${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}
 
-docker run --rm -v "$PWD/otel:/etc/otelcol:ro" "$otelcol_image" \
-  validate --config=/etc/otelcol/otelcol-config.yml --config=/etc/otelcol/otelcol-config-extras.yml
-echo "otel/otelcol-config.yml (+ extras): valid ($otelcol_image)"
+# Every role the collectors run (otel/otelcol-config.yml's header), storing all or sampling. The
+# router needs the loadbalancing exporter: validated where its image is built (SCALE_OUT=1).
+for role in single sampler; do
+  for sampling in all tail; do
+    docker run --rm -v "$PWD/otel:/etc/otelcol:ro" "$otelcol_image" validate \
+      --config=/etc/otelcol/otelcol-config.yml --config=/etc/otelcol/$role.yml \
+      --config=/etc/otelcol/sampling-$sampling.yml --config=/etc/otelcol/otelcol-config-extras.yml
+    echo "otel/: the $role collector with sampling-$sampling.yml is valid ($otelcol_image)"
+  done
+done
+if [ -n "${OTELCOL_ROUTER_IMAGE:-}" ]; then
+  docker run --rm -v "$PWD/otel:/etc/otelcol:ro" "$OTELCOL_ROUTER_IMAGE" validate \
+    --config=/etc/otelcol/otelcol-config.yml --config=/etc/otelcol/router.yml --config=/etc/otelcol/otelcol-config-extras.yml
+  echo "otel/: the router is valid ($OTELCOL_ROUTER_IMAGE)"
+fi
 docker run --rm -v "$PWD/jaeger:/etc/jaeger:ro" "$jaeger_image" validate --config=/etc/jaeger/config.yml
 echo "jaeger/config.yml: valid ($jaeger_image)"
 docker run --rm -v "$PWD/prometheus:/etc/prometheus:ro" --entrypoint promtool "$prometheus_image" \

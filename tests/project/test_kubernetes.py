@@ -318,6 +318,8 @@ def _compose_defaults(service: str) -> dict[str, str]:
 # On Kubernetes only: the pod's identity on every span. In compose only: the volume hand-off.
 KUBERNETES_ONLY_ENV = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME", "OTEL_RESOURCE_ATTRIBUTES"}
 COMPOSE_ONLY_ENV = {"SHARED_DATA_DIR", "HANDOFF_FILE_TTL_S"}
+# What prod changes on purpose: it stores the tail sampler's choice, not every trace (issue 26).
+PROD_ENV = {"TRACE_SAMPLING": "tail"}
 
 
 def test_pipeline_settings_are_composes_not_a_fork():
@@ -333,7 +335,8 @@ def test_pipeline_settings_are_composes_not_a_fork():
         compose = _compose_defaults(name)
         assert set(env) - KUBERNETES_ONLY_ENV == set(compose) - COMPOSE_ONLY_ENV, name
         for key in set(compose) - COMPOSE_ONLY_ENV:
-            assert env[key] == compose[key], f"{name}: {key}={env[key]!r} on Kubernetes, {compose[key]!r} in compose"
+            expected = PROD_ENV.get(key, compose[key])
+            assert env[key] == expected, f"{name}: {key}={env[key]!r} on Kubernetes, {compose[key]!r} in compose"
     assert _compose_defaults("preprocess")["TRANSPORT"] == "http"  # so the volume hand-off is off in both
 
 
@@ -344,6 +347,7 @@ def test_images_are_composes_pins_and_the_pipelines_own_names():
         assert images[f"{name}/{name}"] == f"ml-pipeline-{name}:latest"  # what `docker compose build` tags
     pins = {
         "otel-collector/otel-collector": "OTELCOL_IMAGE",
+        "otel-sampler/otel-sampler": "OTELCOL_IMAGE",
         "jaeger/jaeger": "JAEGER_IMAGE",
         "prometheus/prometheus": "PROMETHEUS_IMAGE",
         "grafana/grafana": "GRAFANA_IMAGE",
@@ -358,6 +362,11 @@ def test_observability_configs_are_the_files_compose_mounts():
     same_files = {
         "otel-collector-config": {
             "otelcol-config.yml": "otel/otelcol-config.yml",
+            "single.yml": "otel/single.yml",
+            "router.yml": "otel/router.yml",
+            "sampler.yml": "otel/sampler.yml",
+            "sampling-all.yml": "otel/sampling-all.yml",
+            "sampling-tail.yml": "otel/sampling-tail.yml",
             "otelcol-config-extras.yml": "otel/otelcol-config-extras.yml",
         },
         "jaeger-config": {"config.yml": "jaeger/config.yml"},
@@ -474,3 +483,57 @@ def test_the_config_copies_kustomize_reads_are_the_files_compose_mounts():
     read = set(re.findall(r"config/([\w.-]+)", base))
     assert read == set(k8s_configs.COPIES), "every copy is read by the base, and only copies"
     assert "../" not in base
+
+
+# --- the collector: one in dev, a router in front of samplers in prod (issue 26) -------------------
+
+
+def _config_files(container: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The --config files a collector container runs, with Kubernetes's $(VAR) expanded."""
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+    return [a.removeprefix("--config=/etc/otelcol/") for a in args if a.startswith("--config=")]
+
+
+def _collector_env(objects, container: dict[str, Any]) -> dict[str, str]:
+    configmaps = of_kind(objects, "ConfigMap")
+    return {
+        e["name"]: configmaps[e["valueFrom"]["configMapKeyRef"]["name"]]["data"][
+            e["valueFrom"]["configMapKeyRef"]["key"]
+        ]
+        for e in container.get("env", [])
+    }
+
+
+def test_dev_runs_one_collector_storing_every_trace():
+    objects = render("dev")
+    assert "otel-sampler" not in of_kind(objects, "Deployment")
+    (container,) = of_kind(objects, "Deployment")["otel-collector"]["spec"]["template"]["spec"]["containers"]
+    files = _config_files(container, _collector_env(objects, container))
+    assert files == ["otelcol-config.yml", "single.yml", "sampling-all.yml", "otelcol-config-extras.yml"]
+
+
+def test_prod_routes_each_trace_to_one_of_the_samplers_which_sample():
+    objects = render("prod")
+    deployments = of_kind(objects, "Deployment")
+    (router,) = deployments["otel-collector"]["spec"]["template"]["spec"]["containers"]
+    assert _config_files(router, {}) == ["otelcol-config.yml", "router.yml", "otelcol-config-extras.yml"]
+    (sampler,) = deployments["otel-sampler"]["spec"]["template"]["spec"]["containers"]
+    assert deployments["otel-sampler"]["spec"]["replicas"] >= 2
+    env = _collector_env(objects, sampler)
+    assert env == {"TRACE_SAMPLING": "tail", "TRACE_KEEP_PERCENT": "10", "TRACE_SLOW_MS": "500"}
+    assert _config_files(sampler, env) == [
+        "otelcol-config.yml",
+        "sampler.yml",
+        "sampling-tail.yml",
+        "otelcol-config-extras.yml",
+    ]
+    # The router's DNS resolver finds every sampler pod: a headless Service of that name, OTLP/gRPC.
+    service = of_kind(objects, "Service")["otel-sampler"]["spec"]
+    assert service["clusterIP"] == "None" and service["selector"] == {"app.kubernetes.io/name": "otel-sampler"}
+    router_config = yaml.safe_load((ROOT / "otel" / "router.yml").read_text())
+    dns = router_config["exporters"]["loadbalancing"]["resolver"]["dns"]
+    assert dns["hostname"].endswith(":-otel-sampler}") and int(dns["port"]) == service["ports"][0]["port"] == 4317
+    assert router_config["exporters"]["loadbalancing"]["routing_key"] == "traceID"
+    # Both collectors' ports the Prometheus job keeps: span metrics and their own metrics.
+    for container in (router, sampler):
+        assert {"metrics", "telemetry"} <= {port["name"] for port in container["ports"]}

@@ -91,7 +91,8 @@ def test_prometheus_scrapes_every_task(stack_ready):
             if target["health"] == "up":
                 up[target["labels"]["job"]] = up.get(target["labels"]["job"], 0) + 1
         expected = {"model": MODEL_REPLICAS, "preprocess": 1, "postprocess": 1}
-        wanted = {**expected, "otel-collector-spanmetrics": 1, "jaeger": 1, "prometheus": 1}
+        collector = {"otel-collector-spanmetrics": 1, "otel-collector": 1}  # its span metrics and its own
+        wanted = {**expected, **collector, "jaeger": 1, "prometheus": 1}
         return up if all(up.get(job, 0) == n for job, n in wanted.items()) else None
 
     up = _wait(targets, "every task up in Prometheus", timeout_s=60)
