@@ -216,9 +216,16 @@ LAYOUT = [
     ),
     TimeseriesSpec(
         "Traces waiting for a decision",
-        "Traces each sampler holds while their decision_wait (20 s) runs; bounded by num_traces (10,000), past which the oldest are decided early (alert MlPipelineSamplerDroppingTraces).",
+        "Traces each sampler holds while their decision_wait (20 s) runs; bounded by num_traces (10,000), past which the oldest is evicted undecided (alert MlPipelineSamplerDroppingTraces).",
         units.Short,
         "sum by (instance) (otelcol_processor_tail_sampling_sampling_traces_on_memory)",
+        "{{instance}}",
+    ),
+    TimeseriesSpec(
+        "Dropped for lack of memory",
+        "Traces a sampler evicted before their decision (num_traces full: their spans are lost) and spans a collector refused at its memory limit, per second. 0 is the only good value (alert MlPipelineSamplerDroppingTraces).",
+        units.Short,
+        'sum by (instance) (rate(otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total[$__rate_interval])) or sum by (instance) (rate(otelcol_receiver_refused_spans_total{job="otel-collector"}[$__rate_interval])) or on () vector(0)',
         "{{instance}}",
     ),
     TimeseriesSpec(

@@ -66,6 +66,19 @@ HTTP_STATUSES = {
     grpc.StatusCode.CANCELLED: CLIENT_CLOSED,
     grpc.StatusCode.UNIMPLEMENTED: 501,
 }
+# The codes whose server span OpenTelemetry's gRPC instrumentation marks ERROR (a RESOURCE_EXHAUSTED
+# refusal is not): what the tail sampler's errors policy sees, so what an exemplar may rely on.
+SPAN_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
 Handler = Callable[[bytes, aio.ServicerContext], Awaitable[Any]]
 log = logging.getLogger("model.grpc")
 
@@ -164,7 +177,8 @@ class OpenInferenceService:
             finally:
                 deadline.reset(token)
                 status = HTTP_STATUSES.get(code, 500)
-                record_request(self.service, route, "GRPC", route, status, time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                record_request(self.service, route, "GRPC", route, status, elapsed, error=code in SPAN_ERROR_CODES)
 
         return handle
 

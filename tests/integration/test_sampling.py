@@ -42,7 +42,9 @@ SAMPLING = TailSampling(
 )
 TAIL = SAMPLING.mode == "tail"
 SCALED_OUT = os.environ.get("STACK_SCALE_OUT") == "1"
-SMALL, LARGE, LATE = 600, 12, 12  # requests of each kind: 600 small ones put 5 % ± 0.9 points
+SAMPLERS = int(os.environ.get("STACK_OTEL_SAMPLERS", "2")) if SCALED_OUT else 0
+SMALL, LARGE, LATE = 600, 12, 20  # requests of each kind: 600 small ones put 5 % ± 0.9 points
+LATE_MS = "10"  # a deadline the chain cannot meet (~40 ms), but the upload mostly can (or: 408)
 # Kept traces reach Jaeger once decided: decision_wait (20 s, otel/otelcol-config.yml) and batching.
 DECIDED_S = 20 + 10 if TAIL else 10
 SERVER_ROUTES = {"postprocess": "/finalize", "preprocess": "/process", "model": "/predict"}
@@ -104,6 +106,16 @@ def eventually(check, timeout_s: float = 30):
     return result
 
 
+def settle(trace_ids: set[str], ready, timeout_s: float = 20) -> set[str]:
+    """The ids for which ``ready(id)`` is still false after ``timeout_s``, all polled together."""
+    deadline = time.monotonic() + timeout_s
+    pending = {trace_id for trace_id in trace_ids if not ready(trace_id)}
+    while pending and time.monotonic() < deadline:
+        time.sleep(3)
+        pending = {trace_id for trace_id in pending if not ready(trace_id)}
+    return pending
+
+
 def stored(jaeger: str, trace_id: str) -> dict | None:
     r = httpx.get(f"{jaeger}/api/traces/{trace_id}", timeout=10)
     if r.status_code == 200 and r.json().get("data"):
@@ -145,15 +157,28 @@ class Load:
 
 @pytest.fixture(scope="module")
 def mixed_load(stack, prometheus) -> Load:
-    """The mixed load, two at a time, and the span-metric call counts before it."""
-    calls_before = server_calls(prometheus, "traces_span_metrics_calls_total")
-    kept_before = server_calls(prometheus, "traces_span_metrics_kept_calls_total")
+    """The mixed load, two at a time, and the span-metric call counts before it, once earlier
+    tests' spans stopped arriving (the services' export delay, the flush and the scrape: ~15 s)."""
+
+    def counts() -> tuple[dict[str, float], dict[str, float]]:
+        return (
+            server_calls(prometheus, "traces_span_metrics_calls_total"),
+            server_calls(prometheus, "traces_span_metrics_kept_calls_total"),
+        )
+
+    settled, deadline = counts(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(12)
+        previous, settled = settled, counts()
+        if settled == previous:
+            break
+    calls_before, kept_before = settled
     started = time.time()
     large = large_png()
     jobs = (
         [("small", COFFEE_JPG.read_bytes(), "image/jpeg", {})] * SMALL
         + [("large", large, "image/png", {})] * LARGE
-        + [("late", COFFEE_JPG.read_bytes(), "image/jpeg", {wire.REQUEST_TIMEOUT_HEADER: "1"})] * LATE
+        + [("late", COFFEE_JPG.read_bytes(), "image/jpeg", {wire.REQUEST_TIMEOUT_HEADER: LATE_MS})] * LATE
     )
     jobs = [jobs[i] for i in np.random.default_rng(26).permutation(len(jobs))]
 
@@ -173,8 +198,11 @@ def mixed_load(stack, prometheus) -> Load:
 def test_the_load_is_mixed(mixed_load):
     sent = mixed_load.sent
     assert sum(s.status == 200 for s in sent) >= SMALL + LARGE - 5, [s.status for s in sent if s.status != 200]
+    # Past its deadline: 504, or 408 when even the upload had not arrived by then (the client's
+    # slowness, a 4xx: sampled like the rest).
     late = [(s.status, round(s.waited_ms)) for s in sent if s.kind == "late"]
-    assert all(status == 504 for status, _ in late), late
+    assert {status for status, _ in late} <= {504, 408}, late
+    assert sum(status == 504 for status, _ in late) >= LATE // 2, late
     if TAIL:  # the sampling pass sets TRACE_SLOW_MS for the large ones to be slow
         assert sum(s.slow for s in sent) >= LARGE // 2, sorted(s.total_ms for s in sent if s.kind == "large")
     assert sum(s.fast for s in sent) >= SMALL * 0.9, "most small photos should be fast"
@@ -182,15 +210,18 @@ def test_the_load_is_mixed(mixed_load):
 
 def test_span_metrics_count_every_span_before_sampling(jaeger, prometheus, mixed_load):
     """Exact RED: each hop's span-metric call count grew by exactly the requests that hop served.
-    Every answered request crossed all three; a failed one (every one is stored, being an error)
-    crossed the hops its stored trace has server spans of."""
+    Every answered request crossed all three; a 408 (its upload late) only postprocess; a 5xx
+    (every one is stored, being an error) the hops its stored trace has server spans of."""
     sent = mixed_load.sent
     mixed_load.decided()
-    failed = [s for s in sent if s.status != 200]
-    failed_traces = [eventually(lambda s=s: stored(jaeger, s.trace_id)) for s in failed]
-    assert all(failed_traces), "a failed request's trace is always stored"
+    failed = [s for s in sent if s.error]
+    missing = settle({s.trace_id for s in failed}, lambda trace_id: bool(stored(jaeger, trace_id)))
+    assert not missing, f"a failed request's trace is always stored: {sorted(missing)[:5]}"
+    failed_traces = [stored(jaeger, s.trace_id) for s in failed]
+    assert {s.status for s in sent if not s.error} <= {200, 408}
     served = {
         service: sum(s.status == 200 for s in sent)
+        + (service == "postprocess") * sum(s.status == 408 for s in sent)
         + sum(
             any(
                 trace["processes"][span["processID"]]["serviceName"] == service
@@ -215,9 +246,13 @@ def test_the_stored_traces_are_what_the_rules_keep(jaeger, prometheus, mixed_loa
     sent, kept_before = mixed_load.sent, mixed_load.kept_before
     mixed_load.decided()
     traces = {s.trace_id: stored(jaeger, s.trace_id) for s in sent}
-    for s in sent:  # a trace the rules keep may still be on its way: give it a little longer
-        if not traces[s.trace_id] and (s.error or s.slow or SAMPLING.keeps(s.trace_id, error=False, duration_s=0)):
-            traces[s.trace_id] = eventually(lambda: stored(jaeger, s.trace_id), timeout_s=20)
+    due = {s.trace_id for s in sent if s.error or s.slow or SAMPLING.keeps(s.trace_id, error=False, duration_s=0)}
+
+    def arrived(trace_id: str) -> bool:  # a trace the rules keep may still be on its way
+        traces[trace_id] = stored(jaeger, trace_id)
+        return bool(traces[trace_id])
+
+    settle({trace_id for trace_id in due if not traces[trace_id]}, arrived)
     missing_errors = [s.trace_id for s in sent if s.error and not traces[s.trace_id]]
     missing_slow = [(s.trace_id, s.total_ms) for s in sent if s.slow and not traces[s.trace_id]]
     assert not missing_errors, f"error traces not stored: {missing_errors}"
@@ -242,7 +277,7 @@ def test_the_stored_traces_are_what_the_rules_keep(jaeger, prometheus, mixed_loa
         ]
         assert not split, f"traces split across samplers: {split[:5]}"
         samplers = {tags(span).get("otelcol.sampler") for trace in traces.values() if trace for span in trace["spans"]}
-        assert len(samplers) >= 2, f"every stored trace went through one sampler: {samplers}"
+        assert len(samplers) == SAMPLERS, f"stored traces went through {samplers}, not {SAMPLERS} samplers"
     # The kept span metrics count the stored traces' server spans: what Jaeger holds, per hop.
     stored_finalize = sum(1 for trace in traces.values() if trace and "postprocess" in services_of(trace))
 
@@ -276,17 +311,13 @@ def test_every_exemplar_names_a_stored_complete_trace(jaeger, prometheus, mixed_
     assert r.status_code == 200, r.text
     named = {e["labels"]["trace_id"] for series in r.json()["data"] for e in series["exemplars"]}
     assert named, f"no exemplars for panel {query.panel!r}"
-    unresolved = [
-        trace_id
-        for trace_id in sorted(named)
-        if not eventually(lambda: complete(stored(jaeger, trace_id)), timeout_s=10)
-    ]
+    unresolved = sorted(settle(named, lambda trace_id: complete(stored(jaeger, trace_id)), timeout_s=10))
     assert not unresolved, (
         f"{len(unresolved)} of {len(named)} exemplars name no stored, complete trace: {unresolved[:5]}"
     )
 
 
-SAMPLER_PANELS = [q for q in panel_queries() if "tail_sampling" in q.expr]
+SAMPLER_PANELS = [q for q in panel_queries() if "tail_sampling" in q.expr and "vector(0)" not in q.expr]
 
 
 def test_the_sampling_panels_show_the_sampler_where_it_runs(prometheus, mixed_load):
@@ -302,7 +333,7 @@ def test_the_sampling_panels_show_the_sampler_where_it_runs(prometheus, mixed_lo
 
 def test_prometheus_scrapes_every_collector(prometheus, mixed_load):
     """The router and each sampler (or the one collector): span metrics and their own metrics."""
-    collectors = 1 + 2 * SCALED_OUT
+    collectors = 1 + SAMPLERS  # the router and its samplers, or the one collector
     for job in ("otel-collector-spanmetrics", "otel-collector"):
         r = httpx.post(f"{prometheus}/api/v1/query", data={"query": f'up{{job="{job}"}}'}, timeout=10)
         up = [s["value"][1] for s in r.json()["data"]["result"]]

@@ -21,6 +21,7 @@ import socket
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, make_wsgi_app
 
@@ -117,7 +118,9 @@ def use_sampling(sampling: TailSampling) -> None:
 def exemplar(trace_id: str | None, *, error: bool, duration_s: float) -> dict[str, str] | None:
     """``trace_id`` as an exemplar of an observation of ``duration_s`` (of a span that failed, or not),
     when the collector is sure to keep that trace; None otherwise (the bucket keeps its last one)."""
-    if trace_id and _sampling.keeps(trace_id, error=error, duration_s=duration_s):
+    if not trace_id or not trace.get_current_span().get_span_context().trace_flags.sampled:
+        return None  # a span not recorded (an unsampled parent): nothing is exported to name
+    if _sampling.keeps(trace_id, error=error, duration_s=duration_s):
         return {"trace_id": trace_id}
     return None
 

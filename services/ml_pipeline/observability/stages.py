@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from opentelemetry.util.types import AttributeValue
 
+from ml_pipeline.core.errors import PipelineError
 from ml_pipeline.observability import metrics
 from ml_pipeline.observability.tracing import current_trace_id
 
@@ -44,9 +45,12 @@ class StageTimer:
         try:
             yield span
         except BaseException as exc:
-            failed = True
             span.record_exception(exc)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            # A client's bad input (a 4xx) is not our failure: the stage stays UNSET, as the server
+            # span does, so junk uploads cannot make the tail sampler keep every trace they start.
+            if not (isinstance(exc, PipelineError) and exc.status < 500):
+                failed = True
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             ns = time.perf_counter_ns() - start

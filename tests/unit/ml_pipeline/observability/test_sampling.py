@@ -65,3 +65,26 @@ def test_errors_slow_spans_and_picked_ids_are_kept_nothing_else():
 
 def test_all_keeps_every_trace():
     assert TailSampling("all", keep_percent=0).keeps("4bf92f3577b34da6a3ce929d0e0e4736", error=False, duration_s=0)
+
+
+def test_a_stage_fails_for_the_sampler_only_on_our_errors():
+    """A stage that raised a 5xx (or any other exception) is ERROR, which the tail sampler keeps; one
+    refusing the client's input (4xx) records the exception but stays UNSET, like the server span,
+    so junk uploads cannot make the sampler keep every trace they start."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from ml_pipeline.core.errors import BadRequest, PipelineError
+    from ml_pipeline.observability.stages import StageTimer
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    timer = StageTimer(provider.get_tracer("test"), "preprocess")
+    for error in (BadRequest("not an image"), PipelineError("the model broke"), RuntimeError("a bug")):
+        with pytest.raises(type(error)), timer.stage("decode"):
+            raise error
+    statuses = [(span.status.status_code, len(span.events)) for span in exporter.get_finished_spans()]
+    assert statuses == [(StatusCode.UNSET, 1), (StatusCode.ERROR, 1), (StatusCode.ERROR, 1)]
