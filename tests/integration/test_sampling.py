@@ -124,6 +124,16 @@ def stored(jaeger: str, trace_id: str) -> dict | None:
     return None
 
 
+def kept_for_cause(trace: dict) -> bool:
+    """Whether the errors or the latency policy keeps this stored trace, by its own spans."""
+    failed = any(
+        tags(span).get("otel.status_code") == "ERROR" or tags(span).get("error") is True for span in trace["spans"]
+    )
+    start = min(span["startTime"] for span in trace["spans"])
+    end = max(span["startTime"] + span["duration"] for span in trace["spans"])  # microseconds
+    return failed or (end - start) // 1000 >= SAMPLING.slow_ms
+
+
 def services_of(trace: dict) -> set[str]:
     return {trace["processes"][span["processID"]]["serviceName"] for span in trace["spans"]}
 
@@ -223,9 +233,10 @@ def test_span_metrics_count_every_span_before_sampling(jaeger, prometheus, mixed
         service: sum(s.status == 200 for s in sent)
         + (service == "postprocess") * sum(s.status == 408 for s in sent)
         + sum(
-            any(
+            any(  # a server span of the hop's route (one cut off before routing has none)
                 trace["processes"][span["processID"]]["serviceName"] == service
                 and tags(span).get("span.kind") == "server"
+                and tags(span).get("http.route") == SERVER_ROUTES[service]
                 for span in trace["spans"]
             )
             for trace in failed_traces
@@ -262,11 +273,18 @@ def test_the_stored_traces_are_what_the_rules_keep(jaeger, prometheus, mixed_loa
     share = len(kept) / len(fast)
     expected = SAMPLING.keep_percent / 100 if TAIL else 1.0
     assert abs(share - expected) <= 0.03, f"{share:.3f} of {len(fast)} fast traces stored, expected {expected}"
-    # The same traces the services' own rule picks: decided by trace id alike everywhere.
-    wrong = [
-        s.trace_id for s in fast if bool(traces[s.trace_id]) != SAMPLING.keeps(s.trace_id, error=False, duration_s=0)
+    # The same traces the services' own rule picks: decided by trace id alike everywhere. One more
+    # may be stored if its stored spans show why: an ERROR span (a retried attempt of a request
+    # that still succeeded) or spans that outlasted the answer past TRACE_SLOW_MS.
+    picked = {s.trace_id for s in fast if SAMPLING.keeps(s.trace_id, error=False, duration_s=0)}
+    dropped = [s.trace_id for s in fast if s.trace_id in picked and not traces[s.trace_id]]
+    assert not dropped, f"{len(dropped)} fast traces the hash picks were not stored: {dropped[:5]}"
+    unexplained = [
+        s.trace_id
+        for s in fast
+        if traces[s.trace_id] and s.trace_id not in picked and not kept_for_cause(traces[s.trace_id])
     ]
-    assert not wrong, f"{len(wrong)} fast traces stored against the hash rule (or dropped despite it): {wrong[:5]}"
+    assert not unexplained, f"{len(unexplained)} fast traces stored that no rule keeps: {unexplained[:5]}"
     incomplete = [trace_id for trace_id, trace in traces.items() if trace and not complete(trace)]
     assert not incomplete, f"stored traces missing spans: {incomplete[:5]}"
     if SCALED_OUT:  # each trace decided by one sampler, whole
