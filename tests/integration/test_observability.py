@@ -115,11 +115,14 @@ def test_spanmetrics_for_every_hop(prometheus, load):
             prometheus,
             'sum by (service_name, span_name) (traces_span_metrics_calls_total{span_kind="SPAN_KIND_SERVER"})',
         )
-        return {s["metric"]["service_name"]: s["metric"]["span_name"] for s in result}
+        names: dict[str, set[str]] = {}  # a service's server span names: its routes', and plain
+        for s in result:  # "POST" for a request cut off before routing (the edge and hostile tests)
+            names.setdefault(s["metric"]["service_name"], set()).add(s["metric"]["span_name"])
+        return names
 
     calls = poll(lambda: (c := server_calls()) and set(SERVICES) <= set(c) and c, "spanmetrics server calls")
     for service, route in SERVER_ROUTES.items():
-        assert calls[service] == f"POST {route}"
+        assert f"POST {route}" in calls[service], calls[service]
     buckets = instant(
         prometheus,
         'sum by (service_name) (traces_span_metrics_duration_milliseconds_bucket{span_kind="SPAN_KIND_SERVER", le="+Inf"})',
