@@ -32,7 +32,7 @@ from ml_pipeline.observability.sampling import TailSampling
 from ml_pipeline.observability.stages import parse_server_timing
 from support.dashboards import panel_queries
 from support.data import COFFEE_JPG
-from support.jaeger import PIPELINE
+from support.jaeger import PIPELINE, tags
 
 pytestmark = pytest.mark.integration
 
@@ -319,10 +319,6 @@ def test_the_stored_traces_are_what_the_rules_keep(jaeger, prometheus, mixed_loa
 
     eventually(lambda: kept_finalize() >= stored_finalize)
     assert kept_finalize() == stored_finalize
-
-
-def tags(span: dict) -> dict:
-    return {t["key"]: t["value"] for t in span.get("tags", [])}
 
 
 EXEMPLAR_QUERIES = [q for q in panel_queries() if q.exemplar]

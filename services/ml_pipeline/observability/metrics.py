@@ -115,11 +115,14 @@ def use_sampling(sampling: TailSampling) -> None:
     _sampling = sampling
 
 
-def exemplar(trace_id: str | None, *, error: bool, duration_s: float) -> dict[str, str] | None:
-    """``trace_id`` as an exemplar of an observation of ``duration_s`` (of a span that failed, or not),
-    when the collector is sure to keep that trace; None otherwise (the bucket keeps its last one)."""
-    if not trace_id or not trace.get_current_span().get_span_context().trace_flags.sampled:
-        return None  # a span not recorded (an unsampled parent): nothing is exported to name
+def exemplar(*, error: bool, duration_s: float) -> dict[str, str] | None:
+    """The current span's trace id as an exemplar of an observation of ``duration_s`` (of a span that
+    failed, or not), when the collector is sure to keep that trace; None otherwise (the bucket keeps
+    its last one), and for a span not recorded (an unsampled parent): nothing is exported to name."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    trace_id = format(context.trace_id, "032x")
     if _sampling.keeps(trace_id, error=error, duration_s=duration_s):
         return {"trace_id": trace_id}
     return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from ml_pipeline.observability import metrics
-from ml_pipeline.observability.tracing import current_trace_id
 
 log = logging.getLogger("ml_pipeline.request")
 
@@ -28,6 +27,6 @@ def record_request(
     labels = (service, route, method_label or method, str(status))
     metrics.REQUESTS.labels(*labels).inc()
     failed = status >= 500 if error is None else error  # an HTTP server span is ERROR from 500 on
-    exemplar = metrics.exemplar(current_trace_id(), error=failed, duration_s=duration_s)
+    exemplar = metrics.exemplar(error=failed, duration_s=duration_s)
     metrics.REQUEST_DURATION.labels(*labels).observe(duration_s, exemplar=exemplar)
     log.info("%s %s %d", method, path, status, extra={"status": status, "duration_ms": round(duration_s * 1000, 3)})

@@ -16,7 +16,6 @@ from opentelemetry.util.types import AttributeValue
 
 from ml_pipeline.core.errors import PipelineError
 from ml_pipeline.observability import metrics
-from ml_pipeline.observability.tracing import current_trace_id
 
 
 class StageTimer:
@@ -56,7 +55,7 @@ class StageTimer:
             ns = time.perf_counter_ns() - start
             self.durations_ns[name] = ns
             self.timings_ms[f"{self._service}.{name}"] = ns / 1e6
-            exemplar = metrics.exemplar(current_trace_id(), error=failed, duration_s=ns / 1e9)
+            exemplar = metrics.exemplar(error=failed, duration_s=ns / 1e9)
             metrics.STAGE_DURATION.labels(self._service, name).observe(ns / 1e9, exemplar=exemplar)
             span.end()
             otel_context.detach(token)
