@@ -7,7 +7,8 @@ descriptors (``process_resident_memory_bytes`` / ``process_open_fds``, from ever
 more (the first measured window against the last: mean RSS, fewest descriptors, which may move by
 ``FDS_NOISE_FLOOR``), the
 last window's p99 within 1.5× of the first measured minutes' (the median per-minute p99 of the first
-third after the warm-up), every request answered 200, and the shared hand-off volume empty once the
+third after the warm-up), every request answered 200 (a 503 — load shed — is excused only in a
+window the host stole much more CPU in, see below), and the shared hand-off volume empty once the
 load stops.
 
 Latency is compared only between windows the host treated alike: on a shared VM the hypervisor
@@ -205,8 +206,8 @@ class SoakResult:
         p99_ratio = judged_last["p99_ms"] / p99_first if p99_first and judged_last else None
         failures = _resource_failures(growth, self.samples)
         failures += _latency_failures(measured, p99_first, judged_last, self.max_p99_ratio)
-        if set(statuses) != {"200"}:
-            failures.append(f"answers other than 200: {statuses}")
+        shed_while_stolen, status_failures = _status_failures(self.windows, median_steal(opening))
+        failures += status_failures
         if self.shared_files_after:
             failures.append(f"{self.shared_files_after} files left on the shared volume")
         return {
@@ -218,6 +219,7 @@ class SoakResult:
             "warmup_s": self.warmup_s,
             "window_s": self.window_s,
             "statuses": statuses,
+            "shed_while_stolen": shed_while_stolen,
             "windows": self.windows,
             "p99_first_ms": p99_first,
             "p99_first_windows": len(opening),
@@ -248,6 +250,30 @@ def _resource_failures(growth: dict[str, dict[str, Any]], samples: list[dict[str
     if not growth:
         failures.append("no process resources from Prometheus")
     return failures
+
+
+def _status_failures(windows: list[dict[str, Any]], baseline_steal: float | None) -> tuple[int, list[str]]:
+    """Every answer must be 200, except one: a 503 (load shed by admission control) in a window that
+    lost over ``MAX_STEAL_RISE`` more CPU to the host than the baseline. A host that takes 40 % of
+    two cores leaves half load close to capacity, and shedding then is the product working as
+    documented; such windows are not judged for latency either. Any other status, or a 503 in a
+    window the host treated like the baseline, fails. Returns (503s excused, failures)."""
+    excused = 0
+    failing: dict[str, int] = {}
+    for w in windows:
+        others = {status: n for status, n in w["statuses"].items() if status != "200"}
+        if set(others) == {"503"} and not comparable(w, baseline_steal):
+            excused += others["503"]
+            continue
+        for status, n in others.items():
+            failing[status] = failing.get(status, 0) + n
+    if not failing:
+        return excused, []
+    totals: dict[str, int] = {}
+    for w in windows:
+        for status, n in w["statuses"].items():
+            totals[status] = totals.get(status, 0) + n
+    return excused, [f"answers other than 200: {totals} (not excused by stolen CPU: {failing})"]
 
 
 def _latency_failures(
@@ -471,7 +497,7 @@ def _intro_lines(s: dict[str, Any], meta: dict[str, Any], plot_path: str) -> lis
         f"{100 * MAX_GROWTH:.0f} % (the first measured window against the last: mean RSS; the fewest descriptors, "
         f"which may move by {FDS_NOISE_FLOOR}), the last comparable window's p99 within {s.get('max_p99_ratio', MAX_P99_RATIO)}× of the first measured minutes' (the median "
         "per-minute p99 of the first third after the warm-up; the last window that lost at most "
-        f"{100 * s.get('max_steal_rise', MAX_STEAL_RISE):.0f} points more CPU to the host), every answer 200, the shared volume empty afterwards. "
+        f"{100 * s.get('max_steal_rise', MAX_STEAL_RISE):.0f} points more CPU to the host), every answer 200 (load shed, 503, only in minutes the host stole more), the shared volume empty afterwards. "
         f"Verdict: {verdict}.",
         "",
         f"![soak]({plot_path})",
