@@ -82,14 +82,20 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["httpx", "aiohttp"])
+def http_transport(request) -> str:
+    """Each case on both of DOWNSTREAM_HTTP_TRANSPORT's transports: the same answer, the same log."""
+    return request.param
+
+
 @pytest.mark.parametrize(
     "downstream, status, code, words, exception", CASES, ids=["connect", "connection_dropped", "timeout"]
 )
 async def test_a_failed_hop_answers_in_plain_words_and_logs_the_endpoint(
-    caplog, downstream, status, code, words, exception
+    caplog, downstream, status, code, words, exception, http_transport
 ):
     async with downstream() as url:
-        async with preprocess_at(url, preprocess_timeout_s=0.5) as client:
+        async with preprocess_at(url, preprocess_timeout_s=0.5, downstream_http_transport=http_transport) as client:
             with caplog.at_level(logging.WARNING, logger="ml_pipeline.errors"):
                 r = await client.post("/finalize", files={"file": ("c.jpg", b"\xff\xd8 not read", "image/jpeg")})
     assert r.status_code == status, r.text
@@ -101,9 +107,9 @@ async def test_a_failed_hop_answers_in_plain_words_and_logs_the_endpoint(
     assert any(f"POST {url}/process" in line and re.search(exception, line) for line in logged), logged
 
 
-async def test_readiness_says_preprocess_cannot_be_reached_and_logs_where(caplog):
+async def test_readiness_says_preprocess_cannot_be_reached_and_logs_where(caplog, http_transport):
     async with closed_port() as url:
-        async with preprocess_at(url) as client:
+        async with preprocess_at(url, downstream_http_transport=http_transport) as client:
             with caplog.at_level(logging.WARNING):
                 r = await client.get("/ready")
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text

@@ -33,6 +33,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from ml_pipeline.client.aiohttp_transport import AiohttpTransport
 from ml_pipeline.client.balancer import Balancer, Endpoint, Resolver, resolve_dns
 from ml_pipeline.client.retry import RetryBudget, RetryPolicy
 from ml_pipeline.core import deadline
@@ -107,9 +108,7 @@ class Downstream:
         )
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         if transport is None and http_transport == "aiohttp":
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits)
+            transport = AiohttpTransport(limits)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=limits, transport=transport
         )
