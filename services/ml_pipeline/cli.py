@@ -84,10 +84,61 @@ def run(service: str, host: str, port: int) -> int:
 
     os.environ.setdefault("GRPC_HOST", host)  # the model's gRPC service listens where its HTTP does
     settings = load_settings(SETTINGS_BY_SERVICE[service])
+    if settings.http_server == "granian":
+        return run_granian(service, host, port, settings)
     setup_logging(service, settings)
     start_metrics_server(host, settings.metrics_port)
     uvicorn.Server(uvicorn_config(f"{service}.app:create_app", host, port)).run()
     return 0
+
+
+GRANIAN_WORKER = "ML_PIPELINE_GRANIAN_WORKER"  # "<service> <metrics host>", for the worker's factory
+
+
+def run_granian(service: str, host: str, port: int, settings: ServiceSettings) -> int:
+    """``HTTP_SERVER=granian``, for A/B comparisons: the same app under granian (HTTP/1.1 only, the
+    same event loop, one worker). granian runs the app in a forked worker process, so the worker
+    builds it and serves the metrics (``granian_app``): the process whose CPU they report is the one
+    doing the work. None of ``web.server``'s defenses apply."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    os.environ[GRANIAN_WORKER] = f"{service} {host}"
+    Granian(
+        "ml_pipeline.cli:granian_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=1,
+        loop=Loops.asyncio if settings.event_loop == "asyncio" else Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        log_access=False,
+        # granian's own lines through the root logger, i.e. our JSON lines
+        log_dictconfig={
+            "version": 1,
+            "disable_existing_loggers": False,
+            "loggers": {name: {"handlers": [], "propagate": True} for name in ("_granian", "granian.access")},
+        },
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_read_timeout_s * 1000)),
+        workers_kill_timeout=20,  # uvicorn's timeout_graceful_shutdown; granian waits forever without it
+    ).serve()
+    return 0
+
+
+def granian_app() -> Any:
+    """The app factory granian's worker calls: logging, metrics and the app, all in the worker."""
+    import importlib
+
+    from ml_pipeline.observability.logs import setup_logging
+
+    service, host = os.environ[GRANIAN_WORKER].split()
+    settings = load_settings(SETTINGS_BY_SERVICE[service])
+    setup_logging(service, settings)
+    start_metrics_server(host, settings.metrics_port)
+    return importlib.import_module(f"{service}.app").create_app()
 
 
 def start_metrics_server(host: str, port: int) -> None:

@@ -112,6 +112,12 @@ class ServiceSettings(_Env):
         description="The server's event loop: `auto` is uvloop where it is installed (every image; "
         "`pip install` outside Windows), else asyncio's own; `asyncio` for A/B comparisons.",
     )
+    http_server: Literal["uvicorn", "granian"] = Field(
+        "uvicorn",
+        description="The HTTP server: uvicorn, with this project's defenses (header timeout and size limit, "
+        "JSON envelopes for what it refuses); `granian` for A/B comparisons only (bench/ab.sh): it has none "
+        "of them. See docs/profiling.md.",
+    )
     header_read_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -170,8 +176,7 @@ class DownstreamSettings(_Env):
     downstream_http_transport: Literal["httpx", "aiohttp"] = Field(
         "httpx",
         description="What carries the downstream client's requests under httpx's API: httpx's own "
-        "(httpcore), or aiohttp's (httpx-aiohttp) for A/B comparisons only (bench/ab.sh): it reports a "
-        "refused or dropped connection as a connect timeout.",
+        "(httpcore) or aiohttp's, each failure reported as httpx's own error for it; see docs/profiling.md.",
     )
 
 

@@ -36,10 +36,17 @@ def three_free_ports(taken: dict[str, int] | None = None) -> dict[str, int]:
     raise AssertionError("no three consecutive free ports")
 
 
-def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("http_server", ["uvicorn", "granian"])  # granian: HTTP_SERVER's A/B alternative
+def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path, http_server):
     ports = three_free_ports()
     metrics_ports = three_free_ports(taken=ports)  # not 9464–9466: a concurrent test run may hold them
-    env = {**os.environ, "MODEL_BACKEND": "random", "OTEL_EXPORTER_OTLP_ENDPOINT": "", "GRPC_PORT": "0"}
+    env = {
+        **os.environ,
+        "MODEL_BACKEND": "random",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        "GRPC_PORT": "0",
+        "HTTP_SERVER": http_server,
+    }
     env.pop("MODEL_URL", None)
     env.pop("PREPROCESS_URL", None)
     log = (tmp_path / "serve.log").open("w+")
@@ -94,6 +101,14 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
                 if s.name.endswith("build_info")
             ]
             assert [s.labels["service"] for s in build] == [service]  # this process's own
+            # the process that serves the requests (granian's worker, not its parent) counts them
+            handled = [
+                s.value
+                for f in text_string_to_metric_families(scraped.text)
+                for s in f.samples
+                if s.name == "ml_pipeline_requests_total"
+            ]
+            assert sum(handled) >= 1, (service, handled)
             if service == "postprocess":  # the request's duration bucket carries its trace id
                 assert f'trace_id="{trace_id}"' in scraped.text
         # The load generator against the real servers: two runs, every request answered.
@@ -135,4 +150,5 @@ def test_serve_runs_the_chain_and_stops_on_ctrl_c(tmp_path):
     # One grep follows the request through all three services' logs.
     lines = [line for line in output.splitlines() if trace_id in line]
     assert {svc for svc in ports if any(f'"service": "{svc}"' in line for line in lines)} == set(ports)
-    assert output.count("Application shutdown complete") == 3
+    if http_server == "uvicorn":
+        assert output.count("Application shutdown complete") == 3
