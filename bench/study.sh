@@ -43,7 +43,7 @@ wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 cpu_sources() {
   local services=()
   case $1 in
-    http://postprocess:*) services=(model preprocess postprocess) ;;
+    http://postprocess:* | http://edge:*) services=(model preprocess postprocess) ;;
     http://monolith:*) services=(monolith) ;;
     http://model:*) services=(model) ;;
     *) return 0 ;;
@@ -155,6 +155,8 @@ run_scenarios() {
   bench bare-chain bare-chain
   bench monolith http://monolith:5000/classify --wrk -- monolith otel-collector jaeger prometheus
   bench chain-http "$chain" --wrk TRANSPORT=http -- "${pipeline[@]}"
+  # The chain as users call it: through the edge proxy (nginx; its own CPU is not metered here).
+  bench chain-edge http://edge:8080/finalize TRANSPORT=http -- "${pipeline[@]}" edge
   bench chain-json "$chain" TRANSPORT=json -- "${pipeline[@]}"
   bench chain-volume "$chain" TRANSPORT=volume -- "${pipeline[@]}"
   bench chain-volume-ram "$chain" TRANSPORT=volume SHARED_DATA_VOLUME=shared-data-ram -- "${pipeline[@]}"

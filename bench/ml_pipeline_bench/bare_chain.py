@@ -6,7 +6,8 @@ cuts the file out of the multipart body and makes the model's input with the yar
 (``straightforward.image_tensor``), ``model`` runs ONNX Runtime (the services' ``ORT_INTRA_OP_THREADS``,
 2 by default, no spinning) on the raw float32 bytes and answers raw logits, and postprocess answers the
 top-5 as JSON. Each is a raw ASGI app on uvicorn with its C HTTP parser, one httpx client per
-process, the work done inline on the event loop: no framework, validation, limits, telemetry,
+process — on the services' shipped event loop and transport (``EVENT_LOOP``,
+``DOWNSTREAM_HTTP_TRANSPORT`` defaults) — the work done inline on the event loop: no framework, validation, limits, telemetry,
 logs, metrics or thread hops. Whatever it costs above the yardstick is the price of three
 processes and two hops on this stack alone, so it bounds what a per-request three-service chain on
 it reaches here.
@@ -32,10 +33,15 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ml_pipeline.client.aiohttp_transport import AiohttpTransport
+from ml_pipeline.settings import DownstreamSettings, ServiceSettings
 from ml_pipeline_bench.server_cpu import Meters, ProcessCpuMeter
 from ml_pipeline_bench.straightforward import image_tensor, top5
 
 ROLES = ("postprocess", "preprocess", "model")  # the entry first
+# The floor is the shipped stack's: the services' default event loop and HTTP client transport.
+SHIPPED_LOOP = ServiceSettings.model_fields["event_loop"].default
+SHIPPED_TRANSPORT = DownstreamSettings.model_fields["downstream_http_transport"].default
 PATHS = {"postprocess": "/finalize", "preprocess": "/process", "model": "/predict"}
 
 Asgi = Callable[
@@ -86,7 +92,7 @@ def make_app(role: str, downstream: str | None = None, model_path: str | None = 
         if role == "model":
             x = np.frombuffer(body, np.float32).reshape(1, 3, 224, 224)
             return session.run(None, {input_name: x})[0].tobytes(), b"application/octet-stream"
-        client = client or httpx.AsyncClient(timeout=60)
+        client = client or _shipped_client()
         if role == "preprocess":
             tensor = image_tensor(multipart_file(body, content_type)).tobytes()
             reply = await client.post(next_hop, content=tensor, headers={"content-type": "application/octet-stream"})
@@ -110,12 +116,19 @@ def make_app(role: str, downstream: str | None = None, model_path: str | None = 
     return app
 
 
+def _shipped_client() -> httpx.AsyncClient:
+    """One httpx client on the transport the services ship with (``DOWNSTREAM_HTTP_TRANSPORT``)."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+    transport = AiohttpTransport(limits) if SHIPPED_TRANSPORT == "aiohttp" else httpx.AsyncHTTPTransport(limits=limits)
+    return httpx.AsyncClient(timeout=60, transport=transport)
+
+
 def serve(role: str, fd: int, downstream: str | None, model_path: str | None, ort_threads: int) -> None:
     import uvicorn
 
     app = make_app(role, downstream, model_path, ort_threads)
     config = uvicorn.Config(
-        app, http="httptools", loop="asyncio", lifespan="off", access_log=False, log_level="warning"
+        app, http="httptools", loop=SHIPPED_LOOP, lifespan="off", access_log=False, log_level="warning"
     )
     threading.Thread(target=_stop_when_parent_goes, daemon=True).start()
     # The socket as what it is (TCP): uvicorn's own `fd=` takes it for a Unix socket, and asyncio

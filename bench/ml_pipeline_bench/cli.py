@@ -5,6 +5,7 @@
     ml-pipeline-bench soak --minutes 30        # steady load: memory, descriptors and p99 must stay flat
     ml-pipeline-bench report reports/study     # the study's Markdown report and plots
     ml-pipeline-bench ab-report EVENT_LOOP asyncio uvloop reports/ab   # an interleaved A/B (bench/ab.sh)
+    ml-pipeline-bench client-cost --out reports/client-cost.md   # a hop's CPU in the caller, per HTTP client
     ml-pipeline-bench dashboard --prometheus http://prometheus:9090 --out docs/images/dashboard.png
     ml-pipeline-bench trace --jaeger http://jaeger:16686 --request http://postprocess:5000/finalize
 
@@ -289,6 +290,32 @@ def ab_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_client_cost_parser(sub: Any) -> None:
+    p_cost = sub.add_parser(
+        "client-cost",
+        help="what one call on each internal hop costs the caller's CPU: httpx, httpx over aiohttp, aiohttp",
+    )
+    p_cost.add_argument("--image", default="test.jpg", help="the upload of the multipart hop")
+    p_cost.add_argument("--rounds", type=int, default=7, help="rounds per client and hop, the order rotating")
+    p_cost.add_argument("--requests", type=int, default=300, help="calls per round")
+    p_cost.add_argument("-c", "--concurrency", type=int, default=2)
+    p_cost.add_argument("--out", help="also write the Markdown table (and its JSON beside it)")
+
+
+def client_cost(args: argparse.Namespace) -> int:
+    from ml_pipeline_bench import client_cost as cost
+
+    result = cost.measure(Path(args.image), rounds=args.rounds, requests=args.requests, concurrency=args.concurrency)
+    text = cost.markdown(result)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        _write_json(str(out.with_suffix(".json")), {"meta": _host("%Y-%m-%dT%H:%M:%S%z"), **result})
+    return 0
+
+
 def _add_dashboard_parser(sub: Any) -> None:
     p_dash = sub.add_parser("dashboard", help="draw the Grafana dashboard's panels from the live Prometheus (a PNG)")
     p_dash.add_argument("--prometheus", default="http://localhost:9090", help="the stack's Prometheus")
@@ -361,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_soak_parser(sub)
     _add_report_parser(sub)
     _add_ab_report_parser(sub)
+    _add_client_cost_parser(sub)
     _add_dashboard_parser(sub)
     _add_trace_parser(sub)
     return parser
@@ -375,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         return soak(args)
     if args.command == "ab-report":
         return ab_report(args)
+    if args.command == "client-cost":
+        return client_cost(args)
     if args.command == "dashboard":
         return dashboard(args)
     if args.command == "trace":

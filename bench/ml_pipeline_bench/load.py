@@ -374,19 +374,26 @@ async def run_http(
     for concurrency in concurrencies:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
-            send = http_sender(client, url, payload, content_type)
-            results.append(
-                await closed_loop(
-                    send,
-                    concurrency=concurrency,
-                    requests=requests,
-                    duration_s=duration_s,
-                    warmup=warmup,
-                    target=url,
-                    progress=progress,
-                    cpu_meter=cpu_meter,
+            # The lean sender on the network (the overload study's and the soak's too), so the
+            # driver's own CPU does not decide the ratios; httpx only for in-process transports.
+            raw = RawHttpSender(url, payload, content_type, timeout_s) if transport is None else None
+            send = raw or http_sender(client, url, payload, content_type)
+            try:
+                results.append(
+                    await closed_loop(
+                        send,
+                        concurrency=concurrency,
+                        requests=requests,
+                        duration_s=duration_s,
+                        warmup=warmup,
+                        target=url,
+                        progress=progress,
+                        cpu_meter=cpu_meter,
+                    )
                 )
-            )
+            finally:
+                if raw is not None:
+                    raw.close()
     return results
 
 
@@ -472,7 +479,7 @@ class RawHttpSender:
     ) -> tuple[int, dict[str, float]]:
         try:
             writer.write(self.request)
-            status, keep_alive = await self._read_response(reader)
+            status, keep_alive, timing = await self._read_response(reader)
         except BaseException:
             writer.close()
             raise
@@ -480,10 +487,11 @@ class RawHttpSender:
             self._idle.append((reader, writer))
         else:
             writer.close()
-        return status, {}
+        return status, parse_server_timing(timing.decode("latin-1")) if timing else {}
 
     @staticmethod
-    async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+        """(status, whether the connection stays open, the Server-Timing header's value)."""
         try:
             status_line = await reader.readline()
         except ConnectionResetError:
@@ -491,23 +499,25 @@ class RawHttpSender:
         if not status_line:  # closed before answering: nothing was processed, safe to send again
             raise _StaleConnection
         status = int(status_line.split()[1])
-        length, chunked, keep_alive = 0, False, True
+        length, chunked, keep_alive, timing = 0, False, True, b""
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
+            name, value = name.strip().lower(), value.strip()
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
-                chunked = value == b"chunked"
+                chunked = value.lower() == b"chunked"
             elif name == b"connection":
-                keep_alive = value != b"close"
+                keep_alive = value.lower() != b"close"
+            elif name == b"server-timing":  # the services' stage breakdown
+                timing = value
         if not chunked:
             await reader.readexactly(length)
-            return status, keep_alive
+            return status, keep_alive, timing
         while size := int((await reader.readline()).split(b";")[0], 16):
             await reader.readexactly(size + 2)
         await reader.readline()
-        return status, keep_alive
+        return status, keep_alive, timing
 
     def close(self) -> None:
         for _, writer in self._idle:

@@ -20,6 +20,8 @@ from ml_pipeline_bench.load import markdown_table
 
 # Scenario names bench/study.sh gives; the report reads what is there and says what is missing.
 INPROCESS, CHAIN = "inprocess", "chain-http"
+CHAIN_EDGE = "chain-edge"  # the public path: the edge proxy in front of the chain, as users call it
+SERVICES = ("postprocess", "preprocess", "model")  # the chain's own processes in the CPU table
 STRAIGHTFORWARD = "straightforward"  # the yardstick: plain Pillow + ONNX Runtime, one process per core
 BARE_CHAIN = "bare-chain"  # the yardstick's work in three bare uvicorn + httpx processes: the stack's floor
 # The architecture's cost, step by step: the same photo through each, in one run.
@@ -29,7 +31,8 @@ COMPARED = {
     "monolith": "monolith (one FastAPI service, telemetry on)",
     BARE_CHAIN: "bare chain (the yardstick's work in 3 bare uvicorn + httpx processes, no telemetry)",
     "chain-local": "chain, `ml-pipeline serve` (3 processes, telemetry on)",
-    CHAIN: "chain, compose as shipped (2 model replicas, telemetry on)",
+    CHAIN: "chain, compose (2 model replicas, telemetry on), called at postprocess",
+    CHAIN_EDGE: "chain as shipped: through the edge proxy (compose, telemetry on)",
 }
 # Dynamic batching, off and on: the model alone (tensors to /predict) and the whole chain.
 BATCHING_PAIRS = {
@@ -156,25 +159,73 @@ def saturation_concurrency(s: dict[str, dict[str, Any]]) -> int:
 
 
 def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
-    """The study's targets, in the report's order, each judged on the scenarios it needs."""
+    """The study's targets, in the report's order, each judged on the scenarios it needs: the
+    chain at the floor of its stack (issue 25) first, then the earlier studies' ones."""
     binary, naive, volume = (_handoff_at_c1(s, name) for name in ("chain-http", "chain-json", "chain-volume"))
     return [
-        _throughput_target(
-            s, STRAIGHTFORWARD, "chain throughput at saturation vs the straightforward in-process pipeline"
+        _ratio_target(
+            s, CHAIN_EDGE, STRAIGHTFORWARD, "chain as shipped (through the edge, telemetry on) × straightforward", 0.70
         ),
-        _latency_target(
-            s,
-            STRAIGHTFORWARD,
-            "p50 at concurrency 1: chain vs the straightforward pipeline",
-            "≤ straightforward + 5 ms",
-        ),
-        _throughput_target(s, INPROCESS, "chain throughput at saturation (telemetry on) vs its in-process twin"),
-        _latency_target(s, INPROCESS, "p50 at concurrency 1: chain vs its in-process twin", "≤ in-process + 5 ms"),
-        *_batching_targets(s),
+        _ratio_target(s, CHAIN, BARE_CHAIN, "chain × bare chain on the same stack", 0.90),
+        _own_cpu_target(s),
+        _p50_ratio_target(s),
         _telemetry_target(s),
+        *_batching_targets(s),
         _binary_handoff_target(binary, naive),
         _volume_handoff_target(binary, volume),
     ]
+
+
+def _ratio_target(s: dict[str, dict[str, Any]], name: str, baseline: str, title: str, wanted_ratio: float) -> Target:
+    """``name``'s throughput at saturation as a ratio to ``baseline``'s."""
+    wanted = f"≥ {wanted_ratio:.2f}×"
+    if name not in s or baseline not in s:
+        return not_run(title, wanted)
+    chain, limit = saturation_rps(s[name]), saturation_rps(s[baseline])
+    ratio = chain / limit
+    return Target(title, wanted, f"{ratio:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", ratio >= wanted_ratio)
+
+
+OWN_CPU_LIMIT_MS = 2.0
+
+
+def own_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """(c, the chain's services' CPU ms/request, the bare chain's) at every c ≥ 2 both ran."""
+    found: list[tuple[int, float, float]] = []
+    if CHAIN not in s or BARE_CHAIN not in s:
+        return found
+    for run in s[CHAIN]["runs"]:
+        bare = at_concurrency(s[BARE_CHAIN], run["concurrency"])
+        if run["concurrency"] < 2 or bare is None:
+            continue
+        chain_cpu, bare_cpu = cpu_ms_per_request(run, CHAIN), cpu_ms_per_request(bare, BARE_CHAIN)
+        if all(p in chain_cpu and p in bare_cpu for p in SERVICES):
+            found.append((run["concurrency"], sum(chain_cpu[p] for p in SERVICES), sum(bare_cpu[p] for p in SERVICES)))
+    return found
+
+
+def _own_cpu_target(s: dict[str, dict[str, Any]]) -> Target:
+    """What the services cost beyond the bare chain's work: the median over c ≥ 2 of the three
+    processes' CPU per request minus the bare chain's three."""
+    title = "chain CPU per request − bare chain CPU per request (c ≥ 2, the three services)"
+    wanted = f"≤ +{OWN_CPU_LIMIT_MS:.1f} ms"
+    pairs = own_cpu_ms(s)
+    if not pairs:
+        return not_run(title, wanted)
+    extra = statistics.median(chain - bare for _, chain, bare in pairs)
+    each = ", ".join(f"c={c} {chain:.1f} − {bare:.1f}" for c, chain, bare in pairs)
+    return Target(title, wanted, f"{extra:+.1f} ms (median; {each})", extra <= OWN_CPU_LIMIT_MS)
+
+
+def _p50_ratio_target(s: dict[str, dict[str, Any]]) -> Target:
+    """p50 at c = 1 as a ratio to the straightforward pipeline's (this machine's speed varies
+    between days; a ratio does not)."""
+    title, wanted = "p50 at c = 1: chain ÷ straightforward", "≤ 1.40×"
+    c1 = _at_c1(s, CHAIN, STRAIGHTFORWARD)
+    if c1 is None:
+        return not_run(title, wanted)
+    chain, limit = c1[0]["p50_ms"], c1[1]["p50_ms"]
+    return Target(title, wanted, f"{chain / limit:.2f}× ({chain:.1f} vs {limit:.1f} ms)", chain / limit <= 1.4)
 
 
 def _at_c1(s: dict[str, dict[str, Any]], *names: str) -> list[dict[str, Any]] | None:
@@ -210,34 +261,6 @@ def _batching_targets(s: dict[str, dict[str, Any]]) -> list[Target]:
         measured = ", ".join(f"c={c} {g:.2f}×" for c, g in gains) + f"; c=1 {delta:+.1f} ms"
         found.append(Target(name, wanted, measured, all(g > 1 for _, g in gains) and delta <= 1))
     return found
-
-
-def _throughput_target(s: dict[str, dict[str, Any]], baseline: str, name: str) -> Target:
-    """The chain's throughput at saturation as a ratio to ``baseline``'s: ≥ 0.85×."""
-    wanted_ratio = 0.85
-    wanted = f"≥ {wanted_ratio:.2f}×"
-    if CHAIN not in s or baseline not in s:
-        return not_run(name, wanted)
-    chain, limit = saturation_rps(s[CHAIN]), saturation_rps(s[baseline])
-    ratio = chain / limit
-    return Target(name, wanted, f"{ratio:.2f}× ({chain:.1f} vs {limit:.1f} req/s)", ratio >= wanted_ratio)
-
-
-def _latency_target(s: dict[str, dict[str, Any]], baseline: str, name: str, wanted: str) -> Target:
-    """The chain's p50 at concurrency 1 within 5 ms of ``baseline``'s. Against the twin it is judged
-    on wrk's run when there is one: the in-process limit has no client at all, and wrk's own
-    latency is far below this driver's (see the load generator comparison)."""
-    c1 = _at_c1(s, CHAIN, baseline)
-    if c1 is None:
-        return not_run(name, wanted)
-    chain_c1, limit_c1 = c1
-    chain_p50, limit_p50 = chain_c1["p50_ms"], limit_c1["p50_ms"]
-    wrk_run = at_concurrency(s[CHAIN + WRK_SUFFIX], 1) if baseline == INPROCESS and CHAIN + WRK_SUFFIX in s else None
-    judged = wrk_run["p50_ms"] if wrk_run else chain_p50
-    measured = f"{judged:.1f} ms vs {limit_p50:.1f} ms ({judged - limit_p50:+.1f} ms)"
-    if wrk_run:
-        measured += f", driven by wrk; {chain_p50:.1f} ms with ml-pipeline-bench"
-    return Target(name, wanted, measured, judged <= limit_p50 + 5)
 
 
 def _telemetry_target(s: dict[str, dict[str, Any]]) -> Target:

@@ -32,6 +32,10 @@ def http_server():
     async def fail():
         return JSONResponse({"error": "no"}, status_code=500)
 
+    @app.post("/timed")
+    async def timed():  # the stage breakdown the services send
+        return JSONResponse({}, headers={"Server-Timing": "Model.Inference;dur=12.5, preprocess.decode;dur=3"})
+
     port = free_port()
     with serving(uvicorn_config(app, "127.0.0.1", port)):
         yield f"http://127.0.0.1:{port}", uploads
@@ -74,6 +78,9 @@ async def test_the_raw_sender_speaks_http_to_a_real_server(http_server):
     assert (await failing())[0] == 500
     missing = RawHttpSender(f"{base}/nope", body, content_type)
     assert (await missing())[0] == 404
+    assert (await ok())[1] == {}  # no Server-Timing, no stages
+    timed = RawHttpSender(f"{base}/timed", body, content_type)
+    assert await timed() == (200, {"Model.Inference": 12.5, "preprocess.decode": 3.0})  # names as sent
     ok.close()
     with pytest.raises(OSError):
         await RawHttpSender(f"http://127.0.0.1:{free_port()}/x", b"", "a/b")()

@@ -139,7 +139,8 @@ async def test_in_process_runs_and_failures_count():
 # --------------------------------------------------------------------------- the report
 
 
-def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
+def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None, cpu_by_c=None):
+    """``cpu_by_c``: {c: {process: CPU ms per request}}."""
     from ml_pipeline_bench.load import RunResult, write_results
 
     runs = []
@@ -147,6 +148,7 @@ def _scenario(tmp_path, name, rps_by_c, p50_by_c, stages=None):
         n = 100
         lat = [p50_by_c[c]] * n
         r = RunResult(name, c, n, 0, n / rps, lat, {k: [v] * n for k, v in (stages or {}).items()}, {"200": n})
+        r.server_cpu_ms = (cpu_by_c or {}).get(c, {})
         runs.append(r)
     write_results(tmp_path / f"{name}.json", runs, {"label": name, "image": "test.jpg", "time": "now"})
 
@@ -157,8 +159,31 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     def handoff(ms):
         return {"preprocess.decode": 5, "preprocess.handoff": 10 + ms, "model.inference": 10, "postprocess.total": 40}
 
+    def cpu(post, pre, model):
+        return {"postprocess": post, "preprocess": pre, "model": model, "otel-collector": 0.2}
+
+    _scenario(tmp_path, "straightforward", {1: 60, 4: 100}, {1: 20, 4: 40})
+    _scenario(
+        tmp_path,
+        "bare-chain",
+        {1: 40, 2: 70, 4: 80},
+        {1: 25, 2: 30, 4: 50},
+        cpu_by_c={1: cpu(2, 5, 15), 2: cpu(1.7, 4.4, 11), 4: cpu(1.7, 4.5, 10.8)},
+    )
     _scenario(tmp_path, "inprocess", {1: 30, 4: 40}, {1: 30, 4: 90})
-    _scenario(tmp_path, "chain-http", {1: 25, 4: 36}, {1: 34, 4: 110}, handoff(1.0))
+    _scenario(
+        tmp_path,
+        "chain-http",
+        {1: 25, 2: 60, 4: 74},
+        {1: 27, 2: 34, 4: 110},
+        handoff(1.0),
+        cpu_by_c={
+            1: cpu(4, 8, 14),
+            2: cpu(3, 5.5, 11.5),
+            4: cpu(2.5, 5.5, 11.1),  # +2.9 and +2.1 ms over the bare chain
+        },
+    )
+    _scenario(tmp_path, "chain-edge", {1: 24, 4: 69}, {1: 28, 4: 115})
     _scenario(tmp_path, "chain-http-wrk", {1: 26, 4: 36.5}, {1: 33.5, 4: 108})
     for i, (on, off) in enumerate([(36, 37), (30, 37), (37, 36)], 1):  # the median pair decides, not one outlier
         _scenario(tmp_path, f"telemetry-on-{i}", {1: 25, 4: on}, {1: 34, 4: 110})
@@ -170,18 +195,19 @@ def test_report_judges_the_targets_and_draws_the_plots(tmp_path):
     assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["chain throughput at saturation (telemetry on) vs its in-process twin"].endswith(
-        "| 0.90× (36.0 vs 40.0 req/s) | met |"
+    assert rows["chain as shipped (through the edge, telemetry on) × straightforward"].endswith(
+        "| ≥ 0.70× | 0.69× (69.0 vs 100.0 req/s) | **missed** |"
     )
-    assert (
-        "33.5 ms vs 30.0 ms (+3.5 ms), driven by wrk; 34.0 ms with ml-pipeline-bench | met |"
-        in rows["p50 at concurrency 1: chain vs its in-process twin"]
-    )
+    assert rows["chain × bare chain on the same stack"].endswith("| ≥ 0.90× | 0.93× (74.0 vs 80.0 req/s) | met |")
+    assert rows["chain CPU per request − bare chain CPU per request (c ≥ 2, the three services)"].endswith(
+        "| ≤ +2.0 ms | +2.5 ms (median; c=2 20.0 − 17.1, c=4 19.1 − 17.0) | **missed** |"
+    )  # the collector's CPU is not the services' own
+    assert rows["p50 at c = 1: chain ÷ straightforward"].endswith("| ≤ 1.40× | 1.35× (27.0 vs 20.0 ms) | met |")
     assert (
         "| 0.97× (median of 3 interleaved pairs: 0.97, 0.81, 1.03) | met |"
         in rows["telemetry on vs off (throughput at saturation)"]
     )
-    assert "| chain-http | 4 | 36.0 | 36.5 | 110.0 | 108.0 |" in text  # the load generators side by side
+    assert "| chain-http | 4 | 74.0 | 36.5 | 110.0 | 108.0 |" in text  # the load generators side by side
     assert "| 2 | 4 | 30.0 | 37.0 | 0.81 | 110.0 | 105.0 |" in text  # every interleaved pair
     assert "| telemetry-on-1 |" not in text  # repeats have their own table, not rows among the scenarios
     assert "30.0× (1.00 ms vs 30.00 ms) | met |" in rows["binary hand-off vs JSON (hand-off time, c=1)"]
