@@ -10,7 +10,8 @@ process:
 - ``httpx+aiohttp``: httpx's API over ``ml_pipeline.client.aiohttp_transport`` (``DOWNSTREAM_HTTP_TRANSPORT=aiohttp``);
 - ``aiohttp``: aiohttp's own client, no httpx — the reference for what is possible.
 
-No tracing on any of them (the httpx instrumentation wraps either httpx variant alike). The clients
+No tracing on any of them (the httpx instrumentation wraps either httpx variant alike); on uvloop,
+the services' event loop. The clients
 take turns in rounds, the order rotating every round; each round sends ``requests`` calls at
 ``concurrency`` and reads this process's CPU time (``time.process_time``) around them, so the
 cost is the client's alone: the server's CPU is read from /proc beside it and should not move
@@ -60,6 +61,14 @@ uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_leve
 """
 
 Post = Callable[[str, bytes, str], Awaitable[int]]
+
+
+def _shipped_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # no uvloop build for this platform: the services run asyncio's own too
+        return None
+    return uvloop.new_event_loop
 
 
 def _free_port() -> int:
@@ -133,9 +142,11 @@ def measure(image: Path, *, rounds: int = 7, requests: int = 300, concurrency: i
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
     try:
         _wait_until_listening(port, 30)
-        samples = asyncio.run(
-            _calls(f"http://127.0.0.1:{port}/hop", server.pid, hops, rounds, requests, concurrency, log)
-        )
+        # The services' event loop: uvloop where it installs (EVENT_LOOP=auto), as here.
+        with asyncio.Runner(loop_factory=_shipped_loop_factory()) as runner:
+            samples = runner.run(
+                _calls(f"http://127.0.0.1:{port}/hop", server.pid, hops, rounds, requests, concurrency, log)
+            )
     finally:
         server.terminate()
         server.wait(10)

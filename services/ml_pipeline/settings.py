@@ -173,10 +173,11 @@ class DownstreamSettings(_Env):
         ge=0,
         description="Retries always allowed per 10 s, so a quiet service can still fail over.",
     )
-    downstream_http_transport: Literal["httpx", "aiohttp"] = Field(
-        "httpx",
-        description="What carries the downstream client's requests under httpx's API: httpx's own "
-        "(httpcore) or aiohttp's, each failure reported as httpx's own error for it; see docs/profiling.md.",
+    downstream_http_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp",
+        description="What carries the downstream client's requests under httpx's API: aiohttp's (each failure "
+        "reported as the httpx error httpx's own transport raises for it), cheaper for the calling service, or "
+        "httpx's own (httpcore); see docs/profiling.md.",
     )
 
 

@@ -81,7 +81,7 @@ class Downstream:
         eject_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver | None = None,
-        http_transport: str = "httpx",
+        http_transport: str = "aiohttp",
     ):
         """``pass_client_errors``: a downstream 4xx is the end client's fault (it rejected their
         upload) and is returned as is; otherwise a 4xx means we sent something wrong → 502.
