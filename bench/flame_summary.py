@@ -28,6 +28,7 @@ TITLE = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\) \(\d[\d,]* sa
 # and json excepted: they are the request log line) nor anyio's, so asyncio's socket write under
 # httpcore counts for the downstream client and json under logging for the log line. The first pattern found in
 # that frame's file (py-spy --full-filenames) decides its layer.
+CLIENT = "httpx + httpcore / aiohttp (the downstream client)"
 LAYERS = [
     ("/opentelemetry/", "OpenTelemetry (spans, instrumentation, OTLP export)"),
     ("/google/protobuf/", "OpenTelemetry (spans, instrumentation, OTLP export)"),
@@ -42,8 +43,12 @@ LAYERS = [
     ("/uvicorn/", "uvicorn + httptools"),
     ("/httptools/", "uvicorn + httptools"),
     ("/h11/", "uvicorn + httptools"),
-    ("/httpx/", "httpx + httpcore (the downstream client)"),
-    ("/httpcore/", "httpx + httpcore (the downstream client)"),
+    ("/httpx/", CLIENT),
+    ("/httpcore/", CLIENT),
+    ("/aiohttp/", CLIENT),
+    ("/yarl/", CLIENT),
+    ("/multidict/", CLIENT),
+    ("/ml_pipeline/client/aiohttp_transport", CLIENT),  # before /ml_pipeline/: the transport is the client's
     ("/anyio/", "anyio's worker threads (to_thread), waking the loop"),
     ("/onnxruntime/", "the work: ONNX Runtime, NumPy, Pillow"),
     ("/numpy/", "the work: ONNX Runtime, NumPy, Pillow"),

@@ -53,3 +53,11 @@ def test_self_time_goes_to_the_innermost_frame_outside_the_standard_library_and_
     assert "10.0 %   0.200 ms  ml_pipeline" in layers
     assert "2.00 ms of CPU per request" in text
     assert "60.0 %   1.200 ms  handle (ml_pipeline/telemetry.py)" in text.split("inclusive time")[1]
+
+
+def test_the_aiohttp_transport_counts_for_the_downstream_client_not_our_package():
+    site = "/usr/local/lib/python3.11/site-packages"
+    for file in (f"{site}/aiohttp/http_writer.py", f"{site}/yarl/_url.py", f"{site}/httpx/_client.py"):
+        assert flame_summary.layer(file) == flame_summary.CLIENT, file
+    assert flame_summary.layer("/app/ml_pipeline/client/aiohttp_transport.py") == flame_summary.CLIENT
+    assert flame_summary.layer("/app/ml_pipeline/client/downstream.py").startswith("ml_pipeline")
