@@ -22,8 +22,7 @@ import httpx
 # Most specific first: the first class that matches decides (ClientConnectorError is an OSError
 # like a reset mid-request; every ServerTimeoutError is a ServerConnectionError).
 ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError], str], ...] = (
-    # sock_connect or the wait for a pooled connection ran out
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout, ""),
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout, ""),  # sock_connect: no TCP connection in time
     (aiohttp.SocketTimeoutError, httpx.ReadTimeout, ""),  # sock_read: no byte for that long
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout, ""),
     (aiohttp.ClientConnectorError, httpx.ConnectError, ""),  # refused, unreachable, no such host
@@ -48,7 +47,8 @@ def httpx_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.Trans
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (created on first use, inside the running loop) with a pool of
     ``limits.max_connections`` keep-alive connections; each answer is read whole, as the
-    downstream client reads every answer whole anyway."""
+    downstream client reads every answer whole anyway. A wait for a free pooled connection is
+    bounded by the caller (``Downstream``'s attempt timeout), not reported as a connect timeout."""
 
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
@@ -83,11 +83,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                # No `connect=`: aiohttp would report a wait for a pooled connection as a connect
+                # timeout, which ejects a healthy replica. The caller's attempt timeout bounds that
+                # wait, as httpx's pool timeout (the attempt's) does.
                 timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
+                    total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
                 ),
             ) as answer:
                 content = await answer.read()
