@@ -367,34 +367,33 @@ async def run_http(
     cpu_meter: Meter | None = None,
     body: tuple[bytes, str] | None = None,
 ) -> list[RunResult]:
-    """Closed-loop runs against ``url`` at each concurrency, one connection per worker; each
-    request uploads ``image`` as multipart, or sends ``body`` (bytes, Content-Type) as it is."""
+    """Closed-loop runs against ``url`` at each concurrency over pooled keep-alive connections (at
+    most one in use per worker); each request uploads ``image`` as multipart, or sends ``body``
+    (bytes, Content-Type) as it is."""
     payload, content_type = body or multipart_body(image)
-    results = []
-    for concurrency in concurrencies:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(timeout=timeout_s, limits=limits, transport=transport) as client:
-            # The lean sender on the network (the overload study's and the soak's too), so the
-            # driver's own CPU does not decide the ratios; httpx only for in-process transports.
-            raw = RawHttpSender(url, payload, content_type, timeout_s) if transport is None else None
-            send = raw or http_sender(client, url, payload, content_type)
-            try:
-                results.append(
-                    await closed_loop(
-                        send,
-                        concurrency=concurrency,
-                        requests=requests,
-                        duration_s=duration_s,
-                        warmup=warmup,
-                        target=url,
-                        progress=progress,
-                        cpu_meter=cpu_meter,
-                    )
-                )
-            finally:
-                if raw is not None:
-                    raw.close()
-    return results
+
+    async def each_concurrency(send: Send) -> list[RunResult]:
+        return await _each_concurrency(
+            send,
+            concurrencies,
+            url,
+            requests=requests,
+            duration_s=duration_s,
+            warmup=warmup,
+            progress=progress,
+            cpu_meter=cpu_meter,
+        )
+
+    if transport is not None:  # an app in this process: httpx over its ASGI transport
+        async with httpx.AsyncClient(timeout=timeout_s, transport=transport) as client:
+            return await each_concurrency(http_sender(client, url, payload, content_type))
+    # On the network the lean sender (the overload study's and the soak's too), so the driver's own
+    # CPU does not decide the ratios.
+    raw = RawHttpSender(url, payload, content_type, timeout_s)
+    try:
+        return await each_concurrency(raw)
+    finally:
+        raw.close()
 
 
 # --------------------------------------------------------------------------- open loop (overload)
