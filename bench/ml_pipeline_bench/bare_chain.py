@@ -33,7 +33,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ml_pipeline.client.aiohttp_transport import AiohttpTransport
+from ml_pipeline.client.aiohttp_transport import transport_for
+from ml_pipeline.client.downstream import DOWNSTREAM_LIMITS
 from ml_pipeline.settings import DownstreamSettings, ServiceSettings
 from ml_pipeline_bench.server_cpu import Meters, ProcessCpuMeter
 from ml_pipeline_bench.straightforward import image_tensor, top5
@@ -117,10 +118,9 @@ def make_app(role: str, downstream: str | None = None, model_path: str | None = 
 
 
 def _shipped_client() -> httpx.AsyncClient:
-    """One httpx client on the transport the services ship with (``DOWNSTREAM_HTTP_TRANSPORT``)."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-    transport = AiohttpTransport(limits) if SHIPPED_TRANSPORT == "aiohttp" else httpx.AsyncHTTPTransport(limits=limits)
-    return httpx.AsyncClient(timeout=60, transport=transport)
+    """One httpx client as the services' (``DOWNSTREAM_HTTP_TRANSPORT``'s default transport, their limits)."""
+    transport = transport_for(SHIPPED_TRANSPORT, DOWNSTREAM_LIMITS)
+    return httpx.AsyncClient(timeout=60, limits=DOWNSTREAM_LIMITS, transport=transport)
 
 
 def serve(role: str, fd: int, downstream: str | None, model_path: str | None, ort_threads: int) -> None:

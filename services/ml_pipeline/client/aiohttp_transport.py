@@ -112,3 +112,9 @@ def _extensions(answer: aiohttp.ClientResponse) -> dict[str, Any]:
     if answer.reason:
         extensions["reason_phrase"] = answer.reason.encode()
     return extensions
+
+
+def transport_for(kind: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    """What carries an httpx client's requests for ``DOWNSTREAM_HTTP_TRANSPORT``: aiohttp's
+    (``aiohttp``), or None for httpx's own (``httpx``; the client makes it with ``limits``)."""
+    return AiohttpTransport(limits) if kind == "aiohttp" else None

@@ -33,7 +33,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from ml_pipeline.client.aiohttp_transport import AiohttpTransport
+from ml_pipeline.client.aiohttp_transport import transport_for
 from ml_pipeline.client.balancer import Balancer, Endpoint, Resolver, resolve_dns
 from ml_pipeline.client.retry import RetryBudget, RetryPolicy
 from ml_pipeline.core import deadline
@@ -51,6 +51,10 @@ from ml_pipeline.settings import DownstreamSettings
 log = logging.getLogger("ml_pipeline.client")
 
 RETRYABLE_5XX = frozenset({500, 502, 503, 504})
+
+
+# Connections one service keeps to the next hop (all replicas together).
+DOWNSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,10 @@ class Downstream:
             eject_s=eject_s,
             resolver=resolver or (None if transport is not None else resolve_dns),
         )
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        if transport is None and http_transport == "aiohttp":
-            transport = AiohttpTransport(limits)
+        if transport is None:
+            transport = transport_for(http_transport, DOWNSTREAM_LIMITS)
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=limits, transport=transport
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=DOWNSTREAM_LIMITS, transport=transport
         )
         instrument_client(self._client, tracer_provider)
 
