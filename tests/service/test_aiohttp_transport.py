@@ -9,14 +9,22 @@ import asyncio
 import contextlib
 import gzip
 import json
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from ml_pipeline.client.aiohttp_transport import AiohttpTransport
-from support.apps import free_port
+from ml_pipeline.client.aiohttp_transport import AiohttpTransport, transport_for
+from support.faulty import (
+    body_cut_short,
+    closed_port,
+    closes_after_reading,
+    drops_the_connection,
+    never_answers,
+    not_http,
+    read_request,
+    tcp_server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -25,92 +33,18 @@ LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 
 @contextlib.asynccontextmanager
 async def client(kind: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = AiohttpTransport(LIMITS) if kind == "aiohttp" else httpx.AsyncHTTPTransport(limits=LIMITS)
-    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(0.5)) as c:
+    transport = transport_for(kind, LIMITS)
+    async with httpx.AsyncClient(transport=transport, limits=LIMITS, timeout=httpx.Timeout(0.5)) as c:
         yield c
 
 
-@contextlib.asynccontextmanager
-async def tcp_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return lines[0].encode(), headers, body
-
-
-@contextlib.asynccontextmanager
-async def refused():
-    yield f"http://127.0.0.1:{free_port()}"
-
-
-@contextlib.asynccontextmanager
-async def resets_after_reading():
-    async def handle(reader, writer):
-        await reader.read(1024)
-        writer.transport.abort()
-
-    async with tcp_server(handle) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def closes_after_reading():
-    async def handle(reader, writer):
-        await read_request(reader)
-        writer.close()
-
-    async with tcp_server(handle) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def never_answers():
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(8)
-        yield f"http://127.0.0.1:{hung.getsockname()[1]}"
-
-
-@contextlib.asynccontextmanager
-async def body_cut_short():
-    async def handle(reader, writer):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
-        await writer.drain()
-        writer.close()
-
-    async with tcp_server(handle) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def answers_garbage():
-    async def handle(reader, writer):
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async with tcp_server(handle) as url:
-        yield url
-
-
 FAILURES = {
-    "refused": refused,
-    "reset": resets_after_reading,
+    "refused": closed_port,
+    "reset": drops_the_connection,
     "closed": closes_after_reading,
     "hung": never_answers,
     "cut_short": body_cut_short,
-    "not_http": answers_garbage,
+    "not_http": not_http,
 }
 
 
@@ -132,9 +66,9 @@ async def test_each_failure_is_the_error_httpx_itself_raises(failure):
 async def test_the_mapping_keeps_what_the_downstream_client_decides_by():
     """What each failure means to ``Downstream``: nothing sent (another replica may take it), a
     hung replica, or a request that may have been worked on."""
-    assert await error_of("aiohttp", refused) is httpx.ConnectError
+    assert await error_of("aiohttp", closed_port) is httpx.ConnectError
     assert await error_of("aiohttp", never_answers) is httpx.ReadTimeout
-    for dropped in (resets_after_reading, closes_after_reading, body_cut_short):
+    for dropped in (drops_the_connection, closes_after_reading, body_cut_short):
         error = await error_of("aiohttp", dropped)
         assert not issubclass(error, (httpx.ConnectError, httpx.ConnectTimeout)), error
 

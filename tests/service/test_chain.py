@@ -1,7 +1,5 @@
 """The three apps wired together in one process: answers, traces and every error path."""
 
-import socket
-
 import numpy as np
 import pytest
 from opentelemetry.trace import SpanKind
@@ -9,6 +7,7 @@ from PIL import Image
 
 from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
 from support.data import CAT_CLASSES, CHELSEA_JPG, COFFEE_JPG, ESPRESSO, image_bytes
+from support.faulty import never_answers
 from support.traces import assert_complete_chain, by_trace, service
 
 pytestmark = pytest.mark.anyio
@@ -205,10 +204,8 @@ async def test_hung_model_is_504_not_a_hung_request(coffee_bytes):
     from postprocess.app import create_app as create_post
     from preprocess.app import create_app as create_pre
 
-    with socket.socket() as hung:  # accepts connections (backlog) but never answers
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(8)
-        settings = make_settings(model_url=f"http://127.0.0.1:{hung.getsockname()[1]}", model_timeout_s=0.5)
+    async with never_answers() as model_url:
+        settings = make_settings(model_url=model_url, model_timeout_s=0.5)
         pre = create_pre(settings)
         post = create_post(settings, preprocess_transport=NetworkASGITransport(app=pre))
         async with pre.router.lifespan_context(pre), post.router.lifespan_context(post):

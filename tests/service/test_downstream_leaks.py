@@ -5,17 +5,16 @@ the exception for the operator."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
-import socket
 
 import httpx
 import numpy as np
 import pytest
 
 from support.apps import NetworkASGITransport, free_port, make_settings
+from support.faulty import closed_port, drops_the_connection, never_answers
 
 pytestmark = pytest.mark.anyio
 
@@ -38,35 +37,6 @@ async def preprocess_at(url: str, **overrides):
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=NetworkASGITransport(app=app), base_url="http://p") as client:
             yield client
-
-
-@contextlib.asynccontextmanager
-async def closed_port():
-    yield f"http://127.0.0.1:{free_port()}"
-
-
-@contextlib.asynccontextmanager
-async def drops_the_connection():
-    """Accepts, reads the request's first bytes, closes without an answer (a replica dying mid-request)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1024)
-        writer.transport.abort()  # a reset, not a clean close
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
-@contextlib.asynccontextmanager
-async def never_answers():
-    """Accepts connections (the kernel's backlog) but never answers: a hung replica."""
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(8)
-        yield f"http://127.0.0.1:{hung.getsockname()[1]}"
 
 
 CASES = [
