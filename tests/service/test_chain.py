@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from PIL import Image
 
 from support.apps import NetworkASGITransport, free_port, make_settings, running_chain
@@ -228,6 +228,10 @@ async def test_errors_are_traced_with_the_trace_id_returned(exporter):
         ]
         == 415
     )
+    # The client's bad upload is no error of ours on any span, the calling hop's CLIENT span included:
+    # the tail sampler keeps every trace with an ERROR span, so junk uploads must not make one.
+    assert [s.name for s in spans if s.status.status_code == StatusCode.ERROR] == []
+    assert any(s.kind == SpanKind.CLIENT and s.attributes["http.response.status_code"] == 415 for s in spans)
 
 
 async def test_collector_down_never_fails_a_request(coffee_bytes):

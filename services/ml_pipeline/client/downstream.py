@@ -18,7 +18,7 @@ client's own input) a downstream 4xx passes through unchanged. Their messages sa
 in plain words ("preprocess could not be reached (connection failed)"): they reach the end
 client, so never a replica's address or an exception's class. Those are the operator's: in the
 error's ``detail`` (the log line of the failed request), on the attempt-failed span events and
-on httpx's client spans (``url.full``, ``error.type``).
+on the CLIENT span of each attempt (``url.full``, ``error.type``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from ml_pipeline import __version__
 from ml_pipeline.client.aiohttp_transport import transport_for
 from ml_pipeline.client.balancer import Balancer, Endpoint, Resolver, resolve_dns
 from ml_pipeline.client.retry import RetryBudget, RetryPolicy
@@ -45,7 +46,7 @@ from ml_pipeline.core.errors import (
     PipelineError,
 )
 from ml_pipeline.core.wire import REQUEST_TIMEOUT_HEADER, Attr
-from ml_pipeline.observability.tracing import instrument_client
+from ml_pipeline.observability.tracing import end_client_span, start_client_span
 from ml_pipeline.settings import DownstreamSettings
 
 log = logging.getLogger("ml_pipeline.client")
@@ -115,7 +116,8 @@ class Downstream:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=DOWNSTREAM_LIMITS, transport=transport
         )
-        instrument_client(self._client, tracer_provider)
+        self._tracer = tracer_provider.get_tracer("ml_pipeline.client", __version__)
+        self._port = urlsplit(self.base_url).port or (443 if self.base_url.startswith("https:") else 80)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -149,8 +151,8 @@ class Downstream:
         """Whether ``endpoint`` is ready; if not, why (for the answer) and the detail (for the log)."""
         url = f"{endpoint.base_url}/ready"
         try:
-            with suppress_instrumentation():  # probes are not traced (like the /ready routes themselves)
-                response = await self._client.get(url, timeout=timeout_s)
+            # Not traced, like the /ready routes themselves.
+            response = await self._client.get(url, timeout=timeout_s)
         except httpx.HTTPError as exc:
             return False, f"{self.name} could not be reached", f"GET {url}: {_described(exc)}"
         if response.status_code != 200:
@@ -213,12 +215,9 @@ class Downstream:
         """One request to one replica, within ``remaining`` seconds and the attempt timeout."""
         url = f"{endpoint.base_url}{path}"
         attempt_s = min(remaining, self._attempt_timeout_s or remaining)
-        timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
         endpoint.outstanding += 1
         try:
-            # httpx times each socket operation; this bounds the attempt as a whole.
-            async with asyncio.timeout(attempt_s):
-                response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
+            response = await self._traced_request(endpoint, number, method, url, attempt_s, headers, kwargs)
         except (httpx.ConnectTimeout, httpx.ConnectError) as exc:
             self._attempt_failed(endpoint, number, "connect_error")
             failure: PipelineError = DownstreamUnavailable(
@@ -249,6 +248,29 @@ class Downstream:
             return _Attempt(response=response, reason="status_5xx")
         self.balancer.succeeded(endpoint)
         return _Attempt(response=response, succeeded=True)
+
+    async def _traced_request(
+        self,
+        endpoint: Endpoint,
+        number: int,
+        method: str,
+        url: str,
+        attempt_s: float,
+        headers: dict[str, str],
+        kwargs: dict[str, Any],
+    ) -> httpx.Response:
+        """The request itself, in its CLIENT span, bounded as a whole by ``attempt_s`` (httpx times
+        each socket operation, not the attempt)."""
+        timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
+        span = start_client_span(self._tracer, method, url, (endpoint.address, self._port), headers, number - 1)
+        try:
+            async with asyncio.timeout(attempt_s):
+                response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
+        except BaseException as exc:
+            end_client_span(span, error=exc, client_input=self._pass_client_errors)
+            raise
+        end_client_span(span, status=response.status_code, client_input=self._pass_client_errors)
+        return response
 
     def _attempt_failed(self, endpoint: Endpoint, attempts: int, reason: str, *, eject: bool = True) -> None:
         if eject:

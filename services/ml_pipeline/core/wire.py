@@ -111,6 +111,11 @@ class Attr:
     URL_PATH: Final = "url.path"
     NETWORK_PROTOCOL_VERSION: Final = "network.protocol.version"
     CLIENT_ADDRESS: Final = "client.address"
+    # the CLIENT span of each call to the next hop (semantic conventions' HTTP client span)
+    URL_FULL: Final = "url.full"
+    SERVER_ADDRESS: Final = "server.address"
+    SERVER_PORT: Final = "server.port"
+    HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"
     # the public edge
     LINK_KIND: Final = "ml_pipeline.link"  # on the link to an untrusted caller's span
 
