@@ -130,6 +130,43 @@ def test_hostile_headers_are_400_whatever_numpy_raises(body, problem):
     assert info.value.status == 400
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4),
+        np.float64(2.5) * np.ones(()),
+        np.array([True, False]),
+        np.arange(6, dtype=">f8").reshape(2, 3),
+        np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)),
+        np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2],  # not contiguous
+        np.zeros((0, 3), np.float32),
+    ],
+    ids=["c-order", "0-d", "bool", "big-endian", "fortran", "strided", "empty"],
+)
+def test_encoding_is_numpys_own_bytes_first_and_from_the_cached_header(array):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array, allow_pickle=False)
+    assert codec.encode(array) == buf.getvalue()
+    assert codec.encode(array) == buf.getvalue()  # the second time from the cached header
+    decoded = codec.decode(codec.encode(array))
+    assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
+
+
+def test_a_known_header_still_needs_exactly_its_data_bytes():
+    body = codec.encode(np.arange(12, dtype=np.float32).reshape(3, 4))
+    codec.decode(body)  # its header is now known
+    for wrong in (body[:-1], body + b"\0"):
+        with pytest.raises(InvalidTensor, match="needs 48 data bytes"):
+            codec.decode(wrong)
+
+
+def test_the_header_caches_stay_bounded():
+    for n in range(1, 3 * codec._CACHED_HEADERS_MAX):
+        assert codec.decode(codec.encode(np.zeros((n,), np.float32))).shape == (n,)
+    assert len(codec._encoded_headers) <= codec._CACHED_HEADERS_MAX
+    assert len(codec._decoded_headers) <= codec._CACHED_HEADERS_MAX
+
+
 def test_every_prefix_and_byte_flip_of_a_tensor_is_an_array_or_a_400():
     valid = codec.encode(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
     rng = np.random.default_rng(7)
