@@ -46,9 +46,9 @@ def create_tracer_provider(
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif settings.otel_exporter_otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from ml_pipeline.observability.otlp import OtlpSpanExporter
 
-        otlp = OTLPSpanExporter(
+        otlp = OtlpSpanExporter(
             endpoint=settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces",
             timeout=settings.otel_export_timeout_s,
         )
