@@ -91,7 +91,7 @@ class AdmissionControl:
                 await self._answer(self._refusal(outcome), scope, receive, send)
             return
         try:
-            await self.app(scope, _deadline_bound(receive), send)
+            await self.app(scope, receive, send)  # the body is read: what is left to receive is a disconnect
         finally:
             self._release()
 
@@ -172,25 +172,38 @@ class _BufferedBody:
         self._bytes = 0
 
     async def read(self, receive):
-        """Every message up to the body's end (or the client leaving); a ``receive`` replaying them."""
+        """Every message up to the body's end (or the client leaving), within the request's deadline;
+        a ``receive`` replaying them. One timeout for the whole body, not one per piece: a 602 KB
+        tensor arrives in 3-40 pieces, and a timeout each (armed twice, here and around the app's
+        reads) cost 25 µs a piece (40 pieces: 1.5 ms → 0.23 ms through the middlewares)."""
         messages: list[dict] = []
-        bounded = _deadline_bound(receive)
-        while True:
-            message = await bounded()
-            messages.append(message)
-            size = len(message.get("body", b""))
-            admission = self._admission
-            if admission.buffered_bytes + size > admission.body_budget_bytes:
-                raise RaisedWhileReadingBody(
-                    Overloaded(
-                        f"{admission.service} is receiving too many request bodies at once; try again later",
-                        retry_after_s=RETRY_AFTER_S,
-                    )
+        left = deadline.remaining()
+        try:
+            async with asyncio.timeout(None if left is None else max(left, 0)):
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    self._count(len(message.get("body", b"")))
+                    if ends_body(message):
+                        break
+        except TimeoutError:
+            raise RaisedWhileReadingBody(
+                RequestTimeout("the request body did not arrive before the request's deadline")
+            ) from None
+        return _replaying(messages, receive)
+
+    def _count(self, size: int) -> None:
+        """Count ``size`` more bytes against the budget, or refuse the request."""
+        admission = self._admission
+        if admission.buffered_bytes + size > admission.body_budget_bytes:
+            raise RaisedWhileReadingBody(
+                Overloaded(
+                    f"{admission.service} is receiving too many request bodies at once; try again later",
+                    retry_after_s=RETRY_AFTER_S,
                 )
-            self._bytes += size
-            admission.buffered_bytes += size
-            if ends_body(message):
-                return _replaying(messages, receive)
+            )
+        self._bytes += size
+        admission.buffered_bytes += size
 
     def release(self) -> None:
         self._admission.buffered_bytes -= self._bytes
@@ -205,9 +218,11 @@ def _header(scope, name: bytes) -> str | None:
 
 
 def _replaying(buffered: list[dict], receive):
+    pending = collections.deque(buffered)
+
     async def replay():
-        if buffered:
-            return buffered.pop(0)
+        if pending:
+            return pending.popleft()
         return await receive()
 
     return replay
@@ -216,26 +231,3 @@ def _replaying(buffered: list[dict], receive):
 def ends_body(message: dict[str, Any]) -> bool:
     """Whether this ASGI ``receive`` message is the request body's last (or the client left)."""
     return message["type"] != "http.request" or not message.get("more_body", False)
-
-
-def _deadline_bound(receive):
-    """``receive`` that gives up with 408 when the body has not arrived by the deadline (a client
-    trickling its upload would otherwise hold a slot for as long as it likes)."""
-    body_done = False
-
-    async def bounded():
-        nonlocal body_done
-        left = deadline.remaining()
-        if body_done or left is None:
-            return await receive()
-        try:
-            async with asyncio.timeout(max(left, 0)):
-                message = await receive()
-        except TimeoutError:
-            raise RaisedWhileReadingBody(
-                RequestTimeout("the request body did not arrive before the request's deadline")
-            ) from None
-        body_done = ends_body(message)
-        return message
-
-    return bounded
