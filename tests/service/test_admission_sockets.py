@@ -149,6 +149,27 @@ async def test_clients_trickling_their_bodies_hold_no_slot():
 
 
 @pytest.mark.slow
+async def test_a_body_still_arriving_at_the_deadline_is_a_408_and_frees_its_place():
+    """A client that sends part of its body and then nothing is answered 408 `request_timeout` at
+    the request's deadline (one timeout over the whole body), and its bytes leave the budget."""
+    app = slow_app("adm-stalled", max_in_flight=1, max_queue=0, request_timeout_s=1, max_buffered_body_bytes=150)
+    with served(app) as port:
+        stalled = start_slow_upload(port, 100, b"x" * 60)
+        try:
+            started_at = anyio.current_time()
+            answer = await anyio.to_thread.run_sync(lambda: read_answer(stalled))
+            took = anyio.current_time() - started_at
+        finally:
+            stalled.close()
+        after = await anyio.to_thread.run_sync(
+            lambda: httpx.post(f"http://127.0.0.1:{port}/upload", content=b"y" * 120, timeout=10)
+        )
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer, answer[:300]
+    assert 0.5 <= took <= 3, took
+    assert after.status_code == 200 and after.json() == {"bytes": 120}  # 60 + 120 would be over 150
+
+
+@pytest.mark.slow
 async def test_bodies_being_received_share_a_byte_budget():
     """MAX_BUFFERED_BODY_BYTES bounds the bodies held at once (received, queued or worked on):
     past it a body is refused with 503 `overloaded`, counted as `body_budget`; under it, served."""

@@ -17,6 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.formparsers import MultiPartParser
 
 from ml_pipeline import __version__
+from ml_pipeline.core import deadline
 from ml_pipeline.core.errors import BadRequest, NotReady, PayloadTooLarge
 from ml_pipeline.observability import metrics
 from ml_pipeline.observability.asgi import RequestTelemetryMiddleware, instrument_app
@@ -101,10 +102,14 @@ class _BodyTracker:
         return message
 
     async def drain(self) -> bool:
-        """Read and drop the rest of the body; False if it was too long or too slow to wait for."""
+        """Read and drop the rest of the body; False if it was too long or too slow to wait for
+        (past ``DRAIN_TIMEOUT_S`` or the request's deadline: a 408 for a body that stopped arriving
+        is sent at once)."""
         drained = 0
+        left = deadline.remaining()
+        wait_s = DRAIN_TIMEOUT_S if left is None else min(DRAIN_TIMEOUT_S, max(left, 0))
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async with asyncio.timeout(wait_s):
                 while not self.complete:
                     message = await self.receive()
                     drained += len(message.get("body", b""))
