@@ -66,7 +66,7 @@ def render(setting: str, runs: dict[str, dict[int, dict[str, Any]]], a: str, b: 
         f"# A/B: {setting}={a} against {setting}={b}",
         "",
         f"{len(result['pairs'])} interleaved pairs (the order flips every pair), each run on freshly started "
-        "service containers; CPU is each service process's own counter over the run, divided by the requests "
+        "services (containers, or local processes for revisions); CPU is each service process's own counter over the run, divided by the requests "
         "it served.",
         "",
     ]
