@@ -5,10 +5,11 @@ writes the JSON answer.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import anyio
-import httpx
 
 from ml_pipeline.client.downstream import Downstream
 from ml_pipeline.core import codec
@@ -90,11 +91,23 @@ class Finalizer:
         return {"class_id": top[0].class_id, "label": top[0].label, "score": top[0].score, "top5": top}
 
 
-def one_body_upload(filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """The upload as one multipart body and its Content-Type. Given ``files=``, httpx streams the
-    body in pieces (boundary and part headers, the data, the closing boundary), each its own socket
-    write and its own wake-up of preprocess's reader; one body is one write. Measured on the local
-    chain, three interleaved pairs: postprocess 3.58 → 3.34 ms and preprocess 6.81 → 6.56 ms of CPU
-    per request, throughput +2–4 % in each pair."""
-    request = httpx.Request("POST", "http://preprocess/process", files={"file": (filename, data, content_type)})
-    return request.read(), request.headers["Content-Type"]
+# How a multipart form writes a parameter's value between its quotes (the HTML5 form encoding, as
+# browsers and httpx do): quotes and control characters (but ESC) percent-escaped, backslashes doubled.
+_FORM_PARAM_ESCAPES = {'"': "%22", "\\": "\\\\"} | {chr(c): f"%{c:02X}" for c in range(0x20) if c != 0x1B}
+_FORM_PARAM_UNSAFE = re.compile("|".join(re.escape(c) for c in _FORM_PARAM_ESCAPES))
+
+
+def one_body_upload(filename: str, data: bytes, content_type: str, boundary: str | None = None) -> tuple[bytes, str]:
+    """The upload as one multipart body (field ``file``) and its Content-Type, written here: httpx's
+    ``files=`` streams the body in pieces (each its own socket write and wake-up of preprocess's
+    reader), and reading them into one took 66 µs for what is a header, the data and a closing line
+    (5 µs here, microbenchmark). The bytes are httpx's, for the same boundary (tested)."""
+    boundary = boundary or os.urandom(16).hex()
+    quoted = _FORM_PARAM_UNSAFE.sub(lambda m: _FORM_PARAM_ESCAPES[m.group(0)], filename)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    )
+    return b"".join(
+        (head.encode(), data, f"\r\n--{boundary}--\r\n".encode())
+    ), f"multipart/form-data; boundary={boundary}"
