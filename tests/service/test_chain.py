@@ -331,3 +331,14 @@ async def test_postprocess_forwards_the_upload_as_one_body_with_its_name_and_typ
     assert len(chunks) == 1 and content_type.startswith("multipart/form-data; boundary=")
     assert coffee_bytes in chunks[0] and b'filename="caf%22\xc3\xa9.jpg"' in chunks[0]
     assert b"Content-Type: image/jpeg" in chunks[0]
+
+
+async def test_the_services_routes_come_before_the_documentations_which_still_answers():
+    """The router tries routes in order: the service's own first, then FastAPI's documentation."""
+    async with running_chain(make_settings()) as client:
+        for name, app in client.apps.items():
+            paths = [getattr(route, "path", None) for route in app.router.routes]
+            docs = paths.index("/openapi.json")
+            assert set(paths[docs:]) == {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}, (name, paths)
+        assert (await client.get("/openapi.json")).json()["paths"].keys() >= {"/finalize", "/health"}
+        assert (await client.get("/docs")).status_code == 200

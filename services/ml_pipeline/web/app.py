@@ -138,6 +138,13 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def docs_routes_last(app: FastAPI) -> None:
+    """Try the service's own routes before the documentation's (``/openapi.json``, ``/docs``, …),
+    which FastAPI adds first: the router tries routes in order, ~4 µs each. The order among the
+    service's routes is kept; no documentation path overlaps one of them."""
+    app.router.routes.sort(key=lambda route: not getattr(route, "include_in_schema", True))
+
+
 def keep_uploads_in_memory(max_body_bytes: int) -> None:
     """Multipart uploads up to the body limit stay in memory instead of spooling to ``/tmp`` past
     1 MiB: the body is in memory already (admission reads it first), a spooled copy costs ~60 %
@@ -163,6 +170,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             async with resources(app):
+                docs_routes_last(app)
                 freeze_startup_objects()
                 yield
         finally:
@@ -176,6 +184,9 @@ def build_app(
         # No redirect from `/finalize/` to `/finalize`: Starlette builds it from the request's `Host`
         # (and `X-Forwarded-Proto`), so any client could have us point elsewhere. A 404 instead.
         redirect_slashes=False,
+        # The services make their own spans, metrics and logs (ml_pipeline.observability): FastAPI's
+        # native telemetry would double them, and asking whether it is on cost ~12 µs a request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.service = service
