@@ -7,7 +7,8 @@
 # AB_PAIRS (4), AB_REQUESTS (800 per run, after 100 warm-up), AB_CONCURRENCY (2), MODEL_BACKEND
 # (`random`: the model's own work out of the way; `onnx` needs the model file, MODEL_PATH).
 # Spans go to a local OTLP sink (every request traced and exported, as in the stack). Needs the
-# project installed (`pip install -e .` and bench/requirements.txt); nothing else may run meanwhile.
+# project installed (`pip install -e .` and bench/requirements.txt) with what both revisions import
+# (an older revision may need a package the current locks dropped); nothing else may run meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,10 +64,17 @@ for pair in $(seq 1 "$pairs"); do
     PYTHONPATH="$work/$rev/services:$work/$rev/bench" OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 \
       MODEL_BACKEND=${MODEL_BACKEND:-random} python -m ml_pipeline serve >"$work/serve-$rev-$pair.log" 2>&1 &
     serve_pid=$!
-    for _ in $(seq 120); do curl -sf http://127.0.0.1:5003/ready >/dev/null && break; sleep 1; done
+    ready=
+    for _ in $(seq 120); do curl -sf http://127.0.0.1:5003/ready >/dev/null && ready=1 && break; sleep 1; done
+    if [ -z "$ready" ]; then
+      kill -INT "$serve_pid" 2>/dev/null || true
+      echo "bench/ab-revisions.sh: $rev did not get ready in 120 s; its log:" >&2
+      tail -20 "$work/serve-$rev-$pair.log" >&2
+      exit 1
+    fi
     python -m ml_pipeline_bench run http://127.0.0.1:5003/finalize --label "REVISION=$rev" --image test.jpg \
       -c "$concurrency" -n "$requests" --warmup 100 --no-progress "${ports[@]}" --out "$out/REVISION-$pair-$rev.json"
-    kill -INT "$serve_pid"
+    kill -INT "$serve_pid" 2>/dev/null || true
     wait "$serve_pid" || true
   done
 done

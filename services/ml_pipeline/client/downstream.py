@@ -24,6 +24,7 @@ on the CLIENT span of each attempt (``url.full``, ``error.type``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -117,7 +118,6 @@ class Downstream:
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), limits=DOWNSTREAM_LIMITS, transport=transport
         )
         self._tracer = tracer_provider.get_tracer("ml_pipeline.client", __version__)
-        self._port = urlsplit(self.base_url).port or (443 if self.base_url.startswith("https:") else 80)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -262,7 +262,7 @@ class Downstream:
         """The request itself, in its CLIENT span, bounded as a whole by ``attempt_s`` (httpx times
         each socket operation, not the attempt)."""
         timeout = httpx.Timeout(attempt_s, connect=min(self._connect_timeout_s, attempt_s))
-        span = start_client_span(self._tracer, method, url, (endpoint.address, self._port), headers, number - 1)
+        span = start_client_span(self._tracer, method, url, _server_of(endpoint.base_url), headers, number - 1)
         try:
             async with asyncio.timeout(attempt_s):
                 response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
@@ -304,6 +304,14 @@ class Downstream:
         if (status < 500 and self._pass_client_errors) or status in (503, 504):
             return PipelineError(message, status=status, code=code, service=service)
         return BadGateway(f"{self.name} answered HTTP {status}: {message}", service=None)
+
+
+@functools.lru_cache(maxsize=256)
+def _server_of(base_url: str) -> tuple[str, int]:
+    """``server.address`` and ``server.port`` of a replica's base URL: its address, or without
+    resolution the URL's host."""
+    parts = urlsplit(base_url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _described(exc: BaseException) -> str:

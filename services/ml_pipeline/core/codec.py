@@ -33,7 +33,7 @@ _NUMERIC_KINDS = frozenset("biufc")  # bool, ints, floats, complex: no void/stru
 # literal, read by its tokenizer) cost 15 and 60 µs a tensor. Bounded: past this, new headers
 # take the slow path.
 _CACHED_HEADERS_MAX = 64
-_encoded_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_encoded_headers: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
 _decoded_headers: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
 
 
@@ -41,7 +41,7 @@ def encode(array: np.ndarray) -> bytes:
     """Serialize ``array`` to ``.npy`` bytes (object arrays are refused), with one copy."""
     if array.dtype.hasobject:
         raise ValueError("object arrays cannot be encoded")
-    key = (array.dtype.str, array.shape)
+    key = (array.dtype, array.shape)  # the dtype itself: its .str is "|V8" for any 8-byte structured one
     header = _encoded_headers.get(key) if array.flags.c_contiguous else None
     if header is None:
         buf = io.BytesIO()

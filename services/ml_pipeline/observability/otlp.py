@@ -28,12 +28,13 @@ _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _pack_i64 = struct.Struct("<Q").pack
 _pack_i32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _SMALL[value]
-    value &= 0xFFFF_FFFF_FFFF_FFFF  # a negative int64 is its two's complement: ten bytes
+    value &= 0xFFFF_FFFF_FFFF_FFFF  # a negative int64 is its two's complement: ten bytes (range: _int64)
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -69,6 +70,8 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _len_field(1, value.encode())
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"integer {value} does not fit an int64")
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
@@ -81,30 +84,51 @@ def _any_value(value: Any) -> bytes:
     raise TypeError(f"invalid attribute value type {type(value).__name__}")
 
 
-# Encoded attributes by (key, value type, value): most repeat on every request (methods, routes,
-# shapes, model names, replicas), so most cost a dict lookup. Bounded: once full, new ones are
-# encoded each time.
+# Encoded attributes: most repeat on every request (methods, routes, shapes, model names, replicas),
+# so most cost a dict lookup. Only values whose equality is their encoding's (strings, ints, bools
+# and tuples of them, by type: 1 == 1.0 == True in Python) and short ones (a client picks the path,
+# an exception's message is long). Bounded: once full, new ones are encoded each time.
 _KEY_VALUES_MAX = 4096
-_key_values: dict[tuple[str, type, Any], bytes] = {}
+_CACHED_STR_MAX = 256
+_CACHEABLE = (str, int, bool)
+_key_values: dict[tuple[Any, ...], bytes] = {}
+
+
+def _cache_key(key: str, value: Any) -> tuple[Any, ...] | None:
+    kind = type(value)
+    if kind in _CACHEABLE:
+        return (key, kind, value) if kind is not str or len(value) <= _CACHED_STR_MAX else None
+    if kind is tuple and len(value) <= 8 and all(type(v) in _CACHEABLE for v in value):
+        return (
+            (key, kind, value, tuple(type(v) for v in value))
+            if all(type(v) is not str or len(v) <= _CACHED_STR_MAX for v in value)
+            else None
+        )
+    return None
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    try:
-        cache_key = (key, type(value), value)
-        encoded = _key_values.get(cache_key)
-    except TypeError:  # an unhashable value (a list, a dict): encoded each time
-        return _str_field(1, key) + _len_field(2, _any_value(value))
+    cache_key = _cache_key(key, value)
+    encoded = _key_values.get(cache_key) if cache_key is not None else None
     if encoded is None:
         encoded = _str_field(1, key) + _len_field(2, _any_value(value))
-        if len(_key_values) < _KEY_VALUES_MAX:
+        if cache_key is not None and len(_key_values) < _KEY_VALUES_MAX:
             _key_values[cache_key] = encoded
     return encoded
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
+    """The attributes as repeated ``KeyValue`` fields; one OTLP cannot carry is left out (and
+    logged), as the SDK's encoder does, so it cannot fail the batch it is in."""
     if not attributes:
         return b""
-    return b"".join([_len_field(field, _key_value(key, value)) for key, value in attributes.items()])
+    encoded = []
+    for key, value in attributes.items():
+        try:
+            encoded.append(_len_field(field, _key_value(key, value)))
+        except (TypeError, ValueError, UnicodeError) as exc:
+            log.warning("span attribute %r left out of the export: %s", key, exc)
+    return b"".join(encoded)
 
 
 def _count(field: int, count: int) -> bytes:
@@ -207,8 +231,16 @@ class OtlpSpanExporter(OTLPSpanExporter):
             return SpanExportResult.FAILURE
         try:
             body = encode_spans(spans)
-        except Exception as exc:  # an attribute of a type OTLP has no value for
+        except Exception as exc:  # a span name, event or scope OTLP cannot carry
             log.error("could not encode %d spans for export: %s", len(spans), exc)
+            return SpanExportResult.FAILURE
+        if 0 < self._max_request_size < len(body):  # as the SDK's exporter: the collector would refuse it
+            log.warning(
+                "dropping %d spans: %d bytes is over the %d-byte request limit",
+                len(spans),
+                len(body),
+                self._max_request_size,
+            )
             return SpanExportResult.FAILURE
         result = self._client.export(body)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE

@@ -93,11 +93,10 @@ def end_client_span(
         if status >= 500 or (status >= 400 and not client_input):
             span.set_attribute(Attr.ERROR_TYPE, str(status))
             span.set_status(trace.StatusCode.ERROR)
-    elif error is not None:
+    elif isinstance(error, Exception):  # not a cancellation (a BaseException): no error, no error.type
         span.set_attribute(Attr.ERROR_TYPE, type(error).__qualname__)
-        if isinstance(error, Exception):
-            span.record_exception(error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
     span.end()
 
 

@@ -39,6 +39,9 @@ ReadyCheck = Callable[[FastAPI], Awaitable[tuple[bool, str]]]
 # `Expect: 100-continue` would see "connection reset" instead of the answer.
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_TIMEOUT_S = 10.0
+# Past the request's deadline, still this long: a client uploading slowly (not stalled) that is
+# cut off with unread bytes gets a reset instead of the answer.
+DRAIN_GRACE_S = 1.0
 
 
 class BodySizeLimitMiddleware:
@@ -103,11 +106,11 @@ class _BodyTracker:
 
     async def drain(self) -> bool:
         """Read and drop the rest of the body; False if it was too long or too slow to wait for
-        (past ``DRAIN_TIMEOUT_S`` or the request's deadline: a 408 for a body that stopped arriving
-        is sent at once)."""
+        (past ``DRAIN_TIMEOUT_S``, or ``DRAIN_GRACE_S`` after the request's deadline: a 408 for a
+        body that stopped arriving is not held back 10 s)."""
         drained = 0
         left = deadline.remaining()
-        wait_s = DRAIN_TIMEOUT_S if left is None else min(DRAIN_TIMEOUT_S, max(left, 0))
+        wait_s = DRAIN_TIMEOUT_S if left is None else min(DRAIN_TIMEOUT_S, max(left, DRAIN_GRACE_S))
         try:
             async with asyncio.timeout(wait_s):
                 while not self.complete:

@@ -4,6 +4,7 @@ client's, so junk uploads cannot make the tail sampler keep their traces)."""
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -11,6 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from ml_pipeline.client.downstream import Downstream
 from ml_pipeline.client.retry import RetryBudget
 from ml_pipeline.core.errors import PipelineError
 from support.downstreams import first_pick, model_downstream
@@ -122,3 +124,39 @@ async def test_readiness_probes_make_no_spans(spans):
     d = model_downstream("http://model:5000", ["10.0.0.7"], tracer_provider=provider, transport=transport)
     assert (await d.is_ready(1.0))[0]
     assert exporter.get_finished_spans() == ()
+
+
+async def test_without_resolution_the_server_is_the_urls_host(spans):
+    provider, exporter = spans
+    d = Downstream(
+        "preprocess",
+        "http://preprocess:5000",
+        timeout_s=5,
+        connect_timeout_s=1,
+        tracer_provider=provider,
+        pass_client_errors=True,
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok")),
+    )
+    await d.post("/process", content=b"x")
+    (span,) = client_spans(exporter)
+    assert (span.attributes["server.address"], span.attributes["server.port"]) == ("preprocess", 5000)
+
+
+async def test_a_cancelled_call_is_no_error(spans):
+    provider, exporter = spans
+    entered = anyio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await anyio.sleep(30)
+        return httpx.Response(200)
+
+    d = model_downstream(
+        "http://model:5000", ["10.0.0.7"], tracer_provider=provider, transport=httpx.MockTransport(handle)
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(d.post, "/predict")
+        await entered.wait()
+        tg.cancel_scope.cancel()
+    (span,) = client_spans(exporter)
+    assert span.status.status_code == StatusCode.UNSET and "error.type" not in span.attributes

@@ -152,6 +152,15 @@ def test_encoding_is_numpys_own_bytes_first_and_from_the_cached_header(array):
     assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
 
 
+def test_structured_dtypes_of_one_size_keep_their_own_headers():
+    """Their ``dtype.str`` is the same ("|V8"): the header cache tells them apart by the dtype itself."""
+    for dtype in ([("a", "<f4"), ("b", "<i4")], [("c", "<i8")], [("a", "<f4"), ("b", "<i4")]):
+        array = np.zeros(2, dtype=dtype)
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+        assert codec.encode(array) == buf.getvalue(), dtype
+
+
 def test_a_known_header_still_needs_exactly_its_data_bytes():
     body = codec.encode(np.arange(12, dtype=np.float32).reshape(3, 4))
     codec.decode(body)  # its header is now known

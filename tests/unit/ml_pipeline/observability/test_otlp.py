@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import threading
 
-import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -24,6 +23,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from ml_pipeline.observability import otlp
 from ml_pipeline.observability.otlp import OtlpSpanExporter, encode_spans
 
 
@@ -142,12 +142,51 @@ def test_the_exporter_posts_the_request_to_the_collector():
     assert sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans) == len(spans)
 
 
-def test_a_value_otlp_cannot_carry_fails_the_batch_not_the_service():
+def spans_with(*attribute_sets):
     exporter = InMemorySpanExporter()
-    span = provider(exporter).get_tracer("x").start_span("s")
-    span.end()
-    (finished,) = exporter.get_finished_spans()
-    finished._attributes = {"odd": object()}  # what the SDK's attribute checks let through cannot be this
-    with pytest.raises(TypeError):
-        encode_spans([finished])
-    assert OtlpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces").export([finished]) == SpanExportResult.FAILURE
+    tracer = provider(exporter).get_tracer("x")
+    for attributes in attribute_sets:
+        tracer.start_span("s", attributes=attributes).end()
+    return exporter.get_finished_spans()
+
+
+def test_values_python_finds_equal_keep_their_own_types():
+    """1 == 1.0 == True and 0.0 == -0.0 in Python: each is still encoded as itself, cached or not."""
+    sets = [
+        {"v": (1, 0)},
+        {"v": (1.0, 0.0)},
+        {"v": (True, False)},
+        {"v": 1},
+        {"v": 1.0},
+        {"v": True},
+        {"v": 0.0},
+        {"v": -0.0},
+        {"v": float("nan")},
+    ]
+    for _ in range(2):  # the second time from the cache
+        for attributes in sets:
+            (span,) = spans_with(attributes)
+            assert encode_spans([span]) == sdk_encode_spans([span]).SerializeToString(), attributes
+
+
+def test_long_and_client_chosen_values_are_not_kept():
+    before = len(otlp._key_values)
+    long_path = "/" + "x" * 1000
+    spans = spans_with(*({"url.path": f"{long_path}{i}"} for i in range(50)))
+    assert encode_spans(spans) == sdk_encode_spans(spans).SerializeToString()
+    assert len(otlp._key_values) == before
+
+
+def test_an_attribute_otlp_cannot_carry_is_left_out_not_the_batch():
+    (span,) = spans_with({"kept": "yes", "odd": "x"})
+    span._attributes = {"kept": "yes", "odd": object(), "huge": 2**63, "surrogate": "\ud800"}
+    (clean,) = spans_with({"kept": "yes"})
+    encoded = ExportTraceServiceRequest.FromString(encode_spans([span]))
+    (sent,) = encoded.resource_spans[0].scope_spans[0].spans
+    assert [kv.key for kv in sent.attributes] == ["kept"]
+    assert sent.attributes == sdk_encode_spans([clean]).resource_spans[0].scope_spans[0].spans[0].attributes
+
+
+def test_a_request_over_the_size_limit_is_dropped_before_sending():
+    exporter = OtlpSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", max_request_size=100)
+    assert exporter.export(spans_with(*({"k": f"value {i}"} for i in range(20)))) == SpanExportResult.FAILURE
