@@ -21,7 +21,7 @@ from ml_pipeline import __version__
 from ml_pipeline.core.wire import TRACE_ID_HEADER, Attr
 from ml_pipeline.observability import metrics
 from ml_pipeline.observability.requests import record_request
-from ml_pipeline.observability.tracing import current_trace_id
+from ml_pipeline.observability.tracing import current_trace_id, record_http_status
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -119,11 +119,8 @@ async def _serve_in_span(tracer: Tracer, app, scope, receive, send) -> None:
         if route:
             span.update_name(f"{name} {route}")
             span.set_attribute(Attr.HTTP_ROUTE, route)
-        if status:
-            span.set_attribute(Attr.HTTP_RESPONSE_STATUS_CODE, status)
-            if status >= 500:  # 4xx are the client's: not the server span's error (semantic conventions)
-                span.set_attribute(Attr.ERROR_TYPE, str(status))
-                span.set_status(trace.StatusCode.ERROR)
+        if status:  # 4xx are the client's: not the server span's error (semantic conventions)
+            record_http_status(span, status, error=status >= 500)
         span.end()
         otel_context.detach(token)
 

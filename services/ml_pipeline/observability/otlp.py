@@ -139,13 +139,11 @@ def _trace_state(field: int, trace_state: Any) -> bytes:
     return _str_field(field, ",".join(f"{k}={v}" for k, v in trace_state.items()) if trace_state else "")
 
 
-def _flags(field: int, parent: Any) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return _tag(field, _I32) + _pack_i32(flags)
+def _flags(field: int, remote: bool) -> bytes:
+    return _tag(field, _I32) + _pack_i32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
 
 
-_SPAN_FLAGS_LOCAL = _flags(16, None)  # a root span's, or one whose parent is in this process
-_SPAN_FLAGS_REMOTE = _tag(16, _I32) + _pack_i32(_HAS_IS_REMOTE | _IS_REMOTE)
+_SPAN_FLAGS = {remote: _flags(16, remote) for remote in (False, True)}  # by whether the parent is remote
 _SPAN_KIND = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # the API's INTERNAL is 0, OTLP's 1
 _STATUS_CODE = {code: _count(3, code.value) for code in StatusCode}
 
@@ -188,13 +186,13 @@ def _span(span: ReadableSpan) -> bytes:
                 + link.context.span_id.to_bytes(8, "big")
                 + _attributes(4, link.attributes)
                 + _count(5, link.dropped_attributes)
-                + _flags(6, link.context),
+                + _flags(6, link.context.is_remote),
             )
         )
     parts.append(_count(14, span.dropped_links))
     status = span.status
     parts.append(_len_field(15, _str_field(2, status.description) + _STATUS_CODE[status.status_code]))
-    parts.append(_SPAN_FLAGS_REMOTE if parent is not None and parent.is_remote else _SPAN_FLAGS_LOCAL)
+    parts.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
 

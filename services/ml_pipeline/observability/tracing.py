@@ -79,6 +79,15 @@ def start_client_span(
     return span
 
 
+def record_http_status(span: trace.Span, status: int, *, error: bool) -> None:
+    """The status an HTTP span answered or got; ``error``: the span failed with it (``error.type``
+    the status, as the semantic conventions have it)."""
+    span.set_attribute(Attr.HTTP_RESPONSE_STATUS_CODE, status)
+    if error:
+        span.set_attribute(Attr.ERROR_TYPE, str(status))
+        span.set_status(trace.StatusCode.ERROR)
+
+
 def end_client_span(
     span: trace.Span, *, status: int | None = None, error: BaseException | None = None, client_input: bool
 ) -> None:
@@ -89,10 +98,7 @@ def end_client_span(
     the client's bad input, left UNSET like the server spans', so junk uploads cannot make the tail
     sampler keep their traces. A cancelled call (its caller left) is not an error either."""
     if status is not None:
-        span.set_attribute(Attr.HTTP_RESPONSE_STATUS_CODE, status)
-        if status >= 500 or (status >= 400 and not client_input):
-            span.set_attribute(Attr.ERROR_TYPE, str(status))
-            span.set_status(trace.StatusCode.ERROR)
+        record_http_status(span, status, error=status >= 500 or (status >= 400 and not client_input))
     elif isinstance(error, Exception):  # not a cancellation (a BaseException): no error, no error.type
         span.set_attribute(Attr.ERROR_TYPE, type(error).__qualname__)
         span.record_exception(error)
