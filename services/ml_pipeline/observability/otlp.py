@@ -108,11 +108,23 @@ def _cache_key(key: str, value: Any) -> tuple[Any, ...] | None:
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    cache_key = _cache_key(key, value)
-    encoded = _key_values.get(cache_key) if cache_key is not None else None
+    return _str_field(1, key) + _len_field(2, _any_value(value))
+
+
+def _attribute_fields(field: int, key: str, value: Any) -> bytes:
+    """One attribute as a ``KeyValue`` in ``field``, framed: from the cache when it repeats."""
+    kind = type(value)
+    if kind in _CACHEABLE and (kind is not str or len(value) <= _CACHED_STR_MAX):  # most: one lookup
+        cache_key: tuple[Any, ...] = (field, key, kind, value)
+    else:
+        value_key = _cache_key(key, value)
+        if value_key is None:
+            return _len_field(field, _key_value(key, value))
+        cache_key = (field, *value_key)
+    encoded = _key_values.get(cache_key)
     if encoded is None:
-        encoded = _str_field(1, key) + _len_field(2, _any_value(value))
-        if cache_key is not None and len(_key_values) < _KEY_VALUES_MAX:
+        encoded = _len_field(field, _key_value(key, value))
+        if len(_key_values) < _KEY_VALUES_MAX:
             _key_values[cache_key] = encoded
     return encoded
 
@@ -123,12 +135,19 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     encoded = []
-    for key, value in attributes.items():
+    for key, value in _items(attributes):
         try:
-            encoded.append(_len_field(field, _key_value(key, value)))
+            encoded.append(_attribute_fields(field, key, value))
         except (TypeError, ValueError, UnicodeError) as exc:
             log.warning("span attribute %r left out of the export: %s", key, exc)
     return b"".join(encoded)
+
+
+def _items(attributes: Mapping[str, Any]) -> Any:
+    """The pairs of a span's attributes: the SDK's ``BoundedAttributes`` (behind a read-only proxy,
+    the ``attributes`` property) read from its dict, not key by key through ``Mapping``."""
+    stored = getattr(attributes, "_dict", None)
+    return stored.items() if type(stored) is dict else attributes.items()
 
 
 def _count(field: int, count: int) -> bytes:
@@ -161,7 +180,7 @@ def _span(span: ReadableSpan) -> bytes:
         _SPAN_KIND[span.kind],
         b"\x39" + _pack_i64(span.start_time) if span.start_time else b"",
         b"\x41" + _pack_i64(span.end_time) if span.end_time else b"",
-        _attributes(9, span.attributes),
+        _attributes(9, span._attributes),  # the SDK's own, not its proxy
         _count(10, span.dropped_attributes),
     ]
     for event in span.events:
