@@ -18,6 +18,7 @@ from opentelemetry.trace import NoOpTracerProvider
 
 from ml_pipeline import __version__
 from ml_pipeline.core.wire import Attr
+from ml_pipeline.observability.spans import LeanTracerProvider
 
 if TYPE_CHECKING:
     from ml_pipeline.settings import ServiceSettings
@@ -42,7 +43,7 @@ def create_tracer_provider(
             "service.version": __version__,
         }
     )
-    provider = TracerProvider(resource=resource)
+    provider = LeanTracerProvider(resource=resource)  # the SDK's, its spans made for less (spans.py)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif settings.otel_exporter_otlp_endpoint:
