@@ -94,13 +94,12 @@ _CACHEABLE = (str, int, bool)
 _key_values: dict[tuple[Any, ...], bytes] = {}
 
 
-def _cache_key(key: str, value: Any) -> tuple[Any, ...] | None:
-    kind = type(value)
-    if kind in _CACHEABLE:
-        return (key, kind, value) if kind is not str or len(value) <= _CACHED_STR_MAX else None
-    if kind is tuple and len(value) <= 8 and all(type(v) in _CACHEABLE for v in value):
+def _tuple_cache_key(key: str, value: Any) -> tuple[Any, ...] | None:
+    """The cache key of a short tuple of cacheable values (its types too: ``(1,) == (True,)``);
+    None for anything else. Single values are keyed in ``_attribute_fields``."""
+    if type(value) is tuple and len(value) <= 8 and all(type(v) in _CACHEABLE for v in value):
         return (
-            (key, kind, value, tuple(type(v) for v in value))
+            (key, tuple, value, tuple(type(v) for v in value))
             if all(type(v) is not str or len(v) <= _CACHED_STR_MAX for v in value)
             else None
         )
@@ -117,7 +116,7 @@ def _attribute_fields(field: int, key: str, value: Any) -> bytes:
     if kind in _CACHEABLE and (kind is not str or len(value) <= _CACHED_STR_MAX):  # most: one lookup
         cache_key: tuple[Any, ...] = (field, key, kind, value)
     else:
-        value_key = _cache_key(key, value)
+        value_key = _tuple_cache_key(key, value)
         if value_key is None:
             return _len_field(field, _key_value(key, value))
         cache_key = (field, *value_key)

@@ -57,8 +57,7 @@ class SpanAttributes(BoundedAttributes):
         self._lock = threading.Lock()
         self._immutable = False
         if attributes:
-            for key, value in attributes.items():
-                self[key] = value
+            self._set_items(attributes)
 
     def __setitem__(self, key: str, value: types.AnyValue) -> None:
         stored = self._dict
@@ -76,6 +75,7 @@ class SpanAttributes(BoundedAttributes):
             super().__setitem__(key, value)
 
     def _set_items(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        """Each through ``__setitem__``: an invalid key or value is cleaned or dropped (and counted) there."""
         for key, value in attributes.items():
             self[key] = value
 
