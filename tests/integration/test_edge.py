@@ -260,8 +260,9 @@ def resident_bytes(stack, service: str) -> float:
 
 def test_memory_goes_back_after_a_run_of_large_uploads(stack):
     """100 uploads of 9 MB (four at a time) used to leave postprocess ~160 MiB larger afterwards:
-    glibc kept the freed upload buffers in its heap. Its image's malloc thresholds give them back
-    (~37 MiB left, measured)."""
+    glibc kept the freed upload buffers in its heap (its image's malloc thresholds give them back),
+    and then +29 to +143 MiB at random: uploads kept alive by httpx's response cycle until the
+    cyclic GC ran (tests/service/test_downstream_release.py). Now +1 to +2 MiB, measured."""
     photo = large_photo(7)
     finalize(stack["postprocess"], photo, timeout=60)  # warm: the model path, the first allocations
     before = resident_bytes(stack, "postprocess")
@@ -271,4 +272,4 @@ def test_memory_goes_back_after_a_run_of_large_uploads(stack):
     time.sleep(1)
     after = resident_bytes(stack, "postprocess")
     print(f"postprocess resident memory: {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB after 100 × 9 MB")
-    assert after < before + 64 * 2**20
+    assert after < before + 16 * 2**20

@@ -152,7 +152,7 @@ class Downstream:
         url = f"{endpoint.base_url}/ready"
         try:
             # Not traced, like the /ready routes themselves.
-            response = await self._client.get(url, timeout=timeout_s)
+            response = unbound(await self._client.get(url, timeout=timeout_s))
         except httpx.HTTPError as exc:
             return False, f"{self.name} could not be reached", f"GET {url}: {_described(exc)}"
         if response.status_code != 200:
@@ -265,7 +265,7 @@ class Downstream:
         span = start_client_span(self._tracer, method, url, _server_of(endpoint.base_url), headers, number - 1)
         try:
             async with asyncio.timeout(attempt_s):
-                response = await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs)
+                response = unbound(await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs))
         except BaseException as exc:
             end_client_span(span, error=exc, client_input=self._pass_client_errors)
             raise
@@ -304,6 +304,17 @@ class Downstream:
         if (status < 500 and self._pass_client_errors) or status in (503, 504):
             return PipelineError(message, status=status, code=code, service=service)
         return BadGateway(f"{self.name} answered HTTP {status}: {message}", service=None)
+
+
+def unbound(response: httpx.Response) -> httpx.Response:
+    """``response`` without httpx's reference cycle. httpx wraps a response's stream in one that
+    points back at the response (to set ``elapsed`` when it closes): the response, its request and
+    the request's body (a 9 MB upload on postprocess's hop) then live until the cyclic garbage
+    collector runs, not until their last use. 100 uploads of 9 MB left postprocess 30–140 MiB larger
+    at random (encode/httpx#3733). The body has been read and the stream closed (``elapsed`` set):
+    the read bytes stand in for the stream."""
+    response.stream = httpx.ByteStream(response.content)
+    return response
 
 
 @functools.lru_cache(maxsize=256)
