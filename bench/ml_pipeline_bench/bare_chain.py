@@ -1,8 +1,8 @@
 """The bare chain: the chain's shape and work with none of this project in it — the floor of a
 three-service chain on the stack the services are built on (Python, uvicorn, httpx) on this machine.
 
-Three processes, as the chain has: ``postprocess`` forwards the upload as it came, ``preprocess``
-cuts the file out of the multipart body and makes the model's input with the yardstick's code
+Three processes, as the chain has: ``postprocess`` cuts the file out of the multipart upload and
+forwards its bytes as the body (as the services do), ``preprocess`` makes the model's input with the yardstick's code
 (``straightforward.image_tensor``), ``model`` runs ONNX Runtime (the services' ``ORT_INTRA_OP_THREADS``,
 2 by default, no spinning) on the raw float32 bytes and answers raw logits, and postprocess answers the
 top-5 as JSON. Each is a raw ASGI app on uvicorn with its C HTTP parser, one httpx client per
@@ -95,11 +95,12 @@ def make_app(role: str, downstream: str | None = None, model_path: str | None = 
             return session.run(None, {input_name: x})[0].tobytes(), b"application/octet-stream"
         client = client or _shipped_client()
         if role == "preprocess":
-            tensor = image_tensor(multipart_file(body, content_type)).tobytes()
+            tensor = image_tensor(body).tobytes()
             reply = await client.post(next_hop, content=tensor, headers={"content-type": "application/octet-stream"})
             reply.raise_for_status()
             return reply.content, b"application/octet-stream"
-        reply = await client.post(next_hop, content=body, headers={"content-type": content_type})
+        image = multipart_file(body, content_type)
+        reply = await client.post(next_hop, content=image, headers={"content-type": "application/octet-stream"})
         reply.raise_for_status()
         ranked = top5(np.frombuffer(reply.content, np.float32))
         return json.dumps({"top5": ranked}).encode(), b"application/json"

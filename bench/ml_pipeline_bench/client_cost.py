@@ -1,8 +1,8 @@
 """``ml-pipeline-bench client-cost``: what one call on an internal hop costs the *calling* process,
 per HTTP client, measured in one run.
 
-The chain's two hops as the services make them — postprocess posts the upload as one multipart
-body, preprocess posts the 1×3×224×224 float32 tensor (602 KB) — against one bare server (raw ASGI
+The chain's two hops as the services make them — postprocess posts the uploaded image's bytes
+as the body, preprocess posts the 1×3×224×224 float32 tensor (602 KB) — against one bare server (raw ASGI
 on uvicorn, its own process, answering 4 KB like the model's logits), from three clients in this
 process:
 
@@ -35,7 +35,7 @@ import aiohttp
 import httpx
 
 from ml_pipeline.client.aiohttp_transport import AiohttpTransport
-from ml_pipeline_bench.load import markdown_table, multipart_body
+from ml_pipeline_bench.load import markdown_table
 from ml_pipeline_bench.server_cpu import process_cpu_seconds
 
 CLIENTS = ("httpx", "httpx+aiohttp", "aiohttp")
@@ -133,9 +133,8 @@ async def _round(post: Post, url: str, body: bytes, content_type: str, requests:
 
 def measure(image: Path, *, rounds: int = 7, requests: int = 300, concurrency: int = 2, log=print) -> dict[str, Any]:
     """``{"hops": {hop: {client: {"client_cpu_ms": median, "server_cpu_ms": median, "rounds": [...]}}}, …}``."""
-    upload, upload_type = multipart_body(image)
     hops = {
-        "postprocess → preprocess (multipart upload)": (upload, upload_type),
+        "postprocess → preprocess (the image)": (image.read_bytes(), "application/octet-stream"),
         "preprocess → model (tensor)": (os.urandom(TENSOR_BYTES), "application/octet-stream"),
     }
     port = _free_port()

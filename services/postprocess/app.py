@@ -88,7 +88,7 @@ def add_routes(app: FastAPI, settings: PostprocessSettings) -> None:
         start = time.perf_counter()
         data = await read_upload(file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
-        result = await app.state.finalizer.finalize(data, file.filename, file.content_type, timer)
+        result = await app.state.finalizer.finalize(data, timer)
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
         response.headers[SERVER_TIMING_HEADER] = timer.header()
         return FinalizeResponse(**result, trace_id=current_trace_id(), timings_ms=timer.timings_ms)

@@ -5,8 +5,6 @@ writes the JSON answer.
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
 import anyio
@@ -31,6 +29,7 @@ from postprocess.scoring import load_labels, top_k
 
 SERVICE = "postprocess"
 HASH_INLINE_MAX_BYTES = 256 * 1024  # hashing more than this (~0.3 ms) goes to a worker thread
+FORWARD_HEADERS = {"Content-Type": "application/octet-stream"}
 
 
 class Finalizer:
@@ -42,9 +41,7 @@ class Finalizer:
             metrics.CACHE_LOOKUPS.labels(SERVICE, result)
         metrics.CACHE_ENTRIES.labels(SERVICE).set(0)
 
-    async def finalize(
-        self, data: bytes, filename: str | None, content_type: str | None, timer: StageTimer
-    ) -> dict[str, Any]:
+    async def finalize(self, data: bytes, timer: StageTimer) -> dict[str, Any]:
         """The answer's fields (``FinalizeResponse`` without the trace id and timings)."""
         key = None
         if self.cache.enabled:
@@ -56,10 +53,10 @@ class Finalizer:
             if cached is not None:
                 return {**cached, "cached": True}
         with timer.stage("forward", {Attr.IMAGE_BYTES: len(data)}):
-            body, multipart_type = one_body_upload(
-                filename or "image", data, content_type or "application/octet-stream"
-            )
-            scored = await self.preprocess.post("/process", content=body, headers={"Content-Type": multipart_type})
+            # The image as the body, not a multipart upload (preprocess takes both): nothing to
+            # write here or parse there. Always octet-stream: the client's declared type (even a
+            # form's) never decides how preprocess reads the body; it sniffs the image itself.
+            scored = await self.preprocess.post("/process", content=data, headers=FORWARD_HEADERS)
         timer.merge_header(scored.headers.get(SERVER_TIMING_HEADER))
         result = self._top_classes(scored.content, timer)
         result.update(
@@ -89,25 +86,3 @@ class Finalizer:
             span.set_attribute(Attr.PREDICTION_CLASS_ID, top[0].class_id)
             span.set_attribute(Attr.PREDICTION_SCORE, top[0].score)
         return {"class_id": top[0].class_id, "label": top[0].label, "score": top[0].score, "top5": top}
-
-
-# How a multipart form writes a parameter's value between its quotes (the HTML5 form encoding, as
-# browsers and httpx do): quotes and control characters (but ESC) percent-escaped, backslashes doubled.
-_FORM_PARAM_ESCAPES = {'"': "%22", "\\": "\\\\"} | {chr(c): f"%{c:02X}" for c in range(0x20) if c != 0x1B}
-_FORM_PARAM_UNSAFE = re.compile("|".join(re.escape(c) for c in _FORM_PARAM_ESCAPES))
-
-
-def one_body_upload(filename: str, data: bytes, content_type: str, boundary: str | None = None) -> tuple[bytes, str]:
-    """The upload as one multipart body (field ``file``) and its Content-Type, written here: httpx's
-    ``files=`` streams the body in pieces (each its own socket write and wake-up of preprocess's
-    reader), and reading them into one took 66 µs for what is a header, the data and a closing line
-    (5 µs here, microbenchmark). The bytes are httpx's, for the same boundary (tested)."""
-    boundary = boundary or os.urandom(16).hex()
-    quoted = _FORM_PARAM_UNSAFE.sub(lambda m: _FORM_PARAM_ESCAPES[m.group(0)], filename)
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    )
-    return b"".join(
-        (head.encode(), data, f"\r\n--{boundary}--\r\n".encode())
-    ), f"multipart/form-data; boundary={boundary}"

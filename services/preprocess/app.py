@@ -1,5 +1,6 @@
-"""preprocess service: POST /process takes an image upload (multipart field ``file``), turns it
-into the model's ``[1,3,224,224]`` float32 tensor and sends that to the model's ``/predict``.
+"""preprocess service: POST /process takes an image — a multipart upload (field ``file``) or the
+image itself as the body (how postprocess sends it) — turns it into the model's ``[1,3,224,224]``
+float32 tensor and sends that to the model's ``/predict``.
 
 ``?output=scores`` (default) answers the model's raw scores; ``?output=tensor`` answers the
 normalized tensor itself without calling the model (standalone use). Both as ``application/x-npy``.
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from enum import StrEnum
 
 import httpx
-from fastapi import FastAPI, File, Query, Response, UploadFile
+from fastapi import FastAPI, File, Query, Request, Response, UploadFile
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
@@ -33,7 +34,7 @@ from ml_pipeline.core.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE, SERVER_TIM
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.observability.tracing import create_tracer_provider
 from ml_pipeline.settings import PreprocessSettings, load_settings
-from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_image
 from preprocess.dataplane import Preprocessor
 from preprocess.model_grpc import GrpcModel
 
@@ -117,9 +118,19 @@ def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
         summary="Image upload → model scores (or the normalized tensor)",
         response_class=Response,
         responses={200: {"content": BINARY_NPY_CONTENT}},
+        # The body may also be the image itself (``read_image``): what postprocess sends.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
     )
     async def process(
-        file: UploadFile = File(..., description="JPEG, PNG or WebP image"),
+        request: Request,
+        file: UploadFile | None = File(
+            None, description="JPEG, PNG or WebP image; or send the image itself as the body (any non-form type)"
+        ),
         output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
         transport: HandoffMode | None = Query(
             None,
@@ -129,7 +140,7 @@ def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
     ) -> Response:
         preprocessor: Preprocessor = app.state.preprocessor
         mode = preprocessor.transport(transport)
-        data = await read_upload(file, settings)
+        data = await read_image(request, file, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         tensor = await preprocessor.tensor(data, timer)
         if output is Output.tensor:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from starlette.datastructures import MutableHeaders
@@ -248,6 +249,25 @@ async def read_upload(file: UploadFile, settings: UploadSettings) -> bytes:
         raise BadRequest("the uploaded file 'file' is empty", code="empty_file")
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"the uploaded file is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
+    return data
+
+
+# Media types whose body is a form (Starlette parses them): the image is then the field ``file``.
+FORM_MEDIA_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
+
+
+async def read_image(request: Request, file: UploadFile | None, settings: UploadSettings) -> bytes:
+    """The image a request carries: the multipart field ``file``, or, when the body is not a form,
+    the body itself. postprocess forwards uploads as bodies: no multipart to write on one side and
+    parse on the other (~0.2 ms of CPU per request for a 100 KB photo, docs/profiling.md)."""
+    if file is not None:
+        return await read_upload(file, settings)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in FORM_MEDIA_TYPES:  # a form without its `file`: what FastAPI answers for a required field
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "file"), "msg": "Field required"}])
+    data = await read_body(request, settings.max_upload_bytes)
+    if not data:
+        raise BadRequest("the request body (the image) is empty", code="empty_file")
     return data
 
 
