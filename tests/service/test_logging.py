@@ -36,6 +36,7 @@ def json_log():
         root.level,
         logging.getLogger("httpx").level,
         {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names},
+        (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing),
     )
     setup_logging("test", make_settings(log_level="INFO"))
     buffer = io.StringIO()
@@ -43,7 +44,8 @@ def json_log():
     try:
         yield buffer
     finally:
-        root.handlers[:], level, httpx_level, loggers = saved
+        root.handlers[:], level, httpx_level, loggers, lookups = saved
+        logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = lookups
         root.setLevel(level)
         logging.getLogger("httpx").setLevel(httpx_level)
         for n, (handlers, propagate) in loggers.items():
@@ -125,3 +127,36 @@ async def test_every_line_of_two_concurrent_requests_carries_its_own_trace_id(
             span = spans.get((trace_id, line["span_id"]))
             assert span is not None, f"span_id of {line} is no span of its trace"
             assert line["service"] == service(span), line
+
+
+def test_a_line_is_made_without_looking_up_where_or_which_thread(json_log):
+    """setup_logging turns off what no line shows (the caller's file and line: a stack walk per
+    record; thread and process names). The line keeps every field, exceptions included."""
+    log = logging.getLogger("ml_pipeline.test")
+    record = log.makeRecord(log.name, logging.INFO, "f", 1, "x", None, None)
+    assert (record.threadName, record.processName) == (None, None)
+    mark = len(json_log.getvalue())
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("it failed: %s", "here", extra={"status": 500})
+    (line,) = lines_since(json_log, mark)
+    assert line["message"] == "it failed: here" and line["status"] == 500 and line["level"] == "ERROR"
+    assert 'raise ValueError("boom")' in line["exception"] and "test_logging.py" in line["exception"]
+    assert set(line) == {
+        "ts",
+        "level",
+        "service",
+        "instance",
+        "trace_id",
+        "span_id",
+        "logger",
+        "message",
+        "status",
+        "exception",
+    }
+    records = []
+    log.addFilter(lambda record: records.append(record) or False)  # captured, not written
+    log.info("where from?")
+    log.filters.clear()
+    assert records[0].pathname == "(unknown file)"  # logging did not walk the stack
