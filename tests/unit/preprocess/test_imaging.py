@@ -374,3 +374,15 @@ def test_error_messages_say_what_is_wrong_with_the_image_not_which_class_raised(
             assert not [leak for leak in leaks if leak in text], (code, text)
     assert any("50000000" in text for text in messages["too_many_pixels"])  # our limit, the one that applies
     assert any("truncated" in text for text in messages["corrupt_image"])
+
+
+@pytest.mark.parametrize("size", [(224, 224), (31, 17)])
+def test_normalize_gives_exactly_the_straightforward_formulas_values(size):
+    """Reordered while made floats, then scaled in place: the same float32 values, bit for bit, as
+    floats first then ``(x - 127) / 128`` then channels first (the yardstick's way)."""
+    rgb = np.random.default_rng(3).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    rgb[0, 0], rgb[0, 1] = (0, 127, 255), (1, 128, 254)  # the ends and the middle of the range
+    got = imaging.normalize(Image.fromarray(rgb))
+    want = ((np.asarray(rgb, np.float32) - np.float32(127.0)) / np.float32(128.0)).transpose(2, 0, 1)[None]
+    assert got.shape == (1, 3, size[1], size[0]) and got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
