@@ -18,6 +18,7 @@ requests=${BENCH_REQUESTS:-200}
 warmup=${BENCH_WARMUP:-20}
 wrk_seconds=${BENCH_WRK_SECONDS:-6}
 repeats=${BENCH_REPEATS:-4}
+floor_concurrency=${BENCH_FLOOR_CONCURRENCY:-2,4}  # the own-cost target's c ≥ 2
 files=(-f docker-compose.yml -f bench/docker-compose.bench.yml)
 compose=(docker compose -p "$project" "${files[@]}")
 only=${BENCH_SCENARIOS:-}
@@ -190,6 +191,28 @@ run_scenarios() {
     for i in $(seq "$repeats"); do
       load "$project" "telemetry-on-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
       load "$project_off" "telemetry-off-$i" "$chain" -c 1,4 -n "$requests" --warmup "$warmup"
+    done
+  fi
+  # The services' own cost over the bare chain: runs of one configuration minutes apart differed by
+  # 3-7 ms of CPU per request, more than the 2 ms target. So the chain's stack stays up (idle while
+  # the bare chain runs in the load generator's container) and the two alternate, the order
+  # flipping every repeat: chain, bare, bare, chain, …
+  if wanted floor; then
+    echo "=== chain vs bare chain, interleaved × $repeats"
+    down
+    up "$project" TRANSPORT=http -- "${pipeline[@]}"
+    # A fresh stack's first run is its slowest (the first pair measured +9.8 ms, the next +4.5):
+    # one unrecorded run first, so the pairs compare the steady states (the bare chain warms up
+    # in each of its runs, as every scenario does).
+    load "$project" floor-warm-up "$chain" -c 4 -n "$requests" --warmup 0 --out /tmp/floor-warm-up.json >/dev/null
+    for i in $(seq "$repeats"); do
+      if [ $((i % 2)) = 1 ]; then order=(chain bare); else order=(bare chain); fi
+      for kind in "${order[@]}"; do
+        case $kind in
+          chain) load "$project" "floor-chain-$i" "$chain" -c "$floor_concurrency" -n "$requests" --warmup "$warmup" ;;
+          bare) load "$project" "floor-bare-$i" bare-chain -c "$floor_concurrency" -n "$requests" --warmup "$warmup" ;;
+        esac
+      done
     done
   fi
   down

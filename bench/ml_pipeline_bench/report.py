@@ -41,6 +41,9 @@ BATCHING_PAIRS = {
 }
 WRK_SUFFIX = "-wrk"  # the same scenario driven by wrk: "chain-http-wrk"
 TELEMETRY_RUN = re.compile(r"^telemetry-(on|off)-(\d+)$")  # the interleaved on/off repeats
+# The chain and the bare chain alternating (the services' own cost): drift between runs minutes
+# apart moved one configuration's CPU per request by 3-7 ms, more than the 2 ms target.
+FLOOR_RUN = re.compile(r"^floor-(chain|bare)-(\d+)$")
 TRANSPORTS = {
     "chain-json": "json",
     "chain-http": "http (binary)",
@@ -134,24 +137,45 @@ def handoff_ms(run: dict[str, Any]) -> float | None:
     return stages["preprocess.handoff"] - stages["model.inference"]
 
 
+def _repeated(name: str) -> bool:
+    return bool(TELEMETRY_RUN.match(name) or FLOOR_RUN.match(name))
+
+
 def split(s: dict[str, dict[str, Any]]) -> tuple[dict, dict]:
-    """(the scenarios the tables and plots show, the interleaved telemetry repeats)."""
-    main = {k: v for k, v in s.items() if not TELEMETRY_RUN.match(k)}
-    return main, {k: v for k, v in s.items() if TELEMETRY_RUN.match(k)}
+    """(the scenarios the tables and plots show, the interleaved repeats: telemetry, floor)."""
+    main = {k: v for k, v in s.items() if not _repeated(k)}
+    return main, {k: v for k, v in s.items() if _repeated(k)}
+
+
+def _interleaved_pairs(
+    s: dict[str, dict[str, Any]], pattern: re.Pattern[str], prefix: str, kinds: tuple[str, str], concurrency: int
+) -> list[tuple[int, dict, dict]]:
+    """(repeat, first kind's run, second kind's run) at ``concurrency`` for every repeat that has both."""
+    pairs = []
+    for i in sorted({int(m.group(2)) for k in s if (m := pattern.match(k))}):
+        first, second = (s.get(f"{prefix}-{kind}-{i}") for kind in kinds)
+        run_first = at_concurrency(first, concurrency) if first else None
+        run_second = at_concurrency(second, concurrency) if second else None
+        if run_first and run_second:
+            pairs.append((i, run_first, run_second))
+    return pairs
 
 
 def telemetry_pairs(s: dict[str, dict[str, Any]], concurrency: int) -> list[tuple[int, dict, dict]]:
     """(repeat, on run, off run) at ``concurrency`` for every repeat that has both."""
-    pairs = []
-    for i in sorted({int(m.group(2)) for k in s if (m := TELEMETRY_RUN.match(k))}):
-        on, off = s.get(f"telemetry-on-{i}"), s.get(f"telemetry-off-{i}")
-        run_on, run_off = (
-            (at_concurrency(on, concurrency) if on else None),
-            (at_concurrency(off, concurrency) if off else None),
-        )
-        if run_on and run_off:
-            pairs.append((i, run_on, run_off))
-    return pairs
+    return _interleaved_pairs(s, TELEMETRY_RUN, "telemetry", ("on", "off"), concurrency)
+
+
+def floor_pairs(s: dict[str, dict[str, Any]]) -> list[tuple[int, int, dict, dict]]:
+    """(repeat, c, the chain's run, the bare chain's run) for every c ≥ 2 of the interleaved floor
+    repeats that has both."""
+    levels = sorted({r["concurrency"] for k, v in s.items() if FLOOR_RUN.match(k) for r in v["runs"]})
+    return [
+        (i, c, chain, bare)
+        for c in levels
+        if c >= 2
+        for i, chain, bare in _interleaved_pairs(s, FLOOR_RUN, "floor", ("chain", "bare"), c)
+    ]
 
 
 def saturation_concurrency(s: dict[str, dict[str, Any]]) -> int:
@@ -166,7 +190,7 @@ def targets(s: dict[str, dict[str, Any]]) -> list[Target]:
         _ratio_target(
             s, CHAIN_EDGE, STRAIGHTFORWARD, "chain as shipped (through the edge, telemetry on) × straightforward", 0.70
         ),
-        _ratio_target(s, CHAIN, BARE_CHAIN, "chain × bare chain on the same stack", 0.90),
+        _floor_ratio_target(s),
         _own_cpu_target(s),
         _p50_ratio_target(s),
         _telemetry_target(s),
@@ -187,10 +211,32 @@ def _ratio_target(s: dict[str, dict[str, Any]], name: str, baseline: str, title:
 
 
 OWN_CPU_LIMIT_MS = 2.0
+CHAIN_OVER_BARE = ("chain × bare chain on the same stack", 0.90)
+
+
+def _floor_ratio_target(s: dict[str, dict[str, Any]]) -> Target:
+    """The chain's throughput as a ratio to the bare chain's: the median over the interleaved floor
+    pairs at their highest c, or (without them) the two single runs' at saturation."""
+    title, wanted_ratio = CHAIN_OVER_BARE
+    top = max((c for _, c, _, _ in floor_pairs(s)), default=None)
+    if top is None:
+        return _ratio_target(s, CHAIN, BARE_CHAIN, title, wanted_ratio)
+    ratios = [chain["throughput_rps"] / bare["throughput_rps"] for _, c, chain, bare in floor_pairs(s) if c == top]
+    ratio = statistics.median(ratios)
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    measured = f"{ratio:.2f}× (median of {len(ratios)} interleaved pairs at c={top}: {each})"
+    return Target(title, f"≥ {wanted_ratio:.2f}×", measured, ratio >= wanted_ratio)
+
+
+def services_cpu(run: dict[str, Any], scenario: str) -> dict[str, float] | None:
+    """The chain's three processes' CPU ms per request in ``run``; None if one is missing."""
+    cpu = cpu_ms_per_request(run, scenario)
+    return {p: cpu[p] for p in SERVICES} if all(p in cpu for p in SERVICES) else None
 
 
 def own_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, float, float]]:
-    """(c, the chain's services' CPU ms/request, the bare chain's) at every c ≥ 2 both ran."""
+    """(c, the chain's services' CPU ms/request, the bare chain's) at every c ≥ 2 both ran (the
+    single runs, not interleaved)."""
     found: list[tuple[int, float, float]] = []
     if CHAIN not in s or BARE_CHAIN not in s:
         return found
@@ -198,23 +244,41 @@ def own_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, float, float]]:
         bare = at_concurrency(s[BARE_CHAIN], run["concurrency"])
         if run["concurrency"] < 2 or bare is None:
             continue
-        chain_cpu, bare_cpu = cpu_ms_per_request(run, CHAIN), cpu_ms_per_request(bare, BARE_CHAIN)
-        if all(p in chain_cpu and p in bare_cpu for p in SERVICES):
-            found.append((run["concurrency"], sum(chain_cpu[p] for p in SERVICES), sum(bare_cpu[p] for p in SERVICES)))
+        chain_cpu, bare_cpu = services_cpu(run, CHAIN), services_cpu(bare, BARE_CHAIN)
+        if chain_cpu and bare_cpu:
+            found.append((run["concurrency"], sum(chain_cpu.values()), sum(bare_cpu.values())))
+    return found
+
+
+def floor_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
+    """(repeat, c, the chain's services' CPU ms/request, the bare chain's) of every interleaved pair."""
+    found = []
+    for i, c, chain, bare in floor_pairs(s):
+        chain_cpu, bare_cpu = services_cpu(chain, CHAIN), services_cpu(bare, BARE_CHAIN)
+        if chain_cpu and bare_cpu:
+            found.append((i, c, chain_cpu, bare_cpu))
     return found
 
 
 def _own_cpu_target(s: dict[str, dict[str, Any]]) -> Target:
-    """What the services cost beyond the bare chain's work: the median over c ≥ 2 of the three
-    processes' CPU per request minus the bare chain's three."""
+    """What the services cost beyond the bare chain's work: the median, over the interleaved floor
+    pairs (or without them the single runs at each c ≥ 2), of the three processes' CPU per request
+    minus the bare chain's three."""
     title = "chain CPU per request − bare chain CPU per request (c ≥ 2, the three services)"
     wanted = f"≤ +{OWN_CPU_LIMIT_MS:.1f} ms"
+    interleaved = floor_cpu_ms(s)
+    if interleaved:
+        extras = [sum(chain.values()) - sum(bare.values()) for _, _, chain, bare in interleaved]
+        extra = statistics.median(extras)
+        spread = f"{min(extras):+.1f} to {max(extras):+.1f}"
+        measured = f"{extra:+.1f} ms (median of {len(extras)} interleaved pairs, {spread})"
+        return Target(title, wanted, measured, extra <= OWN_CPU_LIMIT_MS)
     pairs = own_cpu_ms(s)
     if not pairs:
         return not_run(title, wanted)
     extra = statistics.median(chain - bare for _, chain, bare in pairs)
     each = ", ".join(f"c={c} {chain:.1f} − {bare:.1f}" for c, chain, bare in pairs)
-    return Target(title, wanted, f"{extra:+.1f} ms (median; {each})", extra <= OWN_CPU_LIMIT_MS)
+    return Target(title, wanted, f"{extra:+.1f} ms (median of single runs; {each})", extra <= OWN_CPU_LIMIT_MS)
 
 
 def _p50_ratio_target(s: dict[str, dict[str, Any]]) -> Target:
@@ -518,7 +582,8 @@ def render(
     lines = (
         _intro_lines(s) + _targets_lines(s, o) + _comparison_lines(shown) + _cpu_lines(shown) + _results_lines(shown)
     )
-    lines += _load_generator_lines(shown) + _telemetry_lines(repeats) + _plots_lines(shown, image_dir)
+    lines += _load_generator_lines(shown) + _telemetry_lines(repeats) + _floor_lines(repeats)
+    lines += _plots_lines(shown, image_dir)
     if o:
         lines += render_overload(o, image_dir)
     if notes:
@@ -708,6 +773,42 @@ def _telemetry_lines(repeats: dict[str, dict[str, Any]]) -> list[str]:
         "Both stacks up at once, runs alternating on, off, on, off, …: drift between stack starts hits both alike.",
         "",
         *markdown_table(header, "rrrrrrr", rows),
+    ]
+
+
+def _floor_lines(repeats: dict[str, dict[str, Any]]) -> list[str]:
+    """Each interleaved pair of the chain and the bare chain: throughput, and the CPU per request
+    the services spend beyond the bare chain's, in total and process by process."""
+    pairs = {(i, c): (chain, bare) for i, c, chain, bare in floor_pairs(repeats)}
+    if not pairs:
+        return []
+    header = ["repeat", "c", "req/s chain", "req/s bare", "ratio", "CPU chain", "CPU bare", "own CPU"]
+    header += [f"own: {p}" for p in SERVICES]
+    rows = []
+    for i, c, chain_cpu, bare_cpu in floor_cpu_ms(repeats):
+        chain, bare = pairs[(i, c)]
+        rows.append(
+            [
+                i,
+                c,
+                f"{chain['throughput_rps']:.1f}",
+                f"{bare['throughput_rps']:.1f}",
+                f"{chain['throughput_rps'] / bare['throughput_rps']:.2f}",
+                f"{sum(chain_cpu.values()):.2f}",
+                f"{sum(bare_cpu.values()):.2f}",
+                f"{sum(chain_cpu.values()) - sum(bare_cpu.values()):+.2f}",
+                *(f"{chain_cpu[p] - bare_cpu[p]:+.2f}" for p in SERVICES),
+            ]
+        )
+    return [
+        "",
+        "## The services' own cost: the chain and the bare chain, interleaved",
+        "",
+        "The chain's stack up, runs alternating chain, bare chain, bare chain, chain, …: the drift between "
+        "runs minutes apart (3–7 ms of CPU per request) hits both alike. CPU in ms per request, the three "
+        "services' (the collector's and Jaeger's are not the services' own).",
+        "",
+        *markdown_table(header, "r" * len(header), rows),
     ]
 
 
