@@ -265,7 +265,9 @@ class Downstream:
         span = start_client_span(self._tracer, method, url, _server_of(endpoint.base_url), headers, number - 1)
         try:
             async with asyncio.timeout(attempt_s):
-                response = unbound(await self._client.request(method, url, timeout=timeout, headers=headers, **kwargs))
+                response = unbound(
+                    await self._client.request(method, _parsed(url), timeout=timeout, headers=headers, **kwargs)
+                )
         except BaseException as exc:
             end_client_span(span, error=exc, client_input=self._pass_client_errors)
             raise
@@ -315,6 +317,13 @@ def unbound(response: httpx.Response) -> httpx.Response:
     the read bytes stand in for the stream."""
     response.stream = httpx.ByteStream(response.content)
     return response
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(url: str) -> httpx.URL:
+    """``url`` parsed once: httpx parses a string URL on every request (~25 µs of the ~60 its
+    request building costs, microbenchmark), and a hop calls the same few replica URLs."""
+    return httpx.URL(url)
 
 
 @functools.lru_cache(maxsize=256)
