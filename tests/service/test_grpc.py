@@ -211,10 +211,15 @@ async def test_the_server_ends_connections_past_their_max_age_and_no_call_fails(
         states: list[grpc.ChannelConnectivity] = []
 
         async def watch() -> None:
+            # Until the channel's close resolves the pending watch: a watch cancelled instead stays
+            # registered in gRPC's core, whose poller thread then answers it on a closed event loop.
             state = channel.get_state()
-            while True:
+            while state is not grpc.ChannelConnectivity.SHUTDOWN:
                 await channel.wait_for_state_change(state)
-                state = channel.get_state()
+                try:
+                    state = channel.get_state()
+                except grpc.aio.UsageError:  # closed
+                    return
                 states.append(state)
 
         watcher = asyncio.create_task(watch())
@@ -227,7 +232,7 @@ async def test_the_server_ends_connections_past_their_max_age_and_no_call_fails(
                 calls += 1
                 await asyncio.sleep(0.05)
         finally:
-            watcher.cancel()
             await client.aclose()
+            await asyncio.wait_for(watcher, timeout=5)
     connections = states.count(grpc.ChannelConnectivity.READY)
     assert calls > 10 and (connections > 1) == reconnected, states
