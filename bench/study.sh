@@ -208,10 +208,8 @@ run_scenarios() {
     for i in $(seq "$repeats"); do
       if [ $((i % 2)) = 1 ]; then order=(chain bare); else order=(bare chain); fi
       for kind in "${order[@]}"; do
-        case $kind in
-          chain) load "$project" "floor-chain-$i" "$chain" -c "$floor_concurrency" -n "$requests" --warmup "$warmup" ;;
-          bare) load "$project" "floor-bare-$i" bare-chain -c "$floor_concurrency" -n "$requests" --warmup "$warmup" ;;
-        esac
+        if [ "$kind" = bare ]; then url=bare-chain; else url=$chain; fi
+        load "$project" "floor-$kind-$i" "$url" -c "$floor_concurrency" -n "$requests" --warmup "$warmup"
       done
     done
   fi

@@ -218,10 +218,11 @@ def _floor_ratio_target(s: dict[str, dict[str, Any]]) -> Target:
     """The chain's throughput as a ratio to the bare chain's: the median over the interleaved floor
     pairs at their highest c, or (without them) the two single runs' at saturation."""
     title, wanted_ratio = CHAIN_OVER_BARE
-    top = max((c for _, c, _, _ in floor_pairs(s)), default=None)
+    pairs = floor_pairs(s)
+    top = max((c for _, c, _, _ in pairs), default=None)
     if top is None:
         return _ratio_target(s, CHAIN, BARE_CHAIN, title, wanted_ratio)
-    ratios = [chain["throughput_rps"] / bare["throughput_rps"] for _, c, chain, bare in floor_pairs(s) if c == top]
+    ratios = [chain["throughput_rps"] / bare["throughput_rps"] for _, c, chain, bare in pairs if c == top]
     ratio = statistics.median(ratios)
     each = ", ".join(f"{r:.2f}" for r in ratios)
     measured = f"{ratio:.2f}× (median of {len(ratios)} interleaved pairs at c={top}: {each})"
@@ -250,13 +251,16 @@ def own_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, float, float]]:
     return found
 
 
-def floor_cpu_ms(s: dict[str, dict[str, Any]]) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
-    """(repeat, c, the chain's services' CPU ms/request, the bare chain's) of every interleaved pair."""
+def floor_cpu_ms(
+    pairs: list[tuple[int, int, dict, dict]],
+) -> list[tuple[int, int, dict, dict, dict[str, float], dict[str, float]]]:
+    """Each of ``floor_pairs`` whose runs both have the services' CPU: (repeat, c, the chain's run,
+    the bare chain's, the chain's services' CPU ms/request, the bare chain's)."""
     found = []
-    for i, c, chain, bare in floor_pairs(s):
+    for i, c, chain, bare in pairs:
         chain_cpu, bare_cpu = services_cpu(chain, CHAIN), services_cpu(bare, BARE_CHAIN)
         if chain_cpu and bare_cpu:
-            found.append((i, c, chain_cpu, bare_cpu))
+            found.append((i, c, chain, bare, chain_cpu, bare_cpu))
     return found
 
 
@@ -266,9 +270,9 @@ def _own_cpu_target(s: dict[str, dict[str, Any]]) -> Target:
     minus the bare chain's three."""
     title = "chain CPU per request − bare chain CPU per request (c ≥ 2, the three services)"
     wanted = f"≤ +{OWN_CPU_LIMIT_MS:.1f} ms"
-    interleaved = floor_cpu_ms(s)
+    interleaved = floor_cpu_ms(floor_pairs(s))
     if interleaved:
-        extras = [sum(chain.values()) - sum(bare.values()) for _, _, chain, bare in interleaved]
+        extras = [sum(chain.values()) - sum(bare.values()) for *_, chain, bare in interleaved]
         extra = statistics.median(extras)
         spread = f"{min(extras):+.1f} to {max(extras):+.1f}"
         measured = f"{extra:+.1f} ms (median of {len(extras)} interleaved pairs, {spread})"
@@ -779,14 +783,13 @@ def _telemetry_lines(repeats: dict[str, dict[str, Any]]) -> list[str]:
 def _floor_lines(repeats: dict[str, dict[str, Any]]) -> list[str]:
     """Each interleaved pair of the chain and the bare chain: throughput, and the CPU per request
     the services spend beyond the bare chain's, in total and process by process."""
-    pairs = {(i, c): (chain, bare) for i, c, chain, bare in floor_pairs(repeats)}
+    pairs = floor_pairs(repeats)
     if not pairs:
         return []
     header = ["repeat", "c", "req/s chain", "req/s bare", "ratio", "CPU chain", "CPU bare", "own CPU"]
     header += [f"own: {p}" for p in SERVICES]
     rows = []
-    for i, c, chain_cpu, bare_cpu in floor_cpu_ms(repeats):
-        chain, bare = pairs[(i, c)]
+    for i, c, chain, bare, chain_cpu, bare_cpu in floor_cpu_ms(pairs):
         rows.append(
             [
                 i,
