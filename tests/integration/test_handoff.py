@@ -121,9 +121,9 @@ def minor_page_faults(container) -> int:
 
 def test_preprocess_does_not_fault_its_buffers_in_again_on_every_request(stack, stack_control):
     """Each request allocates and frees ~600 KB buffers (the tensor, its .npy body). With glibc's
-    default malloc thresholds the heap they leave was given back and faulted in again on the next
-    request: ~130 minor page faults a request at two or four at a time, ~0.4 ms of CPU. The
-    preprocess image's MALLOC_* settings keep such buffers in the heap: ~10 a request."""
+    default malloc thresholds the heap they leave was given back and faulted in again by the next
+    request: 140-210 minor page faults a request at two or four at a time, 0.56 ms of CPU. The
+    preprocess image's MALLOC_* settings keep such buffers in the heap: 0-10 a request."""
     preprocess = stack_control.containers("preprocess")[0]
     photo = COFFEE_JPG.read_bytes()
 
