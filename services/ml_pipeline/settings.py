@@ -227,7 +227,10 @@ class InferenceSettings(_Env):
         "(images convert at build time to `/opt/model/efficientnet-lite0.onnx`).",
     )
     ort_intra_op_threads: int = Field(
-        2, ge=1, description="ONNX Runtime threads inside one operator (these machines have 2 cores)."
+        2,
+        ge=1,
+        description="ONNX Runtime threads inside one operator: 2 for one model process on these 2-core machines; "
+        "compose, Swarm and Kubernetes run replicas with 1 each (more threads than cores cost CPU under load).",
     )
     ort_inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across independent operators.")
     ort_allow_spinning: bool = Field(
