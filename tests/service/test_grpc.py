@@ -4,6 +4,7 @@ request metrics, the trace id in the trailing metadata, and one trace across the
 
 import asyncio
 import contextlib
+import gc
 
 import httpx
 import numpy as np
@@ -23,6 +24,23 @@ from support.triton import grpc_input
 
 pytestmark = pytest.mark.anyio
 MODEL = "random-1000"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def one_event_loop():
+    """This module's tests share one event loop, as gRPC's asyncio stack expects (grpc_aio.pyx:
+    "the gRPC Python Async Stack should use a single event loop"). Its poller hands each completion
+    to the loop its operation started on; one that came after a test's loop had closed failed
+    whichever test ran then with "Event loop is closed" (twice in CI, on the max-age test). Before
+    the loop closes, what the module's closed channels and stopped servers still owe it arrives."""
+    yield
+    gc.collect()
+    await asyncio.sleep(0.5)
 
 
 @contextlib.asynccontextmanager
