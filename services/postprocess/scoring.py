@@ -27,10 +27,21 @@ def load_labels() -> list[str]:
 
 
 def top_k(logits: np.ndarray, labels: list[str], k: int = TOP_K) -> list[Scored]:
-    """Softmax over one row of logits and its k best classes. ~20 µs for 1000 classes: cheaper
-    inline than a hop to a worker thread."""
+    """Softmax over one row of logits and its k best classes, highest first (ties: lower class id
+    first). Only the few at the top are sorted: with a full sort of the 1000 scores this took
+    ~125 µs of CPU in the running app, ~85 without (docs/profiling.md)."""
     shifted = logits.astype(np.float64) - logits.max()
     probs = np.exp(shifted)
     probs /= probs.sum()
-    best = np.argsort(-probs, kind="stable")[:k]
-    return [Scored(class_id=int(i), label=labels[i], score=float(probs[i])) for i in best]
+    return [Scored(class_id=int(i), label=labels[i], score=float(probs[i])) for i in _best(probs, k)]
+
+
+def _best(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k largest values, as ``np.argsort(-probs, kind="stable")[:k]`` gives
+    them: every value at least the k-th largest, then a stable sort of those few."""
+    if 0 < k < probs.size:
+        kth = np.partition(probs, probs.size - k)[probs.size - k]
+        candidates = np.flatnonzero(probs >= kth)
+        if candidates.size >= k:  # fewer only with NaN, which the full sort orders
+            return candidates[np.argsort(-probs[candidates], kind="stable")[:k]]
+    return np.argsort(-probs, kind="stable")[:k]
