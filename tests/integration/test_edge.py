@@ -279,3 +279,77 @@ def test_memory_goes_back_after_a_run_of_large_uploads(stack):
             f"{after[service] / 2**20:.0f} MiB after 100 × 9 MB"
         )
     assert all(after[service] < before[service] + 16 * 2**20 for service in before), (before, after)
+
+
+# Run inside a service container: the remote ports of `PEER`'s established connections to port 5000.
+ESTABLISHED_FROM = """
+import socket, sys
+peer = socket.inet_aton(sys.argv[1])[::-1].hex().upper()  # /proc/net/tcp's byte order
+for line in open("/proc/net/tcp").readlines()[1:]:
+    local, remote, state = line.split()[1:4]
+    host, port = remote.split(":")
+    if local.endswith(":1388") and state == "01" and host == peer:
+        print(int(port, 16))
+"""
+
+
+def ip_of(container) -> str:
+    container.reload()
+    (network,) = container.attrs["NetworkSettings"]["Networks"].values()
+    return network["IPAddress"]
+
+
+def connections_from(container, peer_ip: str) -> set[int]:
+    """The ports of ``peer_ip``'s open connections to ``container``'s port 5000."""
+    code, output = container.exec_run(["python", "-c", ESTABLISHED_FROM, peer_ip])
+    assert code == 0, output
+    return {int(port) for port in output.decode().split()}
+
+
+def test_the_edge_keeps_its_connections_to_postprocess_open(edge, stack_control):
+    """A new TCP connection per request cost nginx and postprocess ~0.3 ms of CPU each (docs/edge.md):
+    the edge keeps its connections to postprocess alive, and request after request uses them."""
+    (edge_container,) = stack_control.containers("edge")
+    (postprocess,) = stack_control.containers("postprocess")
+    edge_ip = ip_of(edge_container)
+    seen = []
+    for _ in range(12):
+        assert finalize(edge).status_code == 200
+        seen.append(connections_from(postprocess, edge_ip))
+    assert all(seen), f"connections closed after their answers: {seen}"
+    assert len(set().union(*seen)) <= 6, f"a new connection for most requests: {seen}"  # one or so per nginx worker
+
+
+def test_the_edge_follows_postprocess_to_a_new_address(edge, stack_control):
+    """nginx resolves postprocess when it loads its config; edge/start.sh reloads it when Docker's
+    DNS answers with other addresses. So a postprocess replaced by one at another address (recreated,
+    rescheduled, scaled) gets the edge's traffic within seconds, and no request is refused."""
+    (original,) = stack_control.containers("postprocess")
+    (edge_container,) = stack_control.containers("edge")
+    edge_ip = ip_of(edge_container)
+    replacement = stack_control.add_replica("postprocess")
+    try:
+        stack_control.wait_healthy(replacement)
+        assert ip_of(replacement) != ip_of(original)
+        original.stop(timeout=10)
+        stopped = time.monotonic()
+        answers = []
+        while time.monotonic() - stopped < 20:  # the watch asks every 5 s
+            answers.append(finalize(edge, timeout=15).status_code)
+            if connections_from(replacement, edge_ip):
+                break
+            time.sleep(0.2)
+        assert connections_from(replacement, edge_ip), "the edge never connected to the new address"
+        assert set(answers) == {200}, answers
+        assert {finalize(edge).status_code for _ in range(5)} == {200}
+        logs = edge_container.logs(since=int(stopped) - 1).decode()
+        assert '"logger":"edge.upstream"' in logs and "reloading nginx" in logs, logs[-2000:]
+    finally:
+        original.start()
+        stack_control.wait_healthy(original)
+        stack_control.remove(replacement)
+        deadline = time.monotonic() + 30  # back on the original's address for the tests after this one
+        while not connections_from(original, edge_ip) and time.monotonic() < deadline:
+            finalize(edge, timeout=15)
+            time.sleep(0.2)
+        assert connections_from(original, edge_ip), "the edge did not come back to postprocess"

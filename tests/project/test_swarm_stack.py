@@ -82,7 +82,7 @@ def test_every_config_is_a_file_compose_mounts_at_the_same_place():
 
 
 def test_the_edge_is_composes():
-    """The same image, nginx config and upstream file, health check, limits and hardening."""
+    """The same image, nginx config, upstream file and entrypoint, health check, limits and hardening."""
     stack, compose = STACK["services"]["edge"], COMPOSE["services"]["edge"]
     assert stack["image"] == compose["image"] and defaults(compose["image"]) == DOTENV["NGINX_IMAGE"]
     mounted = {v.split(":")[1]: v.split(":")[0].removeprefix("./") for v in compose["volumes"]}
@@ -90,8 +90,10 @@ def test_the_edge_is_composes():
     expected = {
         "/etc/nginx/conf.d/default.conf": "edge/nginx.conf",
         "/etc/nginx/conf.d/upstream.conf": "edge/upstream-docker.conf",
+        "/etc/nginx/start.sh": "edge/start.sh",
     }
     assert shipped == expected and mounted == expected
+    assert stack["entrypoint"] == compose["entrypoint"] == ["bash", "/etc/nginx/start.sh"]
     for key in ("healthcheck", "stop_grace_period"):
         assert stack[key] == compose[key], key
     assert stack["deploy"]["resources"]["limits"] == {"memory": compose["mem_limit"].upper()[:-1] + "M", "pids": 64}
