@@ -250,37 +250,6 @@ def test_concurrent_large_valid_photos_are_classified(stack, entry):
     assert [a.status_code for a in answers] == [200] * 4, [(a.status_code, a.text[:200]) for a in answers]
 
 
-def resident_bytes(stack, service: str) -> float:
-    """The service process's resident memory, from its own metrics port (9464)."""
-    host, _ = address(stack[service])
-    page = httpx.get(f"http://{host}:9464/metrics", timeout=10).text
-    (line,) = [line for line in page.splitlines() if line.startswith("process_resident_memory_bytes ")]
-    return float(line.split()[1])
-
-
-def test_memory_goes_back_after_a_run_of_large_uploads(stack):
-    """100 uploads of 9 MB (four at a time) used to leave postprocess ~160 MiB larger afterwards:
-    glibc kept the freed upload buffers in its heap (its image's malloc thresholds give them back),
-    and then +29 to +143 MiB at random: uploads kept alive by httpx's response cycle until the
-    cyclic GC ran (tests/service/test_downstream_release.py). Now +1 to +2 MiB, measured.
-    preprocess gets the same uploads: its image keeps buffers under 1 MiB in the heap (for speed,
-    test_handoff.py) but still maps and unmaps upload-sized ones, so it gives them back as well."""
-    photo = large_photo(7)
-    finalize(stack["postprocess"], photo, timeout=60)  # warm: the model path, the first allocations
-    before = {service: resident_bytes(stack, service) for service in ("postprocess", "preprocess")}
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: finalize(stack["postprocess"], photo, timeout=60), range(100)))
-    assert {a.status_code for a in answers} == {200}
-    time.sleep(1)
-    after = {service: resident_bytes(stack, service) for service in before}
-    for service in before:
-        print(
-            f"{service} resident memory: {before[service] / 2**20:.0f} MiB before, "
-            f"{after[service] / 2**20:.0f} MiB after 100 × 9 MB"
-        )
-    assert all(after[service] < before[service] + 16 * 2**20 for service in before), (before, after)
-
-
 # Run inside a service container: the remote ports of `PEER`'s established connections to port 5000.
 ESTABLISHED_FROM = """
 import socket, sys
@@ -327,7 +296,10 @@ def test_the_edge_follows_postprocess_to_a_new_address(edge, stack_control):
     (original,) = stack_control.containers("postprocess")
     (edge_container,) = stack_control.containers("edge")
     edge_ip = ip_of(edge_container)
-    replacement = stack_control.add_replica("postprocess")
+    # Under the original's service.instance.id: a retired instance's span metrics would stay behind
+    # at a zero rate (NaN in the dashboard's quantiles) for the tests after this one.
+    original_instance = original.attrs["Config"]["Hostname"]
+    replacement = stack_control.add_replica("postprocess", env={"SERVICE_INSTANCE_ID": original_instance})
     try:
         stack_control.wait_healthy(replacement)
         assert ip_of(replacement) != ip_of(original)
@@ -353,3 +325,34 @@ def test_the_edge_follows_postprocess_to_a_new_address(edge, stack_control):
             finalize(edge, timeout=15)
             time.sleep(0.2)
         assert connections_from(original, edge_ip), "the edge did not come back to postprocess"
+
+
+def resident_bytes(stack, service: str) -> float:
+    """The service process's resident memory, from its own metrics port (9464)."""
+    host, _ = address(stack[service])
+    page = httpx.get(f"http://{host}:9464/metrics", timeout=10).text
+    (line,) = [line for line in page.splitlines() if line.startswith("process_resident_memory_bytes ")]
+    return float(line.split()[1])
+
+
+def test_memory_goes_back_after_a_run_of_large_uploads(stack):
+    """100 uploads of 9 MB (four at a time) used to leave postprocess ~160 MiB larger afterwards:
+    glibc kept the freed upload buffers in its heap (its image's malloc thresholds give them back),
+    and then +29 to +143 MiB at random: uploads kept alive by httpx's response cycle until the
+    cyclic GC ran (tests/service/test_downstream_release.py). Now +1 to +2 MiB, measured.
+    preprocess gets the same uploads: its image keeps buffers under 1 MiB in the heap (for speed,
+    test_handoff.py) but still maps and unmaps upload-sized ones, so it gives them back as well."""
+    photo = large_photo(7)
+    finalize(stack["postprocess"], photo, timeout=60)  # warm: the model path, the first allocations
+    before = {service: resident_bytes(stack, service) for service in ("postprocess", "preprocess")}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: finalize(stack["postprocess"], photo, timeout=60), range(100)))
+    assert {a.status_code for a in answers} == {200}
+    time.sleep(1)
+    after = {service: resident_bytes(stack, service) for service in before}
+    for service in before:
+        print(
+            f"{service} resident memory: {before[service] / 2**20:.0f} MiB before, "
+            f"{after[service] / 2**20:.0f} MiB after 100 × 9 MB"
+        )
+    assert all(after[service] < before[service] + 16 * 2**20 for service in before), (before, after)

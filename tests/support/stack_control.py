@@ -36,10 +36,11 @@ class StackControl:
         for container in containers:
             container.start()
 
-    def add_replica(self, service: str) -> Container:
+    def add_replica(self, service: str, env: dict[str, str] | None = None) -> Container:
         """Start one more replica of ``service``, as ``docker compose up --scale`` would: the first
         replica's image, settings, mounts, limits and healthcheck, on its networks under the service's
-        name (so DNS answers with it too), with the next replica number. Remove it with ``remove``."""
+        name (so DNS answers with it too), with the next replica number. Remove it with ``remove``.
+        ``env``: settings of its own, over the first replica's."""
         source = self.containers(service)[0]
         config, host_config = source.attrs["Config"], source.attrs["HostConfig"]
         number = 1 + max(
@@ -54,7 +55,7 @@ class StackControl:
             image=config["Image"],
             command=config["Cmd"],
             entrypoint=config["Entrypoint"],
-            environment=config["Env"],
+            environment=[*config["Env"], *(f"{key}={value}" for key, value in (env or {}).items())],
             user=config["User"],
             working_dir=config["WorkingDir"],
             labels={**config["Labels"], "com.docker.compose.container-number": str(number)},
