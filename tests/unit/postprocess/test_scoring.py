@@ -16,14 +16,19 @@ def full_sort(logits: np.ndarray, k: int) -> list[int]:
     return np.argsort(-(probs / probs.sum()), kind="stable")[:k].tolist()
 
 
+def tied_at_the_cut() -> np.ndarray:
+    """Logits whose 5th and 6th best are equal (classes 41 and 42; 999 ties them too)."""
+    logits = np.zeros(1000, np.float32)
+    logits[[900, 3, 500, 7, 42, 41, 999]] = [5, 4, 4, 3, 2, 2, 2]
+    return logits
+
+
 def rows() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     found = [rng.standard_normal(1000).astype(np.float32) for _ in range(50)]
     found += [rng.integers(0, 3, 1000).astype(np.float32) for _ in range(20)]  # many ties at the top
     found += [np.zeros(1000, np.float32), np.arange(1000, dtype=np.float32)[::-1].copy()]
-    tied_at_the_cut = np.zeros(1000, np.float32)
-    tied_at_the_cut[[900, 3, 500, 7, 42, 41, 999]] = [5, 4, 4, 3, 2, 2, 2]  # 5th and 6th best equal
-    found.append(tied_at_the_cut)
+    found.append(tied_at_the_cut())
     with_nan = rng.standard_normal(1000).astype(np.float32)
     with_nan[[10, 20]] = np.nan  # no ranking survives a NaN softmax; the order must still be the full sort's
     found.append(with_nan)
@@ -47,6 +52,4 @@ def test_scores_are_softmax_probabilities_highest_first() -> None:
 
 
 def test_the_tie_at_the_cut_goes_to_the_lower_class_id() -> None:
-    logits = np.zeros(1000, np.float32)
-    logits[[900, 3, 500, 7, 42, 41, 999]] = [5, 4, 4, 3, 2, 2, 2]
-    assert [s.class_id for s in top_k(logits, LABELS)] == [900, 3, 500, 7, 41]
+    assert [s.class_id for s in top_k(tied_at_the_cut(), LABELS)] == [900, 3, 500, 7, 41]
