@@ -275,6 +275,19 @@ def connections_from(container, peer_ip: str) -> set[int]:
     return {int(port) for port in output.decode().split()}
 
 
+def connected_within(seconds: float, edge: str, container, edge_ip: str) -> tuple[set[int], list[int]]:
+    """Requests through the edge until it has a connection open to ``container``: the ports seen (empty
+    if none within ``seconds``) and the answers' statuses. The ports seen are returned, not asked for
+    again: a reload of nginx closes its old workers' idle connections, so a second look can find none."""
+    answers, ports, started = [], set(), time.monotonic()
+    while not ports and time.monotonic() - started < seconds:
+        answers.append(finalize(edge, timeout=15).status_code)
+        ports = connections_from(container, edge_ip)
+        if not ports:
+            time.sleep(0.2)
+    return ports, answers
+
+
 def test_the_edge_keeps_its_connections_to_postprocess_open(edge, stack_control):
     """A new TCP connection per request cost nginx and postprocess ~0.3 ms of CPU each (docs/edge.md):
     the edge keeps its connections to postprocess alive, and request after request uses them."""
@@ -304,27 +317,26 @@ def test_the_edge_follows_postprocess_to_a_new_address(edge, stack_control):
         stack_control.wait_healthy(replacement)
         assert ip_of(replacement) != ip_of(original)
         original.stop(timeout=10)
-        stopped = time.monotonic()
-        answers = []
-        while time.monotonic() - stopped < 20:  # the watch asks every 5 s
-            answers.append(finalize(edge, timeout=15).status_code)
-            if connections_from(replacement, edge_ip):
-                break
-            time.sleep(0.2)
-        assert connections_from(replacement, edge_ip), "the edge never connected to the new address"
+        stopped = time.time()
+        ports, answers = connected_within(20, edge, replacement, edge_ip)  # the watch asks every 5 s
+        logs = edge_container.logs(since=int(stopped) - 1).decode()
+        assert ports, f"the edge never connected to the new address; answers {answers}; its log:\n{logs[-3000:]}"
         assert set(answers) == {200}, answers
         assert {finalize(edge).status_code for _ in range(5)} == {200}
-        logs = edge_container.logs(since=int(stopped) - 1).decode()
-        assert '"logger":"edge.upstream"' in logs and "reloading nginx" in logs, logs[-2000:]
+        # The watch saw the original go and reloaded nginx with the replacement alone.
+        alone = f'"logger":"edge.upstream","message":"postprocess is at {ip_of(replacement)} (was '
+        deadline = time.monotonic() + 12
+        while alone not in logs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            logs = edge_container.logs(since=int(stopped) - 1).decode()
+        assert alone in logs and "reloading nginx" in logs, logs[-2000:]
     finally:
         original.start()
         stack_control.wait_healthy(original)
         stack_control.remove(replacement)
-        deadline = time.monotonic() + 30  # back on the original's address for the tests after this one
-        while not connections_from(original, edge_ip) and time.monotonic() < deadline:
-            finalize(edge, timeout=15)
-            time.sleep(0.2)
-        assert connections_from(original, edge_ip), "the edge did not come back to postprocess"
+        # Back on the original's address for the tests after this one.
+        ports, answers = connected_within(30, edge, original, edge_ip)
+        assert ports, f"the edge did not come back to postprocess: {answers}"
 
 
 def resident_bytes(stack, service: str) -> float:
