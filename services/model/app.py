@@ -17,7 +17,7 @@ from ml_pipeline.core.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.observability.tracing import create_tracer_provider
 from ml_pipeline.settings import ModelSettings, load_settings
-from ml_pipeline.web.app import build_app, read_body
+from ml_pipeline.web.app import build_app, hot_post, read_body
 from model.dataplane import Predictor
 from model.grpc_server import start_grpc_server
 from model.metadata import answer_headers
@@ -70,7 +70,8 @@ def create_app(settings: ModelSettings | None = None, *, span_exporter: SpanExpo
 def add_predict_route(app: FastAPI, predictor: Predictor) -> None:
     """The pipeline's own ``/predict``: a ``.npy``, JSON or file-reference body → ``.npy`` logits."""
 
-    @app.post(
+    @hot_post(
+        app,
         "/predict",
         tags=["model"],
         summary="Raw class scores for a batch of normalized images",

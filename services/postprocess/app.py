@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI, File, Response, UploadFile
+from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
@@ -21,7 +21,14 @@ from ml_pipeline.observability.asgi import distrust_incoming_trace_context
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.observability.tracing import create_tracer_provider, current_trace_id
 from ml_pipeline.settings import PostprocessSettings, load_settings
-from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_upload
+from ml_pipeline.web.app import (
+    INVALID_REQUEST,
+    MULTIPART_OVERHEAD_BYTES,
+    UPLOAD_FORM,
+    build_app,
+    hot_post,
+    read_form_file,
+)
 from postprocess.dataplane import SERVICE, Finalizer
 from postprocess.schemas import FinalizeResponse
 
@@ -81,14 +88,21 @@ def preprocess_client(
 
 
 def add_routes(app: FastAPI, settings: PostprocessSettings) -> None:
-    @app.post("/finalize", tags=["postprocess"], summary="Classify an image: the top class and the top 5")
-    async def finalize(
-        response: Response, file: UploadFile = File(..., description="JPEG, PNG or WebP image")
-    ) -> FinalizeResponse:
+    @hot_post(
+        app,
+        "/finalize",
+        tags=["postprocess"],
+        summary="Classify an image: the top class and the top 5",
+        response_model=FinalizeResponse,
+        responses=INVALID_REQUEST,
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM}}}},
+    )
+    async def finalize(request: Request) -> Response:
         start = time.perf_counter()
-        data = await read_upload(file, settings)
+        data = await read_form_file(request, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         result = await app.state.finalizer.finalize(data, timer)
         timer.timings_ms[f"{SERVICE}.total"] = (time.perf_counter() - start) * 1000
-        response.headers[SERVER_TIMING_HEADER] = timer.header()
-        return FinalizeResponse(**result, trace_id=current_trace_id(), timings_ms=timer.timings_ms)
+        answer = FinalizeResponse(**result, trace_id=current_trace_id(), timings_ms=timer.timings_ms)
+        headers = {SERVER_TIMING_HEADER: timer.header()}
+        return Response(answer.model_dump_json(), media_type="application/json", headers=headers)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from enum import StrEnum
 
 import httpx
-from fastapi import FastAPI, File, Query, Request, Response, UploadFile
+from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import TracerProvider
 
@@ -34,7 +34,16 @@ from ml_pipeline.core.wire import BINARY_NPY_CONTENT, NPY_MEDIA_TYPE, SERVER_TIM
 from ml_pipeline.observability.stages import StageTimer
 from ml_pipeline.observability.tracing import create_tracer_provider
 from ml_pipeline.settings import PreprocessSettings, load_settings
-from ml_pipeline.web.app import MULTIPART_OVERHEAD_BYTES, build_app, read_image
+from ml_pipeline.web.app import (
+    INVALID_REQUEST,
+    MULTIPART_OVERHEAD_BYTES,
+    UPLOAD_FORM,
+    build_app,
+    hot_post,
+    query_choice,
+    query_parameter,
+    read_image,
+)
 from preprocess.dataplane import Preprocessor
 from preprocess.model_grpc import GrpcModel
 
@@ -44,6 +53,13 @@ SERVICE = "preprocess"
 class Output(StrEnum):
     scores = "scores"
     tensor = "tensor"
+
+
+OUTPUT_HELP = "`scores`: call the model; `tensor`: return the tensor"
+TRANSPORT_HELP = (
+    "the tensor hand-off for this request (default: `MODEL_PROTOCOL`, and `TRANSPORT` for `npy`); "
+    "needs `ALLOW_TRANSPORT_OVERRIDE`"
+)
 
 
 def create_app(
@@ -112,35 +128,33 @@ def model_client(
 
 
 def add_routes(app: FastAPI, settings: PreprocessSettings) -> None:
-    @app.post(
+    @hot_post(
+        app,
         "/process",
         tags=["preprocess"],
         summary="Image upload → model scores (or the normalized tensor)",
         response_class=Response,
-        responses={200: {"content": BINARY_NPY_CONTENT}},
-        # The body may also be the image itself (``read_image``): what postprocess sends.
+        responses={200: {"content": BINARY_NPY_CONTENT}, **INVALID_REQUEST},
         openapi_extra={
+            "parameters": [
+                query_parameter("output", Output, OUTPUT_HELP, default=Output.scores),
+                query_parameter("transport", HandoffMode, TRANSPORT_HELP),
+            ],
             "requestBody": {
                 "required": True,
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            }
+                "content": {
+                    "multipart/form-data": {"schema": UPLOAD_FORM},
+                    # The image itself as the body (``read_image``): what postprocess sends.
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
         },
     )
-    async def process(
-        request: Request,
-        file: UploadFile | None = File(
-            None, description="JPEG, PNG or WebP image; or send the image itself as the body (any non-form type)"
-        ),
-        output: Output = Query(Output.scores, description="`scores`: call the model; `tensor`: return the tensor"),
-        transport: HandoffMode | None = Query(
-            None,
-            description="the tensor hand-off for this request (default: `MODEL_PROTOCOL`, and `TRANSPORT` for `npy`); "
-            "needs `ALLOW_TRANSPORT_OVERRIDE`",
-        ),
-    ) -> Response:
+    async def process(request: Request) -> Response:
+        output = query_choice(request, "output", Output) or Output.scores
         preprocessor: Preprocessor = app.state.preprocessor
-        mode = preprocessor.transport(transport)
-        data = await read_image(request, file, settings)
+        mode = preprocessor.transport(query_choice(request, "transport", HandoffMode))
+        data = await read_image(request, settings)
         timer = StageTimer(app.state.tracer, SERVICE)
         tensor = await preprocessor.tensor(data, timer)
         if output is Output.tensor:
