@@ -92,3 +92,18 @@ async def test_tracing_off_makes_no_span_and_still_serves(exporter):
         async with httpx.AsyncClient(transport=NetworkASGITransport(app=app), base_url="http://m") as client:
             r = await client.get("/health")
     assert r.status_code == 200 and servers(exporter) == []
+
+
+async def test_a_request_answered_before_routing_is_named_by_its_route(exporter):
+    """A body over the limit is refused from its Content-Length before the router runs (as a late
+    body's 408 or an overload's 503 are): its server span is still its route's, as its request
+    metrics are, so span metrics count every request a route was asked."""
+    app, client = await model_client(exporter)
+    async with app.router.lifespan_context(app), client:
+        too_large = b"\0" * (app.state.predictor.max_body_bytes + 1)
+        r = await client.post("/predict", content=too_large, headers={"Content-Type": wire.NPY_MEDIA_TYPE})
+        unknown = await client.post("/nowhere", content=b"x")
+    assert (r.status_code, unknown.status_code) == (413, 404)
+    refused, lost = servers(exporter)
+    assert refused.name == "POST /predict" and refused.attributes["http.route"] == "/predict"
+    assert lost.name == "POST" and "http.route" not in lost.attributes

@@ -115,7 +115,7 @@ async def _serve_in_span(tracer: Tracer, app, scope, receive, send) -> None:
         status = status or 500
         raise
     finally:
-        route = getattr(scope.get("route"), "path", None)
+        route = matched_route(scope)  # also for one answered before routing: a 408, 413 or 503
         if route:
             span.update_name(f"{name} {route}")
             span.set_attribute(Attr.HTTP_ROUTE, route)
@@ -155,10 +155,10 @@ def distrust_incoming_trace_context(app: FastAPI) -> None:
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]  # wrapping it is the point
 
 
-def route_template(scope) -> str:
-    """The route template (``/finalize``), never the raw path: unknown paths must not mint new
-    series. A request answered before routing (a 413 from its size, an overload refusal) is
-    matched against the app's routes here, so it counts under its route, not as unmatched."""
+def matched_route(scope) -> str | None:
+    """The route template (``/finalize``) a request is for, None for an unknown path. A request
+    answered before routing (a 408 or 413 from its body, an overload refusal) is matched against
+    the app's routes here: its span and metrics are its route's, as the routed requests' are."""
     route = scope.get("route")
     if route is None:
         from starlette.routing import Match
@@ -168,7 +168,13 @@ def route_template(scope) -> str:
             if candidate.matches(scope)[0] is Match.FULL:
                 route = candidate
                 break
-    return getattr(route, "path", None) or "unmatched"
+    return getattr(route, "path", None)
+
+
+def route_template(scope) -> str:
+    """The route template for the request metrics, never the raw path: unknown paths must not mint
+    new series (they are all ``unmatched``)."""
+    return matched_route(scope) or "unmatched"
 
 
 def answered_methods(app) -> frozenset[str]:
