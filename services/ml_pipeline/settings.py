@@ -347,6 +347,14 @@ class ModelSettings(ServiceSettings, InferenceSettings, SharedVolumeSettings):
     )
 
     max_batch: int = Field(16, gt=0, description="Largest batch (N of the `[N,3,224,224]` tensor) `/predict` accepts.")
+    max_concurrent_inferences: int = Field(
+        1,
+        ge=1,
+        description="Model runs a replica does at the same time (worker threads), as Triton's model instances; more "
+        "wait their turn, and one whose deadline passed meanwhile is refused before it runs. 1: each run already uses "
+        "`ORT_INTRA_OP_THREADS` threads (the same CPU as unbounded runs under load, docs/profiling.md). Not with "
+        "`DYNAMIC_BATCHING`, which runs one batch at a time.",
+    )
 
 
 class PostprocessSettings(ServiceSettings, DownstreamSettings, UploadSettings):

@@ -93,6 +93,8 @@ class Predictor:
         # What a JSON body may hold, counted before it is parsed: the largest batch as nested lists.
         self.json_budget = codec.JsonBudget.for_shape((settings.max_batch, *INPUT_SHAPE))
         self.batcher: DynamicBatcher | None = None  # DYNAMIC_BATCHING: requests' tensors run together
+        # Runs at once (MAX_CONCURRENT_INFERENCES); a request waiting for its turn is queued, as in a batcher.
+        self._inference_slots = anyio.CapacityLimiter(settings.max_concurrent_inferences)
         self.statistics = ModelStatistics()  # Triton's statistics extension, of every route
 
     async def load(self, tracer: trace.Tracer | None = None) -> None:
@@ -165,12 +167,26 @@ class Predictor:
         deadline.check("inference")  # whoever asked has stopped waiting
         attributes = {Attr.MODEL_NAME: backend.name, Attr.MODEL_BACKEND: backend.kind, Attr.BATCH_SIZE: batch.shape[0]}
         counted.inferences = batch.shape[0]
-        with timer.stage("inference", attributes):
+        with timer.stage("inference", attributes) as span:
             if self.batcher is not None:
                 logits, queued_s = await self.batcher.submit_timed(batch)
                 counted.queue_ns = int(queued_s * 1e9)
                 return logits
-            return await anyio.to_thread.run_sync(self._execute, batch)
+            slots = self._inference_slots
+            try:
+                slots.acquire_nowait()
+            except anyio.WouldBlock:  # its turn comes when a run ends: that wait is the request's queue time
+                queued_at = time.perf_counter_ns()
+                await slots.acquire()
+                counted.queue_ns = time.perf_counter_ns() - queued_at
+                span.set_attribute(Attr.INFERENCE_QUEUE_MS, counted.queue_ns / 1e6)
+            try:
+                deadline.check("inference")  # it may have waited for its turn
+                # Not cancellable once started: anyio waits for the thread, so the slot stays taken
+                # while the core is busy.
+                return await anyio.to_thread.run_sync(self._execute, batch)
+            finally:
+                slots.release()
 
     def _execute(self, batch: np.ndarray) -> np.ndarray:
         """One run of the model (in a worker thread; with dynamic batching, a batch of requests), counted."""
@@ -341,7 +357,7 @@ class _Counted:
 
     start_ns: int
     inferences: int = 0  # its samples
-    queue_ns: int = 0  # waiting for its dynamic batch
+    queue_ns: int = 0  # waiting for its dynamic batch, or for a slot to run in (MAX_CONCURRENT_INFERENCES)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ the same JSON into its message).
 What the stages are here (``model.dataplane`` records them from the request's ``StageTimer``, the
 timings its spans and ``Server-Timing`` carry):
 
-* ``queue``: waiting in the dynamic batcher for the request's batch to start (0 without batching);
+* ``queue``: waiting for the request's turn to run: its dynamic batch to start, or a free run slot
+  (``MAX_CONCURRENT_INFERENCES``);
 * ``compute_input``: the ``tensor_decode`` stage (reading and checking the input tensor);
 * ``compute_infer``: the ``inference`` stage less the queue (the batch running in the model);
 * ``compute_output``: the ``tensor_encode`` stage (writing the outputs);

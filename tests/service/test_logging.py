@@ -67,8 +67,9 @@ async def test_every_line_of_two_concurrent_requests_carries_its_own_trace_id(
     """Request A waits inside the model while request B fails there and is logged by all three
     services (request lines and error lines); then A finishes. Each line is assigned to its
     request by what it says (status, message), never by its ids, and must carry that request's
-    trace id and a span of that trace from the service that wrote it."""
-    async with running_chain(make_settings(shared_data_dir=tmp_path), exporter) as client:
+    trace id and a span of that trace from the service that wrote it. (Two model runs at once: A's
+    holds its slot until B has been answered.)"""
+    async with running_chain(make_settings(shared_data_dir=tmp_path, max_concurrent_inferences=2), exporter) as client:
         backend = client.apps["model"].state.predictor.backend
         real_predict = backend.predict
         a_inside, release = threading.Event(), threading.Event()

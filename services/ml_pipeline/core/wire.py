@@ -92,6 +92,7 @@ class Attr:
     BATCH_SIZE: Final = "ml_pipeline.batch.size"
     BATCH_REQUESTS: Final = "ml_pipeline.batch.requests"  # on a dynamic batch's span: the requests in it
     BATCH_QUEUE_MS: Final = "ml_pipeline.batch.queue_ms"  # how long its oldest request waited
+    INFERENCE_QUEUE_MS: Final = "ml_pipeline.inference.queue_ms"  # waited for a run slot (MAX_CONCURRENT_INFERENCES)
     # postprocess
     CACHE_HIT: Final = "ml_pipeline.cache.hit"
     PREDICTION_CLASS_ID: Final = "ml_pipeline.prediction.class_id"

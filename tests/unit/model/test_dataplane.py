@@ -1,12 +1,19 @@
 """The model's data plane on its own, without the web layer: the body limit per encoding, and the
 same logits whichever encoding carried the batch."""
 
+import threading
+import time
+
+import anyio
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer
 
-from ml_pipeline.core import codec, handoff, wire
-from ml_pipeline.core.errors import BadRequest
+from ml_pipeline.core import codec, deadline, handoff, wire
+from ml_pipeline.core.errors import BadRequest, DeadlineExceeded
 from ml_pipeline.observability.stages import StageTimer
 from model.dataplane import REFERENCE_MAX_BYTES, Predictor
 from support.apps import make_settings
@@ -71,3 +78,94 @@ def test_the_protocols_tensor_names_are_the_graphs():
     from model import convert
 
     assert (convert.INPUT_NAME, convert.OUTPUT_NAME) == (wire.MODEL_INPUT_NAME, wire.MODEL_OUTPUT_NAME)
+
+
+class Overlapping:
+    """The loaded backend, each run taking ``seconds``, counting the runs and how many overlapped."""
+
+    def __init__(self, backend, seconds=0.05):
+        self.backend, self.seconds = backend, seconds
+        self.name, self.kind = backend.name, backend.kind
+        self.runs = self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def predict(self, x):
+        with self._lock:
+            self.runs += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.seconds)
+            return self.backend.predict(x)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def loaded_predictor(seconds=0.05, **settings):
+    predictor = Predictor(make_settings(**settings))
+    await predictor.load()
+    predictor.backend = Overlapping(predictor.backend, seconds)
+    return predictor
+
+
+def queue_stats(predictor):
+    return predictor.statistics.report()["model_stats"][0]["inference_stats"]["queue"]
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+async def test_a_replica_runs_as_many_inferences_at_once_as_it_is_allowed(slots):
+    """One run at a time by default (each already has the replica's ONNX Runtime threads); the others
+    wait their turn, and that wait is the statistics' queue time."""
+    predictor = await loaded_predictor(max_concurrent_inferences=slots)
+    async with anyio.create_task_group() as tasks:
+        for _ in range(3):
+            tasks.start_soon(predictor.predict, codec.encode(batch(1)), "http", StageTimer(NoOpTracer(), "model"))
+    assert (predictor.backend.runs, predictor.backend.most) == (3, slots)
+    queue = queue_stats(predictor)
+    assert queue["count"] == 3
+    if slots == 1:
+        assert queue["ns"] >= 0.05 * 1e9 * (1 + 2)  # the second waited one run, the third two
+    else:
+        assert queue["ns"] == 0  # nobody waited
+
+
+def test_one_run_at_a_time_is_the_default():
+    assert make_settings().max_concurrent_inferences == 1
+
+
+async def test_the_inference_span_says_how_long_its_request_waited_for_its_turn():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    predictor = await loaded_predictor(seconds=0.1)
+    async with anyio.create_task_group() as tasks:
+        for _ in range(2):
+            tasks.start_soon(predictor.predict, codec.encode(batch(1)), "http", StageTimer(tracer, "model"))
+    waits = [
+        s.attributes.get(wire.Attr.INFERENCE_QUEUE_MS) for s in exporter.get_finished_spans() if s.name == "inference"
+    ]
+    assert len(waits) == 2 and waits.count(None) == 1  # the first found the model idle
+    assert max(w for w in waits if w is not None) >= 90  # the second waited for the first's 100 ms run
+
+
+async def test_a_request_whose_deadline_passes_while_it_waits_for_its_turn_is_not_run():
+    predictor = await loaded_predictor(seconds=0.3)
+
+    async def late():
+        token = deadline.start(0.1)
+        try:
+            with pytest.raises(DeadlineExceeded, match="before inference"):
+                await predictor.predict(codec.encode(batch(1)), "http", StageTimer(NoOpTracer(), "model"))
+        finally:
+            deadline.reset(token)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(predictor.predict, codec.encode(batch(1)), "http", StageTimer(NoOpTracer(), "model"))
+        await anyio.sleep(0.05)  # the first run has started
+        tasks.start_soon(late)
+    assert predictor.backend.runs == 1
+    # The slot was given back: the next request runs.
+    await predictor.predict(codec.encode(batch(1)), "http", StageTimer(NoOpTracer(), "model"))
+    assert predictor.backend.runs == 2
