@@ -1,5 +1,5 @@
-"""The model's data plane on its own, without the web layer: the body limit per encoding, and the
-same logits whichever encoding carried the batch."""
+"""The model's data plane on its own, without the web layer: the body limit per encoding, the same
+logits whichever encoding carried the batch, and how many runs a replica does at once."""
 
 import threading
 import time
