@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracer
 
 from ml_pipeline.core import codec, deadline, handoff, wire
@@ -134,8 +133,7 @@ def test_one_run_at_a_time_is_the_default():
     assert make_settings().max_concurrent_inferences == 1
 
 
-async def test_the_inference_span_says_how_long_its_request_waited_for_its_turn():
-    exporter = InMemorySpanExporter()
+async def test_the_inference_span_says_how_long_its_request_waited_for_its_turn(exporter):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
